@@ -1,0 +1,203 @@
+"""``create_app(settings)``: wiring. Middleware order, routers, guards, lifespan.
+
+The request path, outermost first:
+RequestContext (id, version, last-resort 500, access log) -> Metrics -> routing ->
+RouteGuard per route (authenticate, tenant, authorize, rate limit, body limit) -> endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import redis.asyncio as redis
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from fastapi.openapi.utils import get_openapi
+from sqlalchemy import event, text
+
+from novaza_gateway import __version__
+from novaza_gateway.config import Settings
+from novaza_gateway.core.auth import TokenVerifier
+from novaza_gateway.core.db import Database, create_engine
+from novaza_gateway.core.errors import install_handlers
+from novaza_gateway.core.health import HealthRegistry, Probe
+from novaza_gateway.core.health import router as health_router
+from novaza_gateway.core.jwks import KeyStore
+from novaza_gateway.core.metrics import DB_POOL_CHECKED_OUT, DB_POOL_SIZE, MetricsMiddleware
+from novaza_gateway.core.policy import POLICY_KEY, Gatekeeper, Policy, RouteGuard
+from novaza_gateway.core.ratelimit import RateLimiter, RedisLimiter
+from novaza_gateway.core.requestid import RequestContextMiddleware
+from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
+from novaza_gateway.core.tenant_settings import SettingsSections
+from novaza_gateway.core.whoami import router as whoami_router
+from novaza_gateway.imaging.settings import ImagingSettings
+from novaza_gateway.tenants.entitlements import DatabaseTenantSource
+from novaza_gateway.tenants.router import router as tenants_router
+
+ROUTERS: tuple[APIRouter, ...] = (health_router, whoami_router, tenants_router)
+
+
+@dataclass
+class Runtime:
+    """Everything the app owns for its lifetime; closed in reverse on shutdown."""
+
+    settings: Settings
+    db: Database
+    http: httpx.AsyncClient
+    redis_fast: redis.Redis | None
+    redis_pubsub: redis.Redis | None
+    keys: KeyStore
+    tenants: TenantCache
+    invalidator: TenantInvalidator
+    limiter: RateLimiter
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(create_engine(settings.sqlalchemy_url, settings.db_pool_size))
+    http = httpx.AsyncClient(timeout=settings.outbound_timeout_seconds, follow_redirects=False)
+    redis_fast = redis_pubsub = None
+    if settings.redis_url:
+        timeout = settings.ratelimit.redis_timeout_seconds
+        redis_fast = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        redis_pubsub = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0)
+    keys = KeyStore(settings.auth, settings.data_dir, http)
+    tenants = TenantCache(DatabaseTenantSource(db), settings.tenant_cache_ttl_seconds)
+    limiter = RateLimiter(RedisLimiter(redis_fast) if redis_fast else None, settings.ratelimit)
+    return Runtime(
+        settings=settings,
+        db=db,
+        http=http,
+        redis_fast=redis_fast,
+        redis_pubsub=redis_pubsub,
+        keys=keys,
+        tenants=tenants,
+        invalidator=TenantInvalidator(tenants, redis_pubsub),
+        limiter=limiter,
+    )
+
+
+def health_registry(rt: Runtime) -> HealthRegistry:
+    registry = HealthRegistry()
+
+    async def database() -> str | None:
+        async with rt.db.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return None
+
+    async def jwks() -> str | None:
+        if not rt.keys.has_keys():
+            raise RuntimeError(rt.keys.last_error or "no signing keys")
+        if rt.keys.last_error:
+            return f"degraded: serving cached keys ({rt.keys.last_error})"
+        return None
+
+    async def ratelimit() -> str | None:
+        if rt.limiter.fallback_active:
+            return f"degraded: local limiter (breaker {rt.limiter.breaker_state})"
+        return f"{rt.limiter.backend} backend"
+
+    registry.register(Probe("database", database))
+    registry.register(Probe("jwks", jwks))
+    registry.register(Probe("ratelimit", ratelimit, critical=False))
+    if rt.redis_pubsub is not None:
+        client = rt.redis_pubsub
+
+        async def redis_ping() -> str | None:
+            await client.ping()
+            return None
+
+        registry.register(Probe("redis", redis_ping, critical=False, timeout_seconds=0.5))
+    return registry
+
+
+def settings_sections() -> SettingsSections:
+    sections = SettingsSections()
+    sections.register("imaging", ImagingSettings)
+    return sections
+
+
+def guard_routes(app: FastAPI, routers: tuple[APIRouter, ...], gate: Gatekeeper) -> None:
+    """Put each area's routes on the app, each behind a guard holding its declared policy."""
+    for area in routers:
+        for route in area.routes:
+            if isinstance(route, APIRoute):
+                described = (route.openapi_extra or {}).get(POLICY_KEY)
+                if described is None:
+                    raise RuntimeError(f"route {route.path} declares no policy")
+                route.app = RouteGuard(route.app, Policy.from_description(described), gate)
+            app.router.routes.append(route)
+
+
+def _watch_pool(db: Database, size: int) -> None:
+    DB_POOL_SIZE.set(size)
+    pool = db.engine.sync_engine.pool
+    event.listen(pool, "checkout", lambda *_: DB_POOL_CHECKED_OUT.inc())
+    event.listen(pool, "checkin", lambda *_: DB_POOL_CHECKED_OUT.dec())
+
+
+def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) -> FastAPI:
+    rt = build_runtime(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await rt.keys.refresh()
+        rt.tasks.append(asyncio.create_task(rt.keys.run_refresher(), name="jwks-refresh"))
+        rt.tasks.append(asyncio.create_task(rt.invalidator.listen(), name="tenant-invalidation"))
+        try:
+            yield
+        finally:
+            for task in rt.tasks:
+                task.cancel()
+            await asyncio.gather(*rt.tasks, return_exceptions=True)
+            for client in (rt.redis_fast, rt.redis_pubsub):
+                if client is not None:
+                    await client.aclose()
+            await rt.http.aclose()
+            await rt.db.dispose()
+
+    app = FastAPI(
+        title="Novaza Gateway",
+        version=__version__,
+        summary="The one front door of the Novaza clinical platform.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.state.db = rt.db
+    app.state.settings = settings
+    app.state.invalidator = rt.invalidator
+    app.state.settings_sections = settings_sections()
+    app.state.health = health_registry(rt)
+    install_handlers(app)
+    gate = Gatekeeper(
+        verifier=TokenVerifier(settings.auth, rt.keys),
+        tenants=rt.tenants,
+        limiter=rt.limiter,
+        default_max_body_bytes=settings.max_body_bytes,
+    )
+    guard_routes(app, ROUTERS + extra_routers, gate)
+    _watch_pool(rt.db, settings.db_pool_size)
+    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestContextMiddleware)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        }
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,219 @@
+"""The ``novaza`` command: serve, migrate, token, tenants."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import redis.asyncio as redis
+import typer
+import uvicorn
+
+from novaza_gateway.app import settings_sections
+from novaza_gateway.config import ConfigurationError, Settings, load_settings
+from novaza_gateway.core import devkeys
+from novaza_gateway.core.audit import Actor
+from novaza_gateway.core.db import Database, create_engine
+from novaza_gateway.core.errors import ApiError
+from novaza_gateway.core.policy import ADMIN_SCOPE
+from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
+from novaza_gateway.migrate import upgrade
+from novaza_gateway.tenants import service as tenants
+from novaza_gateway.tenants.schemas import TenantCreate
+from novaza_gateway.tenants.service import TenantAdmin
+
+app = typer.Typer(help="Novaza Gateway: the front door of the Novaza clinical platform.",
+                  no_args_is_help=True, add_completion=False)
+tenants_app = typer.Typer(help="Tenant administration from the shell.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+
+TENANT_SCOPES = (
+    "imaging:read imaging:write hl7:write patients:read rooms:write ai:use "
+    "desk:read desk:write billing:read billing:manage"
+).split()
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [env NOVAZA_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env NOVAZA_PORT]")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+) -> None:
+    """Serve the gateway. SIGTERM drains in-flight requests before exit."""
+    if host:
+        os.environ["NOVAZA_HOST"] = host
+    if port:
+        os.environ["NOVAZA_PORT"] = str(port)
+    settings = _settings()
+    if workers > 1:
+        # Workers import prometheus_client fresh and write their samples here.
+        metrics_dir = settings.data_dir.resolve() / "prometheus-multiproc"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    uvicorn.run(
+        "novaza_gateway.asgi:create",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        access_log=False,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (SQLite under NOVAZA_DATA_DIR, or NOVAZA_DATABASE_URL)."""
+    upgrade(_settings())
+    typer.echo("database is at the latest revision")
+
+
+@app.command()
+def token(
+    tenant: Annotated[str | None, typer.Option(help="Tenant slug for the tenant claim")] = None,
+    scope: Annotated[str | None, typer.Option(help="Space-separated scopes")] = None,
+    sub: Annotated[str, typer.Option(help="Subject")] = "dev-user",
+    ttl: Annotated[int, typer.Option(min=1, max=86400 * 30)] = 3600,
+    admin: Annotated[bool, typer.Option(help="A platform:admin token")] = False,
+) -> None:
+    """Print a token signed with the dev-mode key (dev mode only)."""
+    settings = _settings()
+    if not settings.auth.dev_mode:
+        typer.echo("novaza token works in dev mode only (no issuer/JWKS configured)", err=True)
+        raise typer.Exit(2)
+    if not tenant and not admin:
+        typer.echo("give --tenant SLUG or --admin", err=True)
+        raise typer.Exit(2)
+    scopes = scope.split() if scope else ([ADMIN_SCOPE] if admin else TENANT_SCOPES)
+    typer.echo(
+        devkeys.mint_token(
+            settings.data_dir,
+            subject=sub,
+            scopes=scopes,
+            tenant=tenant,
+            tenant_claim=settings.tenant_claim,
+            ttl_seconds=ttl,
+            audience=settings.jwt_audience,
+        )
+    )
+
+
+def _run_admin(action: Callable[[Any, TenantAdmin], Awaitable[T]]) -> T:
+    """Run one tenant action in one transaction, audited as the shell user."""
+    settings = _settings()
+
+    async def main() -> T:
+        db = Database(create_engine(settings.sqlalchemy_url))
+        client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        invalidator = TenantInvalidator(TenantCache(_NoSource(), 0), client)
+        admin = TenantAdmin(Actor(f"cli:{getpass.getuser()}"), settings_sections(), invalidator)
+        try:
+            async with db.session_scope() as session:
+                return await action(session, admin)
+        finally:
+            if client is not None:
+                await client.aclose()
+            await db.dispose()
+
+    try:
+        return asyncio.run(main())
+    except ApiError as exc:
+        typer.echo(f"{exc.code}: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+class _NoSource:
+    async def load(self, key: str) -> None:
+        return None
+
+
+def _print(model: Any) -> None:
+    typer.echo(json.dumps(model.model_dump(mode="json", by_alias=True), indent=2))
+
+
+@tenants_app.command("create")
+def tenants_create(
+    slug: str,
+    name: Annotated[str, typer.Option(help="Display name")],
+    plan: Annotated[str, typer.Option()] = "starter",
+    addon: Annotated[list[str] | None, typer.Option(help="Add-on (repeatable)")] = None,
+    activate: Annotated[bool, typer.Option(help="Create it active")] = False,
+    if_missing: Annotated[bool, typer.Option(help="Succeed quietly if it exists")] = False,
+) -> None:
+    """Create a tenant."""
+    try:
+        body = TenantCreate.model_validate(
+            {"slug": slug, "name": name, "plan": plan, "addons": addon or [],
+             "status": "active" if activate else "pending"}
+        )
+    except ValueError as exc:
+        typer.echo(f"VALIDATION_FAILED: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+    async def create(session: Any, admin: TenantAdmin) -> Any:
+        if if_missing:
+            try:
+                return await tenants.get_tenant(session, admin, slug)
+            except ApiError:
+                pass
+        return await tenants.create_tenant(session, admin, body)
+
+    _print(_run_admin(create))
+
+
+@tenants_app.command("list")
+def tenants_list(status: Annotated[str | None, typer.Option()] = None) -> None:
+    """List tenants (all pages)."""
+
+    async def collect(session: Any, admin: TenantAdmin) -> list[Any]:
+        rows, cursor = [], None
+        while True:
+            page = await tenants.list_tenants(session, admin, status=status, cursor=cursor,
+                                              limit=500)
+            rows += page.data
+            if page.next_cursor is None:
+                return rows
+            cursor = page.next_cursor
+
+    for tenant in _run_admin(collect):
+        typer.echo(f"{tenant.slug}\t{tenant.status}\t{tenant.plan}\t{','.join(tenant.addons)}")
+
+
+@tenants_app.command("suspend")
+def tenants_suspend(slug: str) -> None:
+    """Suspend a tenant: its next request on every replica is refused."""
+    _print(_run_admin(lambda s, a: tenants.set_status(s, a, slug, "suspended")))
+
+
+@tenants_app.command("activate")
+def tenants_activate(slug: str) -> None:
+    """Activate a tenant."""
+    _print(_run_admin(lambda s, a: tenants.set_status(s, a, slug, "active")))
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigurationError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,149 @@
+"""Settings: one validated object built at start-up and passed down.
+
+Every field reads from an environment variable prefixed ``NOVAZA_`` (``data_dir`` from
+``NOVAZA_DATA_DIR``) or from the file named by ``NOVAZA_CONFIG_FILE`` (dotenv syntax).
+Fields are grouped by concern; the groups are views over the flat variables so an operator
+sets ``NOVAZA_REDIS_URL``, not ``NOVAZA_REDIS__URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigurationError(RuntimeError):
+    """The settings cannot serve: raised at start-up, before any request."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    jwks_url: str | None
+    jwks_file: Path | None
+    issuer: str | None
+    audience: str | None
+    hs256_secret: SecretStr | None
+    leeway_seconds: int
+    tenant_claim: str
+    jwks_refetch_interval_seconds: float
+    jwks_refresh_seconds: float
+    token_cache_size: int
+    http_timeout_seconds: float
+
+    @property
+    def dev_mode(self) -> bool:
+        return not (self.jwks_url or self.jwks_file or self.issuer)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    redis_timeout_seconds: float
+    breaker_failures: int
+    breaker_reset_seconds: float
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NOVAZA_",
+        env_file=os.environ.get("NOVAZA_CONFIG_FILE"),
+        extra="ignore",
+    )
+
+    # -- runtime
+    env: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    data_dir: Path = Path("./data")
+    log_level: str = "INFO"
+    log_json: bool = True
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+
+    # -- storage
+    database_url: str | None = None
+    db_pool_size: int = 10
+    redis_url: str | None = None
+
+    # -- auth
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_hs256_secret: SecretStr | None = None
+    jwt_leeway_seconds: int = Field(default=60, ge=0, le=600)
+    tenant_claim: str = "tenant_id"
+    jwks_refetch_interval_seconds: float = 30.0
+    jwks_refresh_seconds: float = 300.0
+    token_cache_size: int = 50_000
+    outbound_timeout_seconds: float = 5.0
+
+    # -- tenancy and rate limits
+    tenant_cache_ttl_seconds: float = 2.0
+    ratelimit_redis_timeout_ms: float = 25.0
+    ratelimit_breaker_failures: int = 3
+    ratelimit_breaker_reset_seconds: float = 5.0
+
+    @model_validator(mode="after")
+    def _production_needs_real_issuer(self) -> Settings:
+        if self.env == "production" and self.auth.dev_mode:
+            raise ValueError(
+                "NOVAZA_ENV=production needs a real token issuer: set NOVAZA_JWT_ISSUER, "
+                "NOVAZA_JWKS_URL or NOVAZA_JWKS_FILE"
+            )
+        return self
+
+    @property
+    def auth(self) -> AuthSettings:
+        return AuthSettings(
+            jwks_url=self.jwks_url,
+            jwks_file=self.jwks_file,
+            issuer=self.jwt_issuer,
+            audience=self.jwt_audience,
+            hs256_secret=self.jwt_hs256_secret,
+            leeway_seconds=self.jwt_leeway_seconds,
+            tenant_claim=self.tenant_claim,
+            jwks_refetch_interval_seconds=self.jwks_refetch_interval_seconds,
+            jwks_refresh_seconds=self.jwks_refresh_seconds,
+            token_cache_size=self.token_cache_size,
+            http_timeout_seconds=self.outbound_timeout_seconds,
+        )
+
+    @property
+    def ratelimit(self) -> RateLimitSettings:
+        return RateLimitSettings(
+            redis_timeout_seconds=self.ratelimit_redis_timeout_ms / 1000.0,
+            breaker_failures=self.ratelimit_breaker_failures,
+            breaker_reset_seconds=self.ratelimit_breaker_reset_seconds,
+        )
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The async driver URL: PostgreSQL through asyncpg, SQLite through aiosqlite."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'novaza.db').resolve()}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        if url.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+        return url
+
+    @property
+    def base_url(self) -> str:
+        """Where absolute links handed to callers point (signed URLs, portal links)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc

@@ -1,0 +1,1 @@
+"""Cross-cutting concerns. Nothing here imports a product area."""

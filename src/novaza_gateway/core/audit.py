@@ -1,0 +1,77 @@
+"""Audit trail: who did what to which resource, when, with what outcome.
+
+Written in the same transaction as the change it describes, so there is never a change
+without its record nor a record of a change that rolled back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Index, String
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from novaza_gateway.core.db import Base, UtcDateTime, utcnow
+from novaza_gateway.core.logging import request_id_var
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_tenant_at", "tenant_id", "at"),
+        Index("ix_audit_events_patient", "tenant_id", "patient_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    tenant_id: Mapped[str | None] = mapped_column(String(36))
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(255))
+    patient_id: Mapped[str | None] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    subject: str
+    tenant_id: str | None = None
+
+
+def record(
+    session: AsyncSession,
+    actor: Actor,
+    action: str,
+    resource_type: str,
+    resource_id: str | None,
+    *,
+    tenant_id: str | None = None,
+    patient_id: str | None = None,
+    outcome: str = "success",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditEvent:
+    event = AuditEvent(
+        id=uuid.uuid4().hex,
+        at=utcnow(),
+        tenant_id=tenant_id if tenant_id is not None else actor.tenant_id,
+        actor=actor.subject,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        patient_id=patient_id,
+        outcome=outcome,
+        request_id=request_id_var.get(),
+        before=before,
+        after=after,
+    )
+    session.add(event)
+    return event

@@ -1,0 +1,243 @@
+"""The error tree and the one envelope renderer.
+
+Every non-2xx answer is ``{"code", "message", "details"?}``. Services raise an ``ApiError``
+subclass; the handlers here (and the ASGI helpers for middleware) render it. Codes are stable
+API and are listed in ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import Send
+
+log = logging.getLogger("novaza.errors")
+
+
+class ApiError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL"
+    default_message: ClassVar[str] = "The gateway failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.details = dict(details) if details else None
+        self.headers = dict(headers) if headers else {}
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class Unauthenticated(ApiError):
+    status = 401
+    code = "UNAUTHENTICATED"
+    default_message = "A valid bearer token is required."
+
+    def __init__(self, message: str | None = None, *, reason: str = "invalid_token") -> None:
+        # The reason feeds metrics and logs; the caller only learns the token is not good.
+        self.reason = reason
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "FORBIDDEN"
+    default_message = "The token does not grant this operation."
+
+
+class TenantUnknown(ApiError):
+    status = 403
+    code = "TENANT_UNKNOWN"
+    default_message = "The tenant is not known to the gateway."
+
+
+class TenantSuspended(ApiError):
+    status = 403
+    code = "TENANT_SUSPENDED"
+    default_message = "The tenant is suspended."
+
+
+class TenantInactive(ApiError):
+    status = 403
+    code = "TENANT_INACTIVE"
+    default_message = "The tenant is not active yet."
+
+
+class AddonRequired(ApiError):
+    status = 403
+    code = "ADDON_REQUIRED"
+    default_message = "The tenant's subscription does not include the add-on this needs."
+
+    def __init__(self, addon: str) -> None:
+        super().__init__(
+            f"This operation needs the '{addon}' add-on.", details={"addon": addon}
+        )
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "NOT_FOUND"
+    default_message = "No such resource."
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+    default_message = "The resource does not support this method."
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "CONFLICT"
+    default_message = "The request conflicts with the resource's current state."
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+    default_message = "The request body is too large."
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    default_message = "The request's content type is not supported here."
+
+
+class ValidationFailed(ApiError):
+    status = 422
+    code = "VALIDATION_FAILED"
+    default_message = "The request is not valid."
+
+    @classmethod
+    def field(cls, path: str, reason: str) -> ValidationFailed:
+        return cls(f"{path}: {reason}", details={"errors": [{"path": path, "reason": reason}]})
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "RATE_LIMITED"
+    default_message = "Too many requests for this tenant; retry later."
+
+    def __init__(self, retry_after_seconds: int, headers: Mapping[str, str]) -> None:
+        super().__init__(
+            details={"retryAfterSeconds": retry_after_seconds},
+            headers={**headers, "Retry-After": str(retry_after_seconds)},
+        )
+
+
+class UpstreamUnavailable(ApiError):
+    code = "UPSTREAM_UNAVAILABLE"
+    default_message = "An upstream service did not answer."
+
+    def __init__(self, message: str | None = None, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status  # type: ignore[misc]  # 502, 503 or 504 per failure
+
+
+class Internal(ApiError):
+    pass
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render(error: ApiError) -> Response:
+    return Response(
+        orjson.dumps(error.body()),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers,
+    )
+
+
+async def send_error(send: Send, error: ApiError) -> None:
+    """Answer from ASGI middleware, before any route ran."""
+    headers = [(b"content-type", b"application/json")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    body = orjson.dumps(error.body())
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_STATUS_ERRORS: dict[int, type[ApiError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    errors = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ()) if part not in ("body",)]
+        errors.append({"path": ".".join(loc) or "body", "reason": str(err.get("msg", ""))})
+    return errors
+
+
+async def _api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return render(exc)
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc)
+    first = errors[0] if errors else {"path": "body", "reason": "invalid"}
+    return render(
+        ValidationFailed(f"{first['path']}: {first['reason']}", details={"errors": errors})
+    )
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    cls = _STATUS_ERRORS.get(exc.status_code)
+    if cls is not None:
+        error: ApiError = cls(headers=exc.headers)
+    else:
+        error = ApiError(str(exc.detail), headers=exc.headers)
+        error.status = exc.status_code  # type: ignore[misc]
+        error.code = "HTTP_ERROR"  # type: ignore[misc]
+    return render(error)
+
+
+def classify(exc: Exception) -> ApiError:
+    """An unexpected exception as the caller should see it: a lost store is 503, not 500."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, (OperationalError, InterfaceError, ConnectionError, TimeoutError)):
+        return UpstreamUnavailable("A storage backend is unavailable; retry later.", status=503)
+    return Internal()
+
+
+async def _storage_error(_: Request, exc: Exception) -> Response:
+    log.error("storage unavailable", extra={"error": type(exc).__name__})
+    return render(classify(exc))
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OperationalError, _storage_error)
+    app.add_exception_handler(InterfaceError, _storage_error)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,165 @@
+"""Signing keys the gateway trusts: a JWKS from a URL, OIDC discovery, a file, or dev mode.
+
+The key set is cached. An unknown ``kid`` triggers at most one refetch per interval (so a
+flood of forged kids cannot hammer the issuer); a failed refresh keeps the cached keys.
+Keys are only ever fetched from configured locations, never from a URL a token names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+from novaza_gateway.config import AuthSettings
+from novaza_gateway.core import devkeys
+from novaza_gateway.core.metrics import JWKS_FETCHES
+
+log = logging.getLogger("novaza.auth.jwks")
+
+# Which token algorithms each key type may verify (RFC 8725 section 3.1).
+ALGORITHMS_BY_KEY: dict[tuple[str, str | None], frozenset[str]] = {
+    ("RSA", None): frozenset({"RS256", "RS384", "RS512", "PS256"}),
+    ("EC", "P-256"): frozenset({"ES256"}),
+    ("EC", "P-384"): frozenset({"ES384"}),
+    ("OKP", "Ed25519"): frozenset({"EdDSA"}),
+    ("OKP", "Ed448"): frozenset({"EdDSA"}),
+}
+ASYMMETRIC_ALGORITHMS = frozenset().union(*ALGORITHMS_BY_KEY.values())
+
+
+class TrustedKey:
+    __slots__ = ("algorithms", "key", "kid")
+
+    def __init__(self, jwk: dict[str, Any]) -> None:
+        kty, crv = jwk.get("kty"), jwk.get("crv")
+        allowed = ALGORITHMS_BY_KEY.get((str(kty), None if kty == "RSA" else crv))
+        if not allowed:
+            raise ValueError(f"unsupported key type {kty}/{crv}")
+        if jwk.get("use") not in (None, "sig"):
+            raise ValueError("key is not for signatures")
+        declared = jwk.get("alg")
+        if declared is not None:
+            if declared not in allowed:
+                raise ValueError(f"alg {declared} does not fit key type {kty}")
+            allowed = frozenset({declared})
+        self.algorithms: frozenset[str] = allowed
+        self.kid: str | None = jwk.get("kid")
+        self.key: Any = jwt.PyJWK(jwk, algorithm=next(iter(sorted(allowed)))).key
+
+
+def parse_jwks(document: Any) -> list[TrustedKey]:
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS document")
+    keys = []
+    for jwk in document["keys"]:
+        try:
+            keys.append(TrustedKey(jwk))
+        except (ValueError, TypeError, jwt.PyJWKError) as exc:
+            log.warning("skipping JWKS key", extra={"kid": jwk.get("kid"), "reason": str(exc)})
+    return keys
+
+
+class KeyStore:
+    def __init__(self, settings: AuthSettings, data_dir: Path, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._data_dir = data_dir
+        self._http = http
+        self._by_kid: dict[str, TrustedKey] = {}
+        self._keys: list[TrustedKey] = []
+        self._lock = asyncio.Lock()
+        self._last_attempt = float("-inf")
+        self._jwks_uri: str | None = settings.jwks_url
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    @property
+    def source(self) -> str:
+        if self._settings.jwks_file:
+            return "file"
+        if self._settings.jwks_url:
+            return "url"
+        if self._settings.issuer:
+            return "discovery"
+        return "dev"
+
+    def on_keys_removed(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def has_keys(self) -> bool:
+        return bool(self._keys)
+
+    def candidates(self, kid: str | None, alg: str) -> list[TrustedKey]:
+        if kid is not None:
+            key = self._by_kid.get(kid)
+            return [key] if key is not None and alg in key.algorithms else []
+        return [k for k in self._keys if alg in k.algorithms]
+
+    def knows(self, kid: str | None) -> bool:
+        return kid is None or kid in self._by_kid
+
+    async def refresh_for_unknown_kid(self) -> bool:
+        """Refetch once per interval; answer whether a fetch happened."""
+        interval = self._settings.jwks_refetch_interval_seconds
+        if time.monotonic() - self._last_attempt < interval:
+            return False
+        await self.refresh()
+        return True
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            self._last_attempt = time.monotonic()
+            try:
+                keys = parse_jwks(await self._fetch())
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                JWKS_FETCHES.labels(source=self.source, outcome="error").inc()
+                log.warning("JWKS refresh failed; keeping cached keys", extra={"error": self.last_error})
+                return
+            self._install(keys)
+            JWKS_FETCHES.labels(source=self.source, outcome="ok").inc()
+
+    def _install(self, keys: list[TrustedKey]) -> None:
+        old = set(self._by_kid)
+        self._keys = keys
+        self._by_kid = {k.kid: k for k in keys if k.kid}
+        self.last_error = None
+        self.last_success = time.time()
+        if old - set(self._by_kid):
+            for callback in self._listeners:
+                callback()
+
+    async def _fetch(self) -> Any:
+        settings = self._settings
+        if settings.jwks_file:
+            return json.loads(await asyncio.to_thread(Path(settings.jwks_file).read_text))
+        if self.source == "dev":
+            return await asyncio.to_thread(devkeys.dev_jwks, self._data_dir)
+        if self._jwks_uri is None:
+            self._jwks_uri = await self._discover()
+        response = await self._http.get(self._jwks_uri, timeout=settings.http_timeout_seconds)
+        response.raise_for_status()
+        return response.json()
+
+    async def _discover(self) -> str:
+        issuer = (self._settings.issuer or "").rstrip("/")
+        url = f"{issuer}/.well-known/openid-configuration"
+        response = await self._http.get(url, timeout=self._settings.http_timeout_seconds)
+        response.raise_for_status()
+        jwks_uri = response.json().get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+            raise ValueError("discovery document has no jwks_uri")
+        return jwks_uri
+
+    async def run_refresher(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.jwks_refresh_seconds)
+            await self.refresh()

@@ -1,0 +1,248 @@
+"""Route policy: what a route demands (auth, tenant, scopes, add-on, rate limit, body size).
+
+Routes declare their policy with ``**policy(...)`` in the decorator; ``app.py`` wraps each
+route's ASGI app in a ``RouteGuard``. The guard is pure ASGI, runs after Starlette matched the
+route (so no second routing pass, and the route template is known) and before FastAPI reads
+the body or resolves dependencies. Order: authenticate, resolve tenant, authorize, rate limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from novaza_gateway.core.auth import Principal, TokenVerifier, bearer_token
+from novaza_gateway.core.errors import (
+    AddonRequired,
+    ApiError,
+    Forbidden,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthenticated,
+    send_error,
+)
+from novaza_gateway.core.ratelimit import RateLimiter
+from novaza_gateway.core.tenancy import TenantCache, TenantContext
+
+POLICY_KEY = "x-novaza-policy"
+OVERRIDE_SCOPE = "tenant:override"
+ADMIN_SCOPE = "platform:admin"
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    public: bool = False
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    addon: str | None = None
+    tenant: bool = True
+    max_body_bytes: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "public": self.public,
+            "scopes": sorted(self.scopes),
+            "addon": self.addon,
+            "tenant": self.tenant,
+            "maxBodyBytes": self.max_body_bytes,
+        }
+
+    @classmethod
+    def from_description(cls, described: dict[str, Any]) -> Policy:
+        return cls(
+            public=bool(described["public"]),
+            scopes=frozenset(described["scopes"]),
+            addon=described["addon"],
+            tenant=bool(described["tenant"]),
+            max_body_bytes=described["maxBodyBytes"],
+        )
+
+
+DEFAULT_POLICY = Policy()
+
+
+def policy(
+    *scopes: str,
+    addon: str | None = None,
+    tenant: bool = True,
+    public: bool = False,
+    max_body_bytes: int | None = None,
+    errors: dict[int, str] | None = None,
+    responses: dict[int | str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Route decorator keywords: the policy itself plus its OpenAPI description."""
+    declared = Policy(public, frozenset(scopes), addon, tenant and not public, max_body_bytes)
+    described: dict[int, str] = {}
+    if not public:
+        described[401] = "UNAUTHENTICATED"
+        forbidden = ["FORBIDDEN"]
+        if declared.tenant:
+            forbidden += ["TENANT_UNKNOWN", "TENANT_SUSPENDED", "TENANT_INACTIVE"]
+        if addon:
+            forbidden.append("ADDON_REQUIRED")
+        described[403] = ", ".join(forbidden)
+        if declared.tenant:
+            described[429] = "RATE_LIMITED"
+    described.update(errors or {})
+    extra: dict[str, Any] = {POLICY_KEY: declared.describe()}
+    if not public:
+        extra["security"] = [{"bearer": sorted(scopes)}]
+    return {
+        "openapi_extra": extra,
+        "responses": {
+            **{
+                status: {"model": ErrorBody, "description": f"Error codes: {codes}"}
+                for status, codes in described.items()
+            },
+            **(responses or {}),
+        },
+    }
+
+
+@dataclass(slots=True)
+class Gatekeeper:
+    """The shared machinery every guard consults; built once in the app's lifespan."""
+
+    verifier: TokenVerifier
+    tenants: TenantCache
+    limiter: RateLimiter
+    default_max_body_bytes: int
+
+    async def authenticate(self, scope: Scope) -> Principal:
+        token = bearer_token(scope["headers"])
+        if token is None:
+            raise Unauthenticated(reason="missing")
+        return await self.verifier.verify(token)
+
+    async def tenant_for(self, scope: Scope, principal: Principal) -> TenantContext:
+        override = _header(scope, b"x-tenant-id")
+        if override is not None:
+            if OVERRIDE_SCOPE not in principal.scopes:
+                raise Forbidden("X-Tenant-ID is only honoured for service tokens.")
+            key = override
+        elif principal.tenant:
+            key = principal.tenant
+        else:
+            raise Forbidden("The token names no tenant.")
+        return await self.tenants.resolve(key)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RouteGuard:
+    def __init__(self, app: ASGIApp, declared: Policy, gate: Gatekeeper) -> None:
+        self.app = app
+        self.policy = declared
+        self.gate = gate
+        self.max_body = declared.max_body_bytes or gate.default_max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.policy.public:
+            await self.app(scope, receive, send)
+            return
+        try:
+            extra_headers = await self._admit(scope)
+        except ApiError as error:
+            await send_error(send, error)
+            return
+        if extra_headers:
+            send = _with_headers(send, extra_headers)
+        if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        await BodyLimit(self.max_body)(self.app, scope, receive, send)
+
+    async def _admit(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        state = scope.setdefault("state", {})
+        principal = await self.gate.authenticate(scope)
+        state["principal"] = principal
+        declared = self.policy
+        if not declared.tenant:
+            if not principal.has_scopes(declared.scopes):
+                raise Forbidden(f"Needs scope {' '.join(sorted(declared.scopes))}.")
+            self._check_length(scope)
+            return []
+        tenant = await self.gate.tenant_for(scope, principal)
+        state["tenant"] = tenant
+        state["tenant_slug"] = tenant.slug
+        if not principal.has_scopes(declared.scopes):
+            raise Forbidden(f"Needs scope {' '.join(sorted(declared.scopes))}.")
+        if declared.addon and declared.addon not in tenant.addons:
+            raise AddonRequired(declared.addon)
+        decision = await self.gate.limiter.decide(tenant.id, tenant.rate_limit)
+        window = tenant.rate_limit.burst / tenant.rate_limit.rate_per_second
+        headers = decision.headers(window)
+        if not decision.allowed:
+            retry = max(1, int(decision.retry_after_seconds + 0.999))
+            raise RateLimited(retry, {k.decode(): v.decode() for k, v in headers})
+        self._check_length(scope)
+        return headers
+
+    def _check_length(self, scope: Scope) -> None:
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise PayloadTooLarge(details={"maxBytes": self.max_body})
+
+
+class BodyLimit:
+    """Counts body bytes as the app reads them; past the limit, answers 413 and hangs up.
+
+    Raising from ``receive`` would reach FastAPI's body parser, which turns any error into
+    400. Instead the guard answers itself and tells the app the client disconnected.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen = 0
+        self.rejected = False
+        self.started = False
+
+    async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counting_receive() -> Message:
+            if self.rejected:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                self.seen += len(message.get("body", b""))
+                if self.seen > self.limit:
+                    self.rejected = True
+                    if not self.started:
+                        self.started = True
+                        await send_error(send, PayloadTooLarge(details={"maxBytes": self.limit}))
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if self.rejected:
+                return
+            if message["type"] == "http.response.start":
+                self.started = True
+            await send(message)
+
+        try:
+            await app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not self.rejected:
+                raise
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), *headers]
+        await send(message)
+
+    return send_with_headers

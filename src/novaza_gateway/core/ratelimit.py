@@ -1,0 +1,204 @@
+"""Per-tenant rate limiting with GCRA (the generic cell rate algorithm).
+
+A tenant with rate r/s and burst b may send b requests at once and then r per second. The
+state per tenant is one number, the theoretical arrival time (TAT). The Redis backend runs
+the same arithmetic in one Lua call on the server's clock, so N replicas share one limit. When
+Redis is slow (timeout ~25 ms) or down, a circuit breaker sends decisions to the local limiter:
+never a 500, never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as redis
+
+from novaza_gateway.config import RateLimitSettings
+from novaza_gateway.core.metrics import RATELIMIT_DECISIONS, RATELIMIT_FALLBACKS
+from novaza_gateway.core.tenancy import RateLimitPolicy
+
+log = logging.getLogger("novaza.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: float  # until the bucket is full again
+    retry_after_seconds: float  # until the next request would pass (0 when allowed)
+
+    def headers(self, window_seconds: float) -> list[tuple[bytes, bytes]]:
+        reset = max(0, math.ceil(self.reset_seconds))
+        window = max(1, math.ceil(window_seconds))
+        return [
+            (b"ratelimit-policy", f'"tenant";q={self.limit};w={window}'.encode()),
+            (b"ratelimit", f'"tenant";r={self.remaining};t={reset}'.encode()),
+            (b"x-ratelimit-limit", str(self.limit).encode()),
+            (b"x-ratelimit-remaining", str(self.remaining).encode()),
+            (b"x-ratelimit-reset", str(reset).encode()),
+        ]
+
+
+def gcra(tat: float, now: float, policy: RateLimitPolicy) -> tuple[Decision, float]:
+    """One decision: (answer, new TAT). Pure, shared by both backends' tests."""
+    interval = 1.0 / policy.rate_per_second
+    capacity = policy.burst * interval
+    new_tat = max(tat, now) + interval
+    over = new_tat - now - capacity
+    if over > 1e-9:
+        backlog = max(tat, now) - now
+        remaining = 0
+        return Decision(False, policy.burst, remaining, backlog, over), tat
+    remaining = int((capacity - (new_tat - now)) / interval + 1e-9)
+    return Decision(True, policy.burst, remaining, new_tat - now, 0.0), new_tat
+
+
+class Limiter(Protocol):
+    name: str
+
+    async def decide(self, key: str, policy: RateLimitPolicy) -> Decision: ...
+
+
+class MemoryLimiter:
+    name = "memory"
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._tat: dict[str, float] = {}
+        self._max_keys = max_keys
+
+    async def decide(self, key: str, policy: RateLimitPolicy) -> Decision:
+        return self.decide_now(key, policy, time.monotonic())
+
+    def decide_now(self, key: str, policy: RateLimitPolicy, now: float) -> Decision:
+        decision, tat = gcra(self._tat.get(key, now), now, policy)
+        if len(self._tat) >= self._max_keys and key not in self._tat:
+            self._prune(now)
+        self._tat[key] = tat
+        return decision
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, tat in self._tat.items() if tat <= now]:
+            del self._tat[key]
+
+
+# KEYS[1] = bucket; ARGV = interval seconds, capacity seconds.
+# Returns {allowed, remaining, reset_ms, retry_ms}. TIME is the server clock: replicas agree.
+_GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local over = new_tat - now - capacity
+if over > 1e-9 then
+  return {0, 0, math.ceil((tat - now) * 1000), math.ceil(over * 1000)}
+end
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+local remaining = math.floor((capacity - (new_tat - now)) / interval + 1e-9)
+return {1, remaining, math.ceil((new_tat - now) * 1000), 0}
+"""
+
+
+class RedisLimiter:
+    name = "redis"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._script = client.register_script(_GCRA_LUA)
+
+    async def decide(self, key: str, policy: RateLimitPolicy) -> Decision:
+        interval = 1.0 / policy.rate_per_second
+        result = await self._script(
+            keys=[f"novaza:rl:{key}"], args=[repr(interval), repr(policy.burst * interval)]
+        )
+        allowed, remaining, reset_ms, retry_ms = (int(x) for x in result)
+        return Decision(
+            bool(allowed), policy.burst, remaining, reset_ms / 1000.0, retry_ms / 1000.0
+        )
+
+
+class CircuitBreaker:
+    """Closed -> open after N consecutive failures; one trial call after the reset time."""
+
+    def __init__(self, failures: int, reset_seconds: float) -> None:
+        self._threshold = failures
+        self._reset = reset_seconds
+        self._failures = 0
+        self._opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        return "half_open" if time.monotonic() - self._opened_at >= self._reset else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "half_open":
+            self._opened_at = time.monotonic()  # exactly one trial per reset period
+            return True
+        return state == "closed"
+
+    def success(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self._failures >= self._threshold:
+            self._opened_at = time.monotonic()
+
+
+class RateLimiter:
+    """The decision the request path asks for: shared backend first, local when it fails."""
+
+    def __init__(self, shared: RedisLimiter | None, settings: RateLimitSettings) -> None:
+        self._shared = shared
+        self._local = MemoryLimiter()
+        self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds)
+        self.fallback_active = False
+
+    @property
+    def backend(self) -> str:
+        return self._shared.name if self._shared else self._local.name
+
+    @property
+    def breaker_state(self) -> str:
+        return self._breaker.state if self._shared else "n/a"
+
+    async def decide(self, key: str, policy: RateLimitPolicy) -> Decision:
+        if self._shared is not None:
+            if self._breaker.allow():
+                try:
+                    decision = await self._shared.decide(key, policy)
+                except Exception as exc:  # timeout, refused, script error: never the caller's 500
+                    self._breaker.failure()
+                    self._note_fallback(type(exc).__name__)
+                else:
+                    self._breaker.success()
+                    self.fallback_active = False
+                    self._count(decision, self._shared.name)
+                    return decision
+            else:
+                self._note_fallback("breaker_open")
+        decision = await self._local.decide(key, policy)
+        self._count(decision, "memory")
+        return decision
+
+    def _note_fallback(self, reason: str) -> None:
+        if not self.fallback_active:
+            log.warning("rate limiter falling back to local decisions", extra={"reason": reason})
+        self.fallback_active = True
+        RATELIMIT_FALLBACKS.labels(reason=reason).inc()
+
+    @staticmethod
+    def _count(decision: Decision, backend: str) -> None:
+        outcome = "allowed" if decision.allowed else "limited"
+        RATELIMIT_DECISIONS.labels(outcome=outcome, backend=backend).inc()

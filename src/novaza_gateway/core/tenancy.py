@@ -1,0 +1,145 @@
+"""Tenant resolution for the request path: who the caller acts for, and what it may use.
+
+``core`` knows tenants only through ``TenantSource`` (wired in ``app.py`` from the tenants
+area). Resolved tenants are cached per process for a short TTL, invalidated locally at once
+on change and across replicas through Redis pub/sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as redis
+
+from novaza_gateway.core.errors import TenantInactive, TenantSuspended, TenantUnknown
+from novaza_gateway.core.metrics import TENANT_CACHE
+
+log = logging.getLogger("novaza.tenancy")
+
+INVALIDATION_CHANNEL = "novaza:tenants:invalidate"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy:
+    rate_per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantContext:
+    id: str
+    slug: str
+    status: str
+    plan: str
+    addons: frozenset[str]
+    rate_limit: RateLimitPolicy
+
+    def check_active(self) -> None:
+        if self.status == "active":
+            return
+        if self.status == "suspended":
+            raise TenantSuspended()
+        if self.status == "pending":
+            raise TenantInactive()
+        raise TenantUnknown()
+
+
+class TenantSource(Protocol):
+    async def load(self, key: str) -> TenantContext | None:
+        """The tenant whose slug or id is ``key``, with resolved entitlements; None if unknown."""
+
+
+class TenantCache:
+    def __init__(self, source: TenantSource, ttl_seconds: float) -> None:
+        self._source = source
+        self._ttl = ttl_seconds
+        self._entries: dict[str, tuple[TenantContext | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future[TenantContext | None]] = {}
+
+    async def resolve(self, key: str) -> TenantContext:
+        tenant = await self.get(key)
+        if tenant is None:
+            raise TenantUnknown()
+        tenant.check_active()
+        return tenant
+
+    async def get(self, key: str) -> TenantContext | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] > time.monotonic():
+            TENANT_CACHE.labels(result="hit").inc()
+            return entry[0]
+        TENANT_CACHE.labels(result="miss").inc()
+        inflight = self._inflight.get(key)
+        if inflight is not None:  # one load per key, however many requests wait for it
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[TenantContext | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            tenant = await self._source.load(key)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters may be none
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(tenant)
+        self._entries[key] = (tenant, time.monotonic() + self._ttl)
+        return tenant
+
+    def invalidate(self, *keys: str) -> None:
+        for key in keys:
+            self._entries.pop(key, None)
+        # a tenant is cached under both slug and id: drop every alias of the same tenant
+        stale = [k for k, (t, _) in self._entries.items() if t and (t.slug in keys or t.id in keys)]
+        for key in stale:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class TenantInvalidator:
+    """Announces tenant changes to every replica and applies the announcements it hears."""
+
+    def __init__(self, cache: TenantCache, client: redis.Redis | None) -> None:
+        self._cache = cache
+        self._client = client
+
+    async def announce(self, *keys: str) -> None:
+        self._cache.invalidate(*keys)
+        if self._client is None:
+            return
+        try:
+            for key in keys:
+                await self._client.publish(INVALIDATION_CHANNEL, key)
+        except Exception as exc:  # replicas still converge through the TTL
+            log.warning("tenant invalidation not published", extra={"error": str(exc)})
+
+    async def listen(self) -> None:
+        if self._client is None:
+            return
+        while True:
+            try:
+                await self._listen_once(self._client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("tenant invalidation listener lost Redis", extra={"error": str(exc)})
+            self._cache.clear()  # messages may have been missed while disconnected
+            await asyncio.sleep(1.0)
+
+    async def _listen_once(self, client: redis.Redis) -> None:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(INVALIDATION_CHANNEL)
+            self._cache.clear()
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    data = message["data"]
+                    self._cache.invalidate(data.decode() if isinstance(data, bytes) else str(data))
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

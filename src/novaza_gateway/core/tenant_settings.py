@@ -1,0 +1,93 @@
+"""Tenant settings: one validated section per product area, each area owning its schema.
+
+Areas register their section model at wiring time (``app.py``). Fields typed ``SecretStr``
+are write-only: stored, never returned, and kept when an update omits them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from novaza_gateway.core.errors import ValidationFailed
+
+
+class SettingsSections:
+    def __init__(self) -> None:
+        self._sections: dict[str, type[BaseModel]] = {}
+
+    def register(self, name: str, model: type[BaseModel]) -> None:
+        self._sections[name] = model
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._sections)
+
+    def merge(self, stored: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``update`` section by section over ``stored``; answer the document to store."""
+        merged = dict(stored)
+        for name, section in update.items():
+            model = self._sections.get(name)
+            if model is None:
+                raise ValidationFailed.field(f"settings.{name}", "unknown settings section")
+            if section is None:
+                merged.pop(name, None)
+                continue
+            if not isinstance(section, dict):
+                raise ValidationFailed.field(f"settings.{name}", "must be an object")
+            merged[name] = self._validate(name, model, stored.get(name) or {}, section)
+        return merged
+
+    def public_view(self, stored: dict[str, Any]) -> dict[str, Any]:
+        view: dict[str, Any] = {}
+        for name, section in stored.items():
+            model = self._sections.get(name)
+            if model is None or not isinstance(section, dict):
+                continue
+            secrets = _secret_fields(model)
+            view[name] = {k: v for k, v in section.items() if k not in secrets}
+            present = sorted(k for k in secrets if section.get(k))
+            if present:
+                view[name]["secretsSet"] = present
+        return view
+
+    @staticmethod
+    def _validate(
+        name: str, model: type[BaseModel], old: dict[str, Any], new: dict[str, Any]
+    ) -> dict[str, Any]:
+        candidate = dict(new)
+        for field_name in _secret_fields(model):
+            if field_name not in candidate and field_name in old:
+                candidate[field_name] = old[field_name]
+        try:
+            parsed = model.model_validate(candidate)
+        except ValidationError as exc:
+            errors = [
+                {"path": ".".join(["settings", name, *map(str, e["loc"])]), "reason": e["msg"]}
+                for e in exc.errors()
+            ]
+            raise ValidationFailed(
+                f"{errors[0]['path']}: {errors[0]['reason']}", details={"errors": errors}
+            ) from None
+        dumped = parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for field_name in _secret_fields(model):
+            value = getattr(parsed, _attr(model, field_name))
+            if isinstance(value, SecretStr):
+                dumped[field_name] = value.get_secret_value()
+        return dumped
+
+
+def _attr(model: type[BaseModel], alias: str) -> str:
+    for attr, info in model.model_fields.items():
+        if (info.alias or attr) == alias:
+            return attr
+    return alias
+
+
+def _secret_fields(model: type[BaseModel]) -> set[str]:
+    return {
+        (info.alias or attr)
+        for attr, info in model.model_fields.items()
+        if info.annotation is SecretStr or info.annotation == SecretStr | None
+    }

@@ -1,0 +1,45 @@
+"""``GET /api/v1/whoami``: what the gateway makes of the caller's token and tenant.
+
+Answers from the token and the tenant cache alone (no database round trip), so it is also
+the reference route for the gateway's own overhead in ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from novaza_gateway.core.deps import PrincipalDep, TenantDep
+from novaza_gateway.core.schemas import ApiResponse
+from novaza_gateway.core.policy import policy
+
+router = APIRouter(prefix="/api/v1", tags=["identity"])
+
+
+class RateLimitOut(ApiResponse):
+    rate_per_second: float
+    burst: int
+
+
+class WhoAmI(ApiResponse):
+    subject: str
+    scopes: list[str]
+    tenant: str
+    tenant_id: str
+    plan: str
+    addons: list[str]
+    rate_limit: RateLimitOut
+
+
+@router.get("/whoami", **policy(), summary="The caller as the gateway sees it")
+async def whoami(principal: PrincipalDep, tenant: TenantDep) -> WhoAmI:
+    return WhoAmI(
+        subject=principal.subject,
+        scopes=sorted(principal.scopes),
+        tenant=tenant.slug,
+        tenant_id=tenant.id,
+        plan=tenant.plan,
+        addons=sorted(tenant.addons),
+        rate_limit=RateLimitOut(
+            rate_per_second=tenant.rate_limit.rate_per_second, burst=tenant.rate_limit.burst
+        ),
+    )

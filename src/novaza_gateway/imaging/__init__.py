@@ -1,0 +1,1 @@
+"""Medical imaging: DICOM archive and DICOMweb, signed URLs, worklist, QC."""

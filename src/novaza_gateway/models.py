@@ -1,0 +1,11 @@
+"""Every table the gateway owns, imported in one place for Alembic and test set-up."""
+
+from __future__ import annotations
+
+from novaza_gateway.core.audit import AuditEvent
+from novaza_gateway.core.db import Base
+from novaza_gateway.tenants.models import Tenant
+
+metadata = Base.metadata
+
+__all__ = ["AuditEvent", "Tenant", "metadata"]

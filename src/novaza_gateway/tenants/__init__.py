@@ -1,0 +1,1 @@
+"""Tenant administration: onboarding, plans and add-ons, suspension, settings."""
