@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import httpx
 import redis.asyncio as redis
 from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from sqlalchemy import event, text
 
 from novaza_gateway import __version__
@@ -133,6 +134,8 @@ def guard_routes(app: FastAPI, routers: tuple[APIRouter, ...], gate: Gatekeeper)
                 described = (route.openapi_extra or {}).get(POLICY_KEY)
                 if described is None:
                     raise RuntimeError(f"route {route.path} declares no policy")
+                # The area's router is module state shared by every app: guard a copy.
+                route = copy.copy(route)
                 route.app = RouteGuard(route.app, Policy.from_description(described), gate)
             app.router.routes.append(route)
 

@@ -28,15 +28,15 @@ from novaza_gateway.tenants import service as tenants
 from novaza_gateway.tenants.schemas import TenantCreate
 from novaza_gateway.tenants.service import TenantAdmin
 
-app = typer.Typer(help="Novaza Gateway: the front door of the Novaza clinical platform.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Novaza Gateway: the front door of the Novaza clinical platform.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 tenants_app = typer.Typer(help="Tenant administration from the shell.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 
-TENANT_SCOPES = (
-    "imaging:read imaging:write hl7:write patients:read rooms:write ai:use "
-    "desk:read desk:write billing:read billing:manage"
-).split()
+TENANT_SCOPES = ["imaging:read", "imaging:write", "hl7:write", "patients:read", "rooms:write", "ai:use", "desk:read", "desk:write", "billing:read", "billing:manage"]
 
 T = TypeVar("T")
 
@@ -163,8 +163,13 @@ def tenants_create(
     """Create a tenant."""
     try:
         body = TenantCreate.model_validate(
-            {"slug": slug, "name": name, "plan": plan, "addons": addon or [],
-             "status": "active" if activate else "pending"}
+            {
+                "slug": slug,
+                "name": name,
+                "plan": plan,
+                "addons": addon or [],
+                "status": "active" if activate else "pending",
+            }
         )
     except ValueError as exc:
         typer.echo(f"VALIDATION_FAILED: {exc}", err=True)
@@ -188,8 +193,9 @@ def tenants_list(status: Annotated[str | None, typer.Option()] = None) -> None:
     async def collect(session: Any, admin: TenantAdmin) -> list[Any]:
         rows, cursor = [], None
         while True:
-            page = await tenants.list_tenants(session, admin, status=status, cursor=cursor,
-                                              limit=500)
+            page = await tenants.list_tenants(
+                session, admin, status=status, cursor=cursor, limit=500
+            )
             rows += page.data
             if page.next_cursor is None:
                 return rows

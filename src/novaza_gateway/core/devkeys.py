@@ -55,7 +55,14 @@ def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
 def public_jwk(key: Ed25519PrivateKey) -> dict[str, Any]:
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     kid = "dev-" + hashlib.sha256(raw).hexdigest()[:16]
-    return {"kty": "OKP", "crv": "Ed25519", "x": _b64(raw), "kid": kid, "alg": "EdDSA", "use": "sig"}
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": _b64(raw),
+        "kid": kid,
+        "alg": "EdDSA",
+        "use": "sig",
+    }
 
 
 def dev_jwks(data_dir: Path) -> dict[str, Any]:

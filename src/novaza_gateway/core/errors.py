@@ -87,9 +87,7 @@ class AddonRequired(ApiError):
     default_message = "The tenant's subscription does not include the add-on this needs."
 
     def __init__(self, addon: str) -> None:
-        super().__init__(
-            f"This operation needs the '{addon}' add-on.", details={"addon": addon}
-        )
+        super().__init__(f"This operation needs the '{addon}' add-on.", details={"addon": addon})
 
 
 class NotFound(ApiError):

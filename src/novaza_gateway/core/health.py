@@ -42,8 +42,9 @@ class HealthRegistry:
     async def run(self) -> tuple[bool, dict[str, Any]]:
         results = await asyncio.gather(*(self._run_one(p) for p in self._probes))
         checks = {p.name: r for p, r in zip(self._probes, results, strict=True)}
-        ready = all(r["status"] != "fail" for p, r in zip(self._probes, results, strict=True)
-                    if p.critical)
+        ready = all(
+            r["status"] != "fail" for p, r in zip(self._probes, results, strict=True) if p.critical
+        )
         return ready, checks
 
     @staticmethod

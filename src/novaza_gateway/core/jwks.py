@@ -122,7 +122,9 @@ class KeyStore:
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 JWKS_FETCHES.labels(source=self.source, outcome="error").inc()
-                log.warning("JWKS refresh failed; keeping cached keys", extra={"error": self.last_error})
+                log.warning(
+                    "JWKS refresh failed; keeping cached keys", extra={"error": self.last_error}
+                )
                 return
             self._install(keys)
             JWKS_FETCHES.labels(source=self.source, outcome="ok").inc()

@@ -53,9 +53,7 @@ RATELIMIT_FALLBACKS = Counter(
 JWKS_FETCHES = Counter(
     "novaza_jwks_fetches_total", "JWKS fetches, by source and outcome.", ["source", "outcome"]
 )
-TENANT_CACHE = Counter(
-    "novaza_tenant_cache_total", "Tenant cache lookups, by result.", ["result"]
-)
+TENANT_CACHE = Counter("novaza_tenant_cache_total", "Tenant cache lookups, by result.", ["result"])
 DB_POOL_CHECKED_OUT = Gauge(
     "novaza_db_pool_connections_in_use",
     "Database connections checked out of the pool.",

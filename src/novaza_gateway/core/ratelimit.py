@@ -100,7 +100,8 @@ local over = new_tat - now - capacity
 if over > 1e-9 then
   return {0, 0, math.ceil((tat - now) * 1000), math.ceil(over * 1000)}
 end
-redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+local ttl_ms = math.ceil((new_tat - now) * 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', ttl_ms)
 local remaining = math.floor((capacity - (new_tat - now)) / interval + 1e-9)
 return {1, remaining, math.ceil((new_tat - now) * 1000), 0}
 """

@@ -9,8 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from novaza_gateway.core.deps import PrincipalDep, TenantDep
-from novaza_gateway.core.schemas import ApiResponse
 from novaza_gateway.core.policy import policy
+from novaza_gateway.core.schemas import ApiResponse
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 

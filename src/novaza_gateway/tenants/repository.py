@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from novaza_gateway.tenants.models import Tenant
 
 
-async def get_by_slug(session: AsyncSession, slug: str, *, for_update: bool = False) -> Tenant | None:
+async def get_by_slug(
+    session: AsyncSession, slug: str, *, for_update: bool = False
+) -> Tenant | None:
     query = select(Tenant).where(Tenant.slug == slug)
     if for_update:
         query = query.with_for_update()

@@ -15,8 +15,9 @@ from novaza_gateway.tenants.service import TenantAdmin
 
 router = APIRouter(prefix="/admin/tenants", tags=["tenant administration"])
 
-ADMIN = policy(ADMIN_SCOPE, tenant=False, errors={404: "NOT_FOUND", 409: "CONFLICT",
-                                                   422: "VALIDATION_FAILED"})
+ADMIN = policy(
+    ADMIN_SCOPE, tenant=False, errors={404: "NOT_FOUND", 409: "CONFLICT", 422: "VALIDATION_FAILED"}
+)
 
 
 def get_admin(request: Request, actor: ActorDep) -> TenantAdmin:

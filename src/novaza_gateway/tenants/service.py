@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import after_commit, utcnow
+from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.core.pagination import Page, decode_cursor, encode_cursor
 from novaza_gateway.core.tenancy import TenantInvalidator
 from novaza_gateway.core.tenant_settings import SettingsSections
@@ -19,7 +20,6 @@ from novaza_gateway.tenants.entitlements import effective_rate_limit
 from novaza_gateway.tenants.errors import SlugTaken, TenantDeleted, TenantNotFound
 from novaza_gateway.tenants.models import Tenant
 from novaza_gateway.tenants.schemas import TenantCreate, TenantOut, TenantUpdate
-from novaza_gateway.core.errors import ValidationFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +115,15 @@ async def create_tenant(session: AsyncSession, admin: TenantAdmin, body: TenantC
     except IntegrityError:  # a concurrent create won the unique slug
         raise SlugTaken() from None
     after = _snapshot(tenant, admin.sections)
-    audit.record(session, admin.actor, "tenant.create", "tenant", tenant.slug,
-                 tenant_id=tenant.id, after=after)
+    audit.record(
+        session,
+        admin.actor,
+        "tenant.create",
+        "tenant",
+        tenant.slug,
+        tenant_id=tenant.id,
+        after=after,
+    )
     _announce(session, admin, tenant)
     return to_out(tenant, admin.sections)
 
@@ -147,7 +154,9 @@ async def update_tenant(
     return _finish(session, admin, tenant, "tenant.update", before)
 
 
-async def set_status(session: AsyncSession, admin: TenantAdmin, slug: str, status: str) -> TenantOut:
+async def set_status(
+    session: AsyncSession, admin: TenantAdmin, slug: str, status: str
+) -> TenantOut:
     """Activate or suspend; asking for the state the tenant is in changes nothing."""
     tenant = await _load(session, slug)
     if tenant.status == "deleted":
@@ -184,7 +193,15 @@ def _finish(
     session: AsyncSession, admin: TenantAdmin, tenant: Tenant, action: str, before: dict[str, Any]
 ) -> TenantOut:
     out = to_out(tenant, admin.sections)
-    audit.record(session, admin.actor, action, "tenant", tenant.slug, tenant_id=tenant.id,
-                 before=before, after=out.model_dump(mode="json", by_alias=True))
+    audit.record(
+        session,
+        admin.actor,
+        action,
+        "tenant",
+        tenant.slug,
+        tenant_id=tenant.id,
+        before=before,
+        after=out.model_dump(mode="json", by_alias=True),
+    )
     _announce(session, admin, tenant)
     return out
