@@ -25,15 +25,13 @@ import redis
 from novaza_gateway.app import create_app
 from novaza_gateway.config import Settings
 from novaza_gateway.core import devkeys
+from novaza_gateway.core.policy import TENANT_SCOPES
 from novaza_gateway.migrate import upgrade
 
 REQUIRE_SERVICES = os.environ.get("NOVAZA_TEST_REQUIRE_SERVICES") == "1"
 PG_ADMIN_DSN = os.environ.get("NOVAZA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NOVAZA_TEST_REDIS", "redis://127.0.0.1:6379/0")
-ALL_TENANT_SCOPES = (
-    "imaging:read imaging:write hl7:write patients:read rooms:write ai:use "
-    "desk:read desk:write billing:read billing:manage"
-)
+ALL_TENANT_SCOPES = " ".join(TENANT_SCOPES)
 
 
 def need(condition: bool, reason: str) -> None:

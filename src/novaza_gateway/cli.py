@@ -21,7 +21,7 @@ from novaza_gateway.core import devkeys
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import ApiError
-from novaza_gateway.core.policy import ADMIN_SCOPE
+from novaza_gateway.core.policy import ADMIN_SCOPE, TENANT_SCOPES
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 from novaza_gateway.migrate import upgrade
 from novaza_gateway.tenants import service as tenants
@@ -36,7 +36,6 @@ app = typer.Typer(
 tenants_app = typer.Typer(help="Tenant administration from the shell.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 
-TENANT_SCOPES = ["imaging:read", "imaging:write", "hl7:write", "patients:read", "rooms:write", "ai:use", "desk:read", "desk:write", "billing:read", "billing:manage"]
 
 T = TypeVar("T")
 

@@ -30,6 +30,19 @@ from novaza_gateway.core.tenancy import TenantCache, TenantContext
 POLICY_KEY = "x-novaza-policy"
 OVERRIDE_SCOPE = "tenant:override"
 ADMIN_SCOPE = "platform:admin"
+# Every scope a tenant user may hold (PRODUCT.md); dev tokens get all of them by default.
+TENANT_SCOPES = (
+    "imaging:read",
+    "imaging:write",
+    "hl7:write",
+    "patients:read",
+    "rooms:write",
+    "ai:use",
+    "desk:read",
+    "desk:write",
+    "billing:read",
+    "billing:manage",
+)
 
 
 class ErrorBody(BaseModel):
