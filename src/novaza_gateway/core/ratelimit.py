@@ -22,6 +22,13 @@ from novaza_gateway.core.metrics import RATELIMIT_DECISIONS, RATELIMIT_FALLBACKS
 from novaza_gateway.core.tenancy import RateLimitPolicy
 
 log = logging.getLogger("novaza.ratelimit")
+_DECISIONS = {
+    (allowed, backend): RATELIMIT_DECISIONS.labels(
+        outcome="allowed" if allowed else "limited", backend=backend
+    )
+    for allowed in (True, False)
+    for backend in ("memory", "redis")
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,5 +208,4 @@ class RateLimiter:
 
     @staticmethod
     def _count(decision: Decision, backend: str) -> None:
-        outcome = "allowed" if decision.allowed else "limited"
-        RATELIMIT_DECISIONS.labels(outcome=outcome, backend=backend).inc()
+        _DECISIONS[decision.allowed, backend].inc()

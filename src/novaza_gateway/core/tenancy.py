@@ -21,6 +21,8 @@ from novaza_gateway.core.metrics import TENANT_CACHE
 log = logging.getLogger("novaza.tenancy")
 
 INVALIDATION_CHANNEL = "novaza:tenants:invalidate"
+_HIT = TENANT_CACHE.labels(result="hit")
+_MISS = TENANT_CACHE.labels(result="miss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +72,9 @@ class TenantCache:
     async def get(self, key: str) -> TenantContext | None:
         entry = self._entries.get(key)
         if entry is not None and entry[1] > time.monotonic():
-            TENANT_CACHE.labels(result="hit").inc()
+            _HIT.inc()
             return entry[0]
-        TENANT_CACHE.labels(result="miss").inc()
+        _MISS.inc()
         inflight = self._inflight.get(key)
         if inflight is not None:  # one load per key, however many requests wait for it
             return await asyncio.shield(inflight)
