@@ -7,7 +7,6 @@ RouteGuard per route (authenticate, tenant, authorize, rate limit, body limit) -
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from novaza_gateway.core.errors import install_handlers
 from novaza_gateway.core.health import HealthRegistry, Probe
 from novaza_gateway.core.health import router as health_router
 from novaza_gateway.core.jwks import KeyStore
+from novaza_gateway.core.lifecycle import Lifecycle
 from novaza_gateway.core.metrics import DB_POOL_CHECKED_OUT, DB_POOL_SIZE, MetricsMiddleware
 from novaza_gateway.core.policy import POLICY_KEY, Gatekeeper, Policy, RouteGuard
 from novaza_gateway.core.ratelimit import RateLimiter, RedisLimiter
@@ -56,7 +56,7 @@ class Runtime:
     tenants: TenantCache
     invalidator: TenantInvalidator
     limiter: RateLimiter
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -84,6 +84,22 @@ def build_runtime(settings: Settings) -> Runtime:
         invalidator=TenantInvalidator(tenants, redis_pubsub),
         limiter=limiter,
     )
+
+
+def wire_core(rt: Runtime) -> None:
+    """Core start-up and shutdown; areas add theirs after this, so they stop first."""
+
+    async def close_clients() -> None:
+        for client in (rt.redis_fast, rt.redis_pubsub):
+            if client is not None:
+                await client.aclose()
+        await rt.http.aclose()
+        await rt.db.dispose()
+
+    rt.lifecycle.on_startup(rt.keys.refresh)
+    rt.lifecycle.on_shutdown(close_clients)
+    rt.lifecycle.run_in_background("jwks-refresh", rt.keys.run_refresher)
+    rt.lifecycle.run_in_background("tenant-invalidation", rt.invalidator.listen)
 
 
 def health_registry(rt: Runtime) -> HealthRegistry:
@@ -150,22 +166,15 @@ def _watch_pool(db: Database, size: int) -> None:
 def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) -> FastAPI:
     rt = build_runtime(settings)
 
+    wire_core(rt)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await rt.keys.refresh()
-        rt.tasks.append(asyncio.create_task(rt.keys.run_refresher(), name="jwks-refresh"))
-        rt.tasks.append(asyncio.create_task(rt.invalidator.listen(), name="tenant-invalidation"))
+        await rt.lifecycle.start()
         try:
             yield
         finally:
-            for task in rt.tasks:
-                task.cancel()
-            await asyncio.gather(*rt.tasks, return_exceptions=True)
-            for client in (rt.redis_fast, rt.redis_pubsub):
-                if client is not None:
-                    await client.aclose()
-            await rt.http.aclose()
-            await rt.db.dispose()
+            await rt.lifecycle.stop()
 
     app = FastAPI(
         title="Novaza Gateway",

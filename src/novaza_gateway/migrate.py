@@ -20,7 +20,7 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(settings: Settings, revision: str = "head") -> None:
+def upgrade(settings: Settings, revision: str = "heads") -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     config = alembic_config(settings.sqlalchemy_url)
     try:
