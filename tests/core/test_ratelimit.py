@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,7 +18,7 @@ from novaza_gateway.core.ratelimit import (
     gcra,
 )
 from novaza_gateway.core.tenancy import RateLimitPolicy
-from tests.conftest import Gateway, free_port
+from tests.conftest import Gateway, free_port, gateway_settings, start_gateway
 
 POLICY = RateLimitPolicy(rate_per_second=10.0, burst=5)
 FAST_FAIL = RateLimitSettings(redis_timeout_seconds=0.025, breaker_failures=2,
@@ -179,3 +180,24 @@ async def test_plan_change_changes_the_limit_on_the_next_request(gw: Gateway) ->
     response = await gw.client.get("/api/v1/whoami", headers=headers)
     assert response.status_code == 200
     assert response.headers["x-ratelimit-limit"] == "400"
+
+
+async def test_redis_backend_through_the_api_shares_one_limit_between_apps(
+    tmp_path: Path, db_url: str, redis_url: str
+) -> None:
+    """Two gateway apps on one store and one Redis admit the burst once, not twice."""
+    settings = gateway_settings(tmp_path / "data", db_url, redis_url=redis_url)
+    async for first in start_gateway(settings):
+        tenant = await first.create_tenant(
+            f"shared-{uuid.uuid4().hex[:8]}", rateLimit={"ratePerSecond": 0.5, "burst": 4}
+        )
+        headers = first.auth(tenant["slug"])
+        async for second in start_gateway(settings):
+            statuses = []
+            for i in range(8):
+                client = (first if i % 2 else second).client
+                statuses.append((await client.get("/api/v1/whoami", headers=headers)).status_code)
+            assert statuses.count(200) == 4
+            assert statuses[4:] == [429] * 4
+            decisions = (await second.client.get("/metrics")).text
+            assert 'novaza_ratelimit_decisions_total{backend="redis",outcome="allowed"}' in decisions
