@@ -200,4 +200,5 @@ async def test_redis_backend_through_the_api_shares_one_limit_between_apps(
             assert statuses.count(200) == 4
             assert statuses[4:] == [429] * 4
             decisions = (await second.client.get("/metrics")).text
-            assert 'novaza_ratelimit_decisions_total{backend="redis",outcome="allowed"}' in decisions
+            sample = 'novaza_ratelimit_decisions_total{backend="redis",outcome="allowed"}'
+            assert sample in decisions
