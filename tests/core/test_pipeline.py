@@ -132,7 +132,8 @@ async def test_oversized_body_is_413_by_header_and_by_stream(pgw: Gateway) -> No
             yield big[i : i + 512]
 
     streamed = await pgw.client.post(
-        "/test/echo", content=chunks(),
+        "/test/echo",
+        content=chunks(),
         headers={**pgw.auth("acme"), "Content-Type": "application/json"},
     )
     assert streamed.status_code == 413

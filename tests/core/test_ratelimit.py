@@ -21,8 +21,9 @@ from novaza_gateway.core.tenancy import RateLimitPolicy
 from tests.conftest import Gateway, free_port, gateway_settings, start_gateway
 
 POLICY = RateLimitPolicy(rate_per_second=10.0, burst=5)
-FAST_FAIL = RateLimitSettings(redis_timeout_seconds=0.025, breaker_failures=2,
-                              breaker_reset_seconds=60)
+FAST_FAIL = RateLimitSettings(
+    redis_timeout_seconds=0.025, breaker_failures=2, breaker_reset_seconds=60
+)
 
 
 def test_gcra_admits_the_burst_at_once_then_the_rate() -> None:
@@ -175,8 +176,9 @@ async def test_plan_change_changes_the_limit_on_the_next_request(gw: Gateway) ->
     headers = gw.auth("grow")
     assert (await gw.client.get("/api/v1/whoami", headers=headers)).status_code == 200
     assert (await gw.client.get("/api/v1/whoami", headers=headers)).status_code == 429
-    await gw.client.put("/admin/tenants/grow", json={"rateLimit": None, "plan": "enterprise"},
-                        headers=gw.admin())
+    await gw.client.put(
+        "/admin/tenants/grow", json={"rateLimit": None, "plan": "enterprise"}, headers=gw.admin()
+    )
     response = await gw.client.get("/api/v1/whoami", headers=headers)
     assert response.status_code == 200
     assert response.headers["x-ratelimit-limit"] == "400"
