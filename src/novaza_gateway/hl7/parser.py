@@ -1,0 +1,460 @@
+"""HL7 v2 ER7 parsing: bytes in, typed message out. Pure: no I/O, no ``await``.
+
+Separators come from MSH-1 and MSH-2; segments may end in ``\\r``, ``\\n`` or ``\\r\\n``;
+text is decoded with the character set MSH-18 names; escape sequences are decoded when a
+component is read (``Segment.get``), so the raw fields keep their structure.
+Errors carry the HL7 error code (table 0357) and the location the ACK's ERR segment needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+
+SUPPORTED_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1"})
+
+# HL7 table 0357, the codes this gateway answers with.
+SEGMENT_SEQUENCE_ERROR = "100"
+REQUIRED_FIELD_MISSING = "101"
+DATA_TYPE_ERROR = "102"
+TABLE_VALUE_NOT_FOUND = "103"
+UNSUPPORTED_MESSAGE_TYPE = "200"
+UNSUPPORTED_EVENT_CODE = "201"
+UNSUPPORTED_PROCESSING_ID = "202"
+UNSUPPORTED_VERSION_ID = "203"
+UNKNOWN_KEY_IDENTIFIER = "204"
+DUPLICATE_KEY_IDENTIFIER = "205"
+APPLICATION_RECORD_LOCKED = "206"
+APPLICATION_INTERNAL_ERROR = "207"
+
+# MSH-18 names (HL7 table 0211) -> Python codecs. Empty means the default below.
+CHARSETS = {
+    "ASCII": "ascii",
+    "8859/1": "latin-1",
+    "8859/2": "iso8859-2",
+    "8859/3": "iso8859-3",
+    "8859/4": "iso8859-4",
+    "8859/5": "iso8859-5",
+    "8859/6": "iso8859-6",
+    "8859/7": "iso8859-7",
+    "8859/8": "iso8859-8",
+    "8859/9": "iso8859-9",
+    "8859/15": "iso8859-15",
+    "UNICODE UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+    "UTF-8": "utf-8",
+    "ISO IR192": "utf-8",
+    "ISO IR100": "latin-1",
+    "ISO IR6": "ascii",
+    "ISO IR14": "shift_jis",
+    "ISO IR87": "iso2022_jp",
+    "GB 18030-2000": "gb18030",
+    "BIG-5": "big5",
+    "KS X 1001": "euc_kr",
+}
+DEFAULT_CHARSET = "utf-8"
+
+_SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_SEGMENT_BREAK = re.compile(r"\r\n|\r|\n")
+_TS = re.compile(
+    r"^(?P<y>\d{4})(?P<m>\d{2})?(?P<d>\d{2})?(?P<H>\d{2})?(?P<M>\d{2})?(?P<S>\d{2})?"
+    r"(?:\.(?P<frac>\d{1,4}))?(?P<tz>[+-]\d{4})?$"
+)
+
+
+class Hl7Error(Exception):
+    """A message the gateway cannot take: the ACK code, HL7 error code and ERR location."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        code: str = APPLICATION_INTERNAL_ERROR,
+        ack: str = "AE",
+        segment: str | None = None,
+        sequence: int | None = None,
+        field: int | None = None,
+        component: int | None = None,
+    ) -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+        self.ack = ack
+        self.segment = segment
+        self.sequence = sequence
+        self.field = field
+        self.component = component
+
+
+class ParseError(Hl7Error):
+    """The message is not HL7 this gateway reads: always answered AR."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        code: str = SEGMENT_SEQUENCE_ERROR,
+        segment: str | None = None,
+        sequence: int | None = None,
+        field: int | None = None,
+    ) -> None:
+        super().__init__(text, code=code, ack="AR", segment=segment, sequence=sequence, field=field)
+
+
+@dataclass(frozen=True, slots=True)
+class Separators:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @property
+    def encoding_characters(self) -> str:
+        return self.component + self.repetition + self.escape + self.subcomponent
+
+
+DEFAULT_SEPARATORS = Separators()
+
+
+@dataclass(slots=True)
+class Segment:
+    """One segment; ``fields[n]`` is field n (for MSH, fields[1] is MSH-1, the separator)."""
+
+    name: str
+    fields: list[str]
+    separators: Separators
+    sequence: int  # 1-based position of the segment in the message
+    charset: str = DEFAULT_CHARSET  # the codec hex escapes decode with
+
+    def raw(self, index: int) -> str:
+        return self.fields[index] if 0 < index < len(self.fields) else ""
+
+    def repetitions(self, index: int) -> list[str]:
+        value = self.raw(index)
+        if not value or (self.name == "MSH" and index in (1, 2)):
+            return [value] if value else []
+        return value.split(self.separators.repetition)
+
+    def get(
+        self, index: int, component: int = 1, subcomponent: int = 1, repetition: int = 1
+    ) -> str:
+        """Field ``index`` (1-based) of this segment, one component, escapes decoded."""
+        if self.name == "MSH" and index in (1, 2):
+            return self.raw(index)
+        reps = self.repetitions(index)
+        if len(reps) < repetition:
+            return ""
+        return self.component_of(reps[repetition - 1], component, subcomponent)
+
+    def component_of(self, value: str, component: int = 1, subcomponent: int = 1) -> str:
+        parts = value.split(self.separators.component)
+        if len(parts) < component:
+            return ""
+        subs = parts[component - 1].split(self.separators.subcomponent)
+        if len(subs) < subcomponent:
+            return ""
+        return unescape(subs[subcomponent - 1], self.separators, self.charset)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageType:
+    code: str
+    trigger: str
+    structure: str
+
+    def __str__(self) -> str:
+        return f"{self.code}^{self.trigger}" if self.trigger else self.code
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What the gateway reads from MSH: routing, identity, version and ACK mode."""
+
+    separators: Separators
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    message_time: str
+    message_type: MessageType
+    control_id: str
+    processing_id: str
+    version: str
+    accept_ack_type: str
+    application_ack_type: str
+    charset: str
+
+    @property
+    def enhanced_mode(self) -> bool:
+        """Enhanced acknowledgement mode: MSH-15 or MSH-16 is valued (HL7 2.5 ch. 2.9)."""
+        return bool(self.accept_ack_type or self.application_ack_type)
+
+
+@dataclass(slots=True)
+class Message:
+    header: Header
+    segments: list[Segment] = field(default_factory=list)
+    text: str = ""
+
+    def segment(self, name: str) -> Segment | None:
+        for segment in self.segments:
+            if segment.name == name:
+                return segment
+        return None
+
+    def all(self, name: str) -> list[Segment]:
+        return [s for s in self.segments if s.name == name]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def codec_for(charset: str) -> str:
+    name = charset.strip().upper()
+    if not name:
+        return DEFAULT_CHARSET
+    codec = CHARSETS.get(name)
+    if codec is None:
+        raise ParseError(
+            f"Character set '{charset[:32]}' in MSH-18 is not supported.",
+            code=TABLE_VALUE_NOT_FOUND,
+            segment="MSH",
+            sequence=1,
+            field=18,
+        )
+    return codec
+
+
+def decode(data: bytes) -> str:
+    """Bytes to text in the character set MSH-18 names (UTF-8, else Latin-1, when unnamed)."""
+    start = data.find(b"MSH")
+    if start < 0:
+        raise ParseError("The message has no MSH segment.", code=REQUIRED_FIELD_MISSING)
+    first_line = _SEGMENT_BREAK.split(data[start:].decode("latin-1"), maxsplit=1)[0]
+    charset = ""
+    if len(first_line) > 3:
+        parts = first_line.split(first_line[3])
+        charset = parts[17] if len(parts) > 17 else ""
+    codec = codec_for(charset.split(first_line[4] if len(first_line) > 4 else "^")[0])
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        if charset:
+            raise ParseError(
+                f"The message is not valid {charset[:32]}.",
+                code=DATA_TYPE_ERROR,
+                segment="MSH",
+                sequence=1,
+                field=18,
+            ) from None
+        return data.decode("latin-1")
+
+
+def unescape(value: str, seps: Separators, charset: str = DEFAULT_CHARSET) -> str:
+    """Decode ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\``; formatting escapes drop."""
+    esc = seps.escape
+    if esc not in value:
+        return value
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        end = value.find(esc, i + 1) if ch == esc else -1
+        if end < 0:
+            out.append(ch)
+            i += 1
+            continue
+        out.append(_escape_text(value[i + 1 : end], seps, charset))
+        i = end + 1
+    return "".join(out)
+
+
+def _escape_text(seq: str, seps: Separators, charset: str) -> str:
+    simple = {
+        "F": seps.field,
+        "S": seps.component,
+        "T": seps.subcomponent,
+        "R": seps.repetition,
+        "E": seps.escape,
+        ".br": "\n",
+    }
+    if seq in simple:
+        return simple[seq]
+    if seq[:1] == "X" and len(seq) > 1 and len(seq) % 2 == 1:
+        try:
+            return bytes.fromhex(seq[1:]).decode(charset, errors="replace")
+        except ValueError:
+            return ""
+    # \H\ \N\ highlighting, \.sp\ \.in\ ... formatting, \Cxxyy\ \Mxxyyzz\ charset switches.
+    return ""
+
+
+def escape(value: str, seps: Separators = DEFAULT_SEPARATORS) -> str:
+    """Text into a field: separators and line breaks become escape sequences."""
+    table = {
+        seps.escape: f"{seps.escape}E{seps.escape}",
+        seps.field: f"{seps.escape}F{seps.escape}",
+        seps.component: f"{seps.escape}S{seps.escape}",
+        seps.subcomponent: f"{seps.escape}T{seps.escape}",
+        seps.repetition: f"{seps.escape}R{seps.escape}",
+        "\r": f"{seps.escape}.br{seps.escape}",
+        "\n": f"{seps.escape}.br{seps.escape}",
+    }
+    if not any(c in value for c in table):
+        return value
+    return "".join(table.get(c, c) for c in value.replace("\r\n", "\n"))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse(data: bytes | str) -> Message:
+    """One ER7 message. Raises ``ParseError`` (answered AR) for anything not HL7 v2.3-2.5.1."""
+    text = decode(data) if isinstance(data, bytes) else data
+    text = text.lstrip("\ufeff \t\r\n\x0b")
+    if not text.startswith("MSH"):
+        raise ParseError("The message does not start with an MSH segment.")
+    lines = [line for line in _SEGMENT_BREAK.split(text) if line.strip()]
+    seps = separators(lines[0])
+    segments = [_segment(line, seps, n) for n, line in enumerate(lines, start=1)]
+    header = _header(segments[0])
+    codec = codec_for(header.charset)
+    for segment in segments:
+        segment.charset = codec
+    return Message(header=header, segments=segments, text=text)
+
+
+def separators(msh: str) -> Separators:
+    if len(msh) < 8:
+        raise ParseError("MSH is truncated.", code=REQUIRED_FIELD_MISSING, segment="MSH", field=2)
+    fs = msh[3]
+    encoding = msh[4:].split(fs, 1)[0]
+    chars = [fs, *encoding[:4]]
+    if (
+        len(encoding) not in (4, 5)
+        or len(set(chars)) != 5
+        or any(c.isalnum() or c in " \r\n" for c in chars)
+    ):
+        raise ParseError(
+            "MSH-1/MSH-2 do not hold valid encoding characters.",
+            code=DATA_TYPE_ERROR,
+            segment="MSH",
+            sequence=1,
+            field=2,
+        )
+    return Separators(fs, encoding[0], encoding[1], encoding[2], encoding[3])
+
+
+def _segment(line: str, seps: Separators, sequence: int) -> Segment:
+    name = line[:3]
+    if not _SEGMENT_NAME.match(name) or (len(line) > 3 and line[3] != seps.field):
+        raise ParseError(
+            f"Segment {sequence} has no valid segment id.",
+            code=SEGMENT_SEQUENCE_ERROR,
+            sequence=sequence,
+        )
+    if name == "MSH":
+        if sequence != 1:
+            raise ParseError("MSH appears twice.", segment="MSH", sequence=sequence)
+        parts = line.split(seps.field)
+        fields = ["MSH", seps.field, *parts[1:]]
+    else:
+        fields = line.split(seps.field)
+    return Segment(name, fields, seps, sequence)
+
+
+def _header(msh: Segment) -> Header:
+    def required(index: int, what: str) -> str:
+        value = msh.get(index)
+        if not value.strip():
+            raise ParseError(
+                f"MSH-{index} ({what}) is empty.",
+                code=REQUIRED_FIELD_MISSING,
+                segment="MSH",
+                sequence=1,
+                field=index,
+            )
+        return value.strip()
+
+    code = required(9, "message type")
+    version = required(12, "version id")
+    if version not in SUPPORTED_VERSIONS:
+        raise ParseError(
+            f"HL7 version {version[:16]} is not supported (2.3 to 2.5.1 are).",
+            code=UNSUPPORTED_VERSION_ID,
+            segment="MSH",
+            sequence=1,
+            field=12,
+        )
+    processing = msh.get(11)
+    if processing and processing not in ("P", "T", "D"):
+        raise ParseError(
+            "MSH-11 processing id must be P, T or D.",
+            code=UNSUPPORTED_PROCESSING_ID,
+            segment="MSH",
+            sequence=1,
+            field=11,
+        )
+    return Header(
+        separators=msh.separators,
+        sending_application=msh.get(3),
+        sending_facility=msh.get(4),
+        receiving_application=msh.get(5),
+        receiving_facility=msh.get(6),
+        message_time=msh.get(7),
+        message_type=MessageType(code.upper(), msh.get(9, 2).upper(), msh.get(9, 3).upper()),
+        control_id=required(10, "message control id"),
+        processing_id=processing or "P",
+        version=version,
+        accept_ack_type=msh.get(15).upper(),
+        application_ack_type=msh.get(16).upper(),
+        charset=msh.get(18),
+    )
+
+
+def parse_timestamp(
+    value: str,
+    *,
+    segment: str | None = None,
+    sequence: int | None = None,
+    field: int | None = None,
+) -> datetime | None:
+    """HL7 TS/DTM (``YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]``) as aware UTC; ``""`` is None.
+
+    A time without an offset is taken as UTC. Invalid values raise AE with code 102.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    match = _TS.match(value)
+    try:
+        if match is None:
+            raise ValueError(value)
+        parts = match.groupdict()
+        tz = UTC
+        if parts["tz"]:
+            sign = 1 if parts["tz"][0] == "+" else -1
+            offset = timedelta(hours=int(parts["tz"][1:3]), minutes=int(parts["tz"][3:5]))
+            tz = timezone(sign * offset)
+        frac = parts["frac"] or ""
+        moment = datetime(
+            int(parts["y"]),
+            int(parts["m"] or 1),
+            int(parts["d"] or 1),
+            int(parts["H"] or 0),
+            int(parts["M"] or 0),
+            int(parts["S"] or 0),
+            int(frac.ljust(6, "0")) if frac else 0,
+            tzinfo=tz,
+        )
+    except ValueError:
+        raise Hl7Error(
+            "A date/time field is not a valid HL7 timestamp.",
+            code=DATA_TYPE_ERROR,
+            segment=segment,
+            sequence=sequence,
+            field=field,
+        ) from None
+    return moment.astimezone(UTC)
