@@ -21,6 +21,8 @@ from fastapi.routing import APIRoute
 from sqlalchemy import event, text
 
 from novaza_gateway import __version__
+from novaza_gateway.billing.area import BillingArea
+from novaza_gateway.billing.router import router as billing_router
 from novaza_gateway.config import Settings
 from novaza_gateway.core.auth import TokenVerifier
 from novaza_gateway.core.db import Database, create_engine
@@ -40,7 +42,7 @@ from novaza_gateway.imaging.settings import ImagingSettings
 from novaza_gateway.tenants.entitlements import DatabaseTenantSource
 from novaza_gateway.tenants.router import router as tenants_router
 
-ROUTERS: tuple[APIRouter, ...] = (health_router, whoami_router, tenants_router)
+ROUTERS: tuple[APIRouter, ...] = (health_router, whoami_router, tenants_router, billing_router)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Runtime:
     tenants: TenantCache
     invalidator: TenantInvalidator
     limiter: RateLimiter
+    billing: BillingArea
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
@@ -71,7 +74,9 @@ def build_runtime(settings: Settings) -> Runtime:
         )
         redis_pubsub = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0)
     keys = KeyStore(settings.auth, settings.data_dir, http)
-    tenants = TenantCache(DatabaseTenantSource(db), settings.tenant_cache_ttl_seconds)
+    billing = BillingArea.build(settings.billing)
+    source = DatabaseTenantSource(db, billing.entitlements)  # billing resolves entitlements
+    tenants = TenantCache(source, settings.tenant_cache_ttl_seconds)
     limiter = RateLimiter(RedisLimiter(redis_fast) if redis_fast else None, settings.ratelimit)
     return Runtime(
         settings=settings,
@@ -83,6 +88,7 @@ def build_runtime(settings: Settings) -> Runtime:
         tenants=tenants,
         invalidator=TenantInvalidator(tenants, redis_pubsub),
         limiter=limiter,
+        billing=billing,
     )
 
 
@@ -186,6 +192,9 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.db = rt.db
     app.state.settings = settings
     app.state.invalidator = rt.invalidator
+    app.state.billing = rt.billing
+    app.state.subscriptions = rt.billing.entitlements  # tenant admin -> subscription
+    app.state.entitlements = rt.billing.entitlements
     app.state.settings_sections = settings_sections()
     app.state.health = health_registry(rt)
     install_handlers(app)

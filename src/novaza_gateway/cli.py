@@ -16,6 +16,7 @@ import typer
 import uvicorn
 
 from novaza_gateway.app import settings_sections
+from novaza_gateway.billing.area import BillingArea
 from novaza_gateway.config import ConfigurationError, Settings, load_settings
 from novaza_gateway.core import devkeys
 from novaza_gateway.core.audit import Actor
@@ -125,7 +126,9 @@ def _run_admin(action: Callable[[Any, TenantAdmin], Awaitable[T]]) -> T:
         db = Database(create_engine(settings.sqlalchemy_url))
         client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
         invalidator = TenantInvalidator(TenantCache(_NoSource(), 0), client)
-        admin = TenantAdmin(Actor(f"cli:{getpass.getuser()}"), settings_sections(), invalidator)
+        billing = BillingArea.build(settings.billing).entitlements  # subscriptions follow
+        actor = Actor(f"cli:{getpass.getuser()}")
+        admin = TenantAdmin(actor, settings_sections(), invalidator, billing, billing)
         try:
             async with db.session_scope() as session:
                 return await action(session, admin)

@@ -47,6 +47,14 @@ class RateLimitSettings:
     breaker_reset_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class BillingSettings:
+    catalog: Path | None
+    flush_interval_seconds: float
+    close_interval_seconds: float
+    portal_ttl_seconds: int
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="NOVAZA_",
@@ -88,6 +96,12 @@ class Settings(BaseSettings):
     ratelimit_breaker_failures: int = 3
     ratelimit_breaker_reset_seconds: float = 5.0
 
+    # -- billing
+    billing_catalog: Path | None = None
+    billing_flush_interval_seconds: float = Field(default=1.0, gt=0)
+    billing_close_interval_seconds: float = Field(default=60.0, gt=0)
+    billing_portal_ttl_seconds: int = Field(default=600, ge=30, le=86400)
+
     @model_validator(mode="after")
     def _production_needs_real_issuer(self) -> Settings:
         if self.env == "production" and self.auth.dev_mode:
@@ -119,6 +133,15 @@ class Settings(BaseSettings):
             redis_timeout_seconds=self.ratelimit_redis_timeout_ms / 1000.0,
             breaker_failures=self.ratelimit_breaker_failures,
             breaker_reset_seconds=self.ratelimit_breaker_reset_seconds,
+        )
+
+    @property
+    def billing(self) -> BillingSettings:
+        return BillingSettings(
+            catalog=self.billing_catalog,
+            flush_interval_seconds=self.billing_flush_interval_seconds,
+            close_interval_seconds=self.billing_close_interval_seconds,
+            portal_ttl_seconds=self.billing_portal_ttl_seconds,
         )
 
     @property

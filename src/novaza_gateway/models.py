@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+from novaza_gateway.billing.models import (
+    CatalogVersion,
+    Invoice,
+    PendingItem,
+    PortalSession,
+    Subscription,
+    UsageRecord,
+    Wallet,
+    WalletEntry,
+)
 from novaza_gateway.core.audit import AuditEvent
 from novaza_gateway.core.db import Base
 from novaza_gateway.tenants.models import Tenant
 
 metadata = Base.metadata
 
-__all__ = ["AuditEvent", "Tenant", "metadata"]
+__all__ = [
+    "AuditEvent",
+    "CatalogVersion",
+    "Invoice",
+    "PendingItem",
+    "PortalSession",
+    "Subscription",
+    "Tenant",
+    "UsageRecord",
+    "Wallet",
+    "WalletEntry",
+    "metadata",
+]

@@ -39,6 +39,7 @@ class TenantContext:
     plan: str
     addons: frozenset[str]
     rate_limit: RateLimitPolicy
+    rate_limit_override: RateLimitPolicy | None = None  # the operator's, when one is set
 
     def check_active(self) -> None:
         if self.status == "active":

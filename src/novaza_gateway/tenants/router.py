@@ -22,7 +22,13 @@ ADMIN = policy(
 
 def get_admin(request: Request, actor: ActorDep) -> TenantAdmin:
     state = request.app.state
-    return TenantAdmin(actor=actor, sections=state.settings_sections, invalidator=state.invalidator)
+    return TenantAdmin(
+        actor=actor,
+        sections=state.settings_sections,
+        invalidator=state.invalidator,
+        subscriptions=state.subscriptions,
+        entitlements=state.entitlements,
+    )
 
 
 AdminDep = Annotated[TenantAdmin, Depends(get_admin)]

@@ -6,11 +6,12 @@ from typing import Annotated, Any, Literal
 from pydantic import EmailStr, Field, field_validator
 
 from novaza_gateway.core.schemas import ApiModel, ApiResponse
-from novaza_gateway.tenants.plans import PLAN_LIMITS
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
 TenantStatus = Literal["pending", "active", "suspended", "deleted"]
-Addon = Literal["medical_imaging", "hl7_fhir", "emr"]
+# Plan and add-on names are the billing catalogue's: the service validates them through the
+# ``SubscriptionHook`` (a catalogue may offer more add-ons than the clinical three).
+Addon = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["medical_imaging"])]
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, examples=["st-marys"])]
 
 
@@ -25,12 +26,6 @@ class Contact(ApiModel):
     phone: str | None = Field(default=None, max_length=64)
 
 
-def _known_plan(plan: str | None) -> str | None:
-    if plan is not None and plan not in PLAN_LIMITS:
-        raise ValueError(f"unknown plan; one of {', '.join(sorted(PLAN_LIMITS))}")
-    return plan
-
-
 def _unique(addons: list[str] | None) -> list[str] | None:
     return sorted(set(addons)) if addons is not None else None
 
@@ -38,14 +33,13 @@ def _unique(addons: list[str] | None) -> list[str] | None:
 class TenantCreate(ApiModel):
     slug: Slug
     name: str = Field(min_length=1, max_length=255)
-    plan: str = "starter"
+    plan: str = Field(default="starter", max_length=64)
     addons: list[Addon] = Field(default_factory=list)
     rate_limit: RateLimitOverride | None = None
     contact: Contact = Field(default_factory=Contact)
     settings: dict[str, Any] = Field(default_factory=dict)
     status: Literal["pending", "active"] = "pending"
 
-    _plan = field_validator("plan")(_known_plan)
     _addons = field_validator("addons")(_unique)
 
 
@@ -54,13 +48,12 @@ class TenantUpdate(ApiModel):
 
     slug: Slug | None = None
     name: str | None = Field(default=None, min_length=1, max_length=255)
-    plan: str | None = None
+    plan: str | None = Field(default=None, max_length=64)
     addons: list[Addon] | None = None
     rate_limit: RateLimitOverride | None = None
     contact: Contact | None = None
     settings: dict[str, Any] | None = None
 
-    _plan = field_validator("plan")(_known_plan)
     _addons = field_validator("addons")(_unique)
 
 

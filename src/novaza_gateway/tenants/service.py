@@ -11,12 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import after_commit, utcnow
+from novaza_gateway.core.entitlements import EntitlementResolver, SubscriptionHook
 from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.core.pagination import Page, decode_cursor, encode_cursor
 from novaza_gateway.core.tenancy import TenantInvalidator
 from novaza_gateway.core.tenant_settings import SettingsSections
 from novaza_gateway.tenants import repository
-from novaza_gateway.tenants.entitlements import effective_rate_limit
+from novaza_gateway.tenants.entitlements import plan_choice
 from novaza_gateway.tenants.errors import SlugTaken, TenantDeleted, TenantNotFound
 from novaza_gateway.tenants.models import Tenant
 from novaza_gateway.tenants.schemas import TenantCreate, TenantOut, TenantUpdate
@@ -24,15 +25,18 @@ from novaza_gateway.tenants.schemas import TenantCreate, TenantOut, TenantUpdate
 
 @dataclass(frozen=True, slots=True)
 class TenantAdmin:
-    """What a tenant change needs besides the session: who acts, settings schemas, fan-out."""
+    """What a tenant change needs besides the session: who acts, settings schemas, fan-out,
+    and billing's answers (wired in ``app.py``): the subscription follows plan and add-ons."""
 
     actor: audit.Actor
     sections: SettingsSections
     invalidator: TenantInvalidator
+    subscriptions: SubscriptionHook
+    entitlements: EntitlementResolver
 
 
-def to_out(tenant: Tenant, sections: SettingsSections) -> TenantOut:
-    limit = effective_rate_limit(tenant)
+def to_out(tenant: Tenant, admin: TenantAdmin) -> TenantOut:
+    limit = admin.entitlements.rate_limit(plan_choice(tenant))
     return TenantOut.model_validate(
         {
             "id": tenant.id,
@@ -44,7 +48,7 @@ def to_out(tenant: Tenant, sections: SettingsSections) -> TenantOut:
             "rate_limit": tenant.rate_limit,
             "effective_rate_limit": {"ratePerSecond": limit.rate_per_second, "burst": limit.burst},
             "contact": tenant.contact or {},
-            "settings": sections.public_view(tenant.settings or {}),
+            "settings": admin.sections.public_view(tenant.settings or {}),
             "created_at": tenant.created_at,
             "updated_at": tenant.updated_at,
             "activated_at": tenant.activated_at,
@@ -54,8 +58,8 @@ def to_out(tenant: Tenant, sections: SettingsSections) -> TenantOut:
     )
 
 
-def _snapshot(tenant: Tenant, sections: SettingsSections) -> dict[str, Any]:
-    return to_out(tenant, sections).model_dump(mode="json", by_alias=True)
+def _snapshot(tenant: Tenant, admin: TenantAdmin) -> dict[str, Any]:
+    return to_out(tenant, admin).model_dump(mode="json", by_alias=True)
 
 
 def _announce(session: AsyncSession, admin: TenantAdmin, tenant: Tenant) -> None:
@@ -79,7 +83,7 @@ async def list_tenants(
 ) -> Page[TenantOut]:
     after = str(decode_cursor(cursor, 1)[0]) if cursor else None
     rows = await repository.list_page(session, status=status, after_slug=after, limit=limit + 1)
-    data = [to_out(t, admin.sections) for t in rows[:limit]]
+    data = [to_out(t, admin) for t in rows[:limit]]
     next_cursor = encode_cursor(rows[limit - 1].slug) if len(rows) > limit else None
     return Page[TenantOut](data=data, next_cursor=next_cursor)
 
@@ -88,12 +92,13 @@ async def get_tenant(session: AsyncSession, admin: TenantAdmin, slug: str) -> Te
     tenant = await repository.get_by_slug(session, slug)
     if tenant is None:
         raise TenantNotFound()
-    return to_out(tenant, admin.sections)
+    return to_out(tenant, admin)
 
 
 async def create_tenant(session: AsyncSession, admin: TenantAdmin, body: TenantCreate) -> TenantOut:
     if await repository.get_by_slug(session, body.slug) is not None:
         raise SlugTaken()
+    admin.subscriptions.validate(body.plan, body.addons)
     now = utcnow()
     tenant = Tenant(
         id=str(uuid.uuid4()),
@@ -114,7 +119,8 @@ async def create_tenant(session: AsyncSession, admin: TenantAdmin, body: TenantC
         await session.flush()
     except IntegrityError:  # a concurrent create won the unique slug
         raise SlugTaken() from None
-    after = _snapshot(tenant, admin.sections)
+    await admin.subscriptions.follow(session, plan_choice(tenant))
+    after = _snapshot(tenant, admin)
     audit.record(
         session,
         admin.actor,
@@ -125,7 +131,7 @@ async def create_tenant(session: AsyncSession, admin: TenantAdmin, body: TenantC
         after=after,
     )
     _announce(session, admin, tenant)
-    return to_out(tenant, admin.sections)
+    return to_out(tenant, admin)
 
 
 async def update_tenant(
@@ -136,8 +142,12 @@ async def update_tenant(
         raise TenantDeleted()
     if body.slug is not None and body.slug != slug:
         raise ValidationFailed.field("slug", "is immutable")
-    before = _snapshot(tenant, admin.sections)
+    before = _snapshot(tenant, admin)
     fields = body.model_fields_set
+    admin.subscriptions.validate(
+        body.plan if body.plan is not None else tenant.plan,
+        body.addons if body.addons is not None else [],
+    )
     if body.name is not None:
         tenant.name = body.name
     if body.plan is not None:
@@ -151,6 +161,8 @@ async def update_tenant(
     if body.settings is not None:
         tenant.settings = admin.sections.merge(tenant.settings or {}, body.settings)
     tenant.updated_at = utcnow()
+    if body.plan is not None or body.addons is not None:
+        await admin.subscriptions.follow(session, plan_choice(tenant))
     return _finish(session, admin, tenant, "tenant.update", before)
 
 
@@ -162,8 +174,8 @@ async def set_status(
     if tenant.status == "deleted":
         raise TenantDeleted()
     if tenant.status == status:
-        return to_out(tenant, admin.sections)
-    before = _snapshot(tenant, admin.sections)
+        return to_out(tenant, admin)
+    before = _snapshot(tenant, admin)
     now = utcnow()
     tenant.status = status
     tenant.updated_at = now
@@ -181,7 +193,7 @@ async def delete_tenant(session: AsyncSession, admin: TenantAdmin, slug: str) ->
     tenant = await _load(session, slug)
     if tenant.status == "deleted":
         return
-    before = _snapshot(tenant, admin.sections)
+    before = _snapshot(tenant, admin)
     now = utcnow()
     tenant.status = "deleted"
     tenant.deleted_at = now
@@ -192,7 +204,7 @@ async def delete_tenant(session: AsyncSession, admin: TenantAdmin, slug: str) ->
 def _finish(
     session: AsyncSession, admin: TenantAdmin, tenant: Tenant, action: str, before: dict[str, Any]
 ) -> TenantOut:
-    out = to_out(tenant, admin.sections)
+    out = to_out(tenant, admin)
     audit.record(
         session,
         admin.actor,

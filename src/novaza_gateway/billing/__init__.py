@@ -1,0 +1,1 @@
+"""Billing: catalogue, subscriptions, entitlements, metering, invoices, wallet, portal."""

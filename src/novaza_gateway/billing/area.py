@@ -1,0 +1,22 @@
+"""Everything billing owns for the app's lifetime, built once in ``app.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from novaza_gateway.billing.catalog import Catalog, load_catalog
+from novaza_gateway.billing.entitlements import BillingEntitlements, Clock
+from novaza_gateway.config import BillingSettings
+from novaza_gateway.core.db import utcnow
+
+
+@dataclass
+class BillingArea:
+    settings: BillingSettings
+    catalog: Catalog
+    entitlements: BillingEntitlements
+
+    @classmethod
+    def build(cls, settings: BillingSettings, clock: Clock = utcnow) -> BillingArea:
+        catalog = load_catalog(settings.catalog)
+        return cls(settings, catalog, BillingEntitlements(catalog, clock))

@@ -1,0 +1,45 @@
+"""Billing's error codes (listed in docs/errors.md)."""
+
+from __future__ import annotations
+
+from novaza_gateway.core.errors import ApiError, NotFound
+
+
+class SubscriptionNotFound(NotFound):
+    code = "SUBSCRIPTION_NOT_FOUND"
+    default_message = "The tenant has no subscription yet."
+
+
+class InvoiceNotFound(NotFound):
+    code = "INVOICE_NOT_FOUND"
+    default_message = "The tenant has no invoice with this id."
+
+
+class CurrencyMismatch(ApiError):
+    status = 422
+    code = "CURRENCY_MISMATCH"
+    default_message = "The amount's currency is not the wallet's currency."
+
+
+class IdempotencyKeyReused(ApiError):
+    status = 422
+    code = "IDEMPOTENCY_KEY_REUSED"
+    default_message = "This Idempotency-Key was used with a different request body."
+
+
+class IdempotencyKeyRequired(ApiError):
+    status = 400
+    code = "IDEMPOTENCY_KEY_REQUIRED"
+    default_message = "Send an Idempotency-Key header (1-255 printable characters)."
+
+
+class InsufficientFunds(ApiError):
+    status = 409
+    code = "INSUFFICIENT_FUNDS"
+    default_message = "The wallet's balance would fall below its floor."
+
+
+class ReturnUrlNotAllowed(ApiError):
+    status = 422
+    code = "RETURN_URL_NOT_ALLOWED"
+    default_message = "returnUrl is not one of the tenant's allowed origins."
