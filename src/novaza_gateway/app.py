@@ -22,6 +22,7 @@ from sqlalchemy import event, text
 
 from novaza_gateway import __version__
 from novaza_gateway.billing.area import BillingArea
+from novaza_gateway.billing.metering import UsageFlusher
 from novaza_gateway.billing.router import router as billing_router
 from novaza_gateway.config import Settings
 from novaza_gateway.core.auth import TokenVerifier
@@ -108,6 +109,19 @@ def wire_core(rt: Runtime) -> None:
     rt.lifecycle.run_in_background("tenant-invalidation", rt.invalidator.listen)
 
 
+def wire_billing(rt: Runtime) -> None:
+    """Usage: flushed every second, replayed from the spool at start, drained at shutdown."""
+    flusher = UsageFlusher(
+        rt.billing.meter,
+        rt.db,
+        rt.settings.data_dir / "billing-spool",
+        rt.settings.billing.flush_interval_seconds,
+    )
+    rt.lifecycle.on_startup(flusher.replay)
+    rt.lifecycle.run_in_background("billing-usage-flush", flusher.run)
+    rt.lifecycle.on_shutdown(flusher.drain)
+
+
 def health_registry(rt: Runtime) -> HealthRegistry:
     registry = HealthRegistry()
 
@@ -173,6 +187,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     rt = build_runtime(settings)
 
     wire_core(rt)
+    wire_billing(rt)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -203,6 +218,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
         tenants=rt.tenants,
         limiter=rt.limiter,
         default_max_body_bytes=settings.max_body_bytes,
+        usage=rt.billing.meter,
     )
     guard_routes(app, ROUTERS + extra_routers, gate)
     _watch_pool(rt.db, settings.db_pool_size)

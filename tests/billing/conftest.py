@@ -26,6 +26,11 @@ async def support_only(tenant: TenantDep) -> dict[str, str]:
     return {"tenant": tenant.slug}
 
 
+@probe.get("/metered", **policy(meter="imaging"))
+async def metered(tenant: TenantDep) -> dict[str, str]:
+    return {"tenant": tenant.slug}
+
+
 class Clock:
     """The billing clock, moved by tests (periods, grace) without sleeping."""
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from novaza_gateway.billing.catalog import Catalog, load_catalog
 from novaza_gateway.billing.entitlements import BillingEntitlements, Clock
+from novaza_gateway.billing.metering import UsageMeter
 from novaza_gateway.config import BillingSettings
 from novaza_gateway.core.db import utcnow
 
@@ -15,6 +16,7 @@ class BillingArea:
     settings: BillingSettings
     catalog: Catalog
     entitlements: BillingEntitlements
+    meter: UsageMeter = field(default_factory=UsageMeter)
 
     @classmethod
     def build(cls, settings: BillingSettings, clock: Clock = utcnow) -> BillingArea:

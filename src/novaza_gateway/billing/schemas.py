@@ -153,3 +153,35 @@ class WalletOut(ApiResponse):
     balance: Money
     floor: Money
     transactions: list[WalletEntryOut]
+
+
+class UsagePoint(ApiResponse):
+    start: datetime
+    quantity: int
+
+
+class DimensionTotal(ApiResponse):
+    dimensions: dict[str, str]
+    total: int
+
+
+class MeterUsage(ApiResponse):
+    meter: str
+    name: str
+    unit: str
+    total: int
+    by_dimensions: list[DimensionTotal]
+    series: list[UsagePoint]
+    included: int
+    used_this_period: int
+    remaining: int
+
+
+class UsageOut(ApiResponse):
+    start: datetime = Field(serialization_alias="from")
+    end: datetime = Field(serialization_alias="to")
+    granularity: str
+    period_start: datetime
+    period_end: datetime
+    meters: list[MeterUsage]
+    as_of: datetime

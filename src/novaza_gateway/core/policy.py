@@ -24,6 +24,7 @@ from novaza_gateway.core.errors import (
     Unauthenticated,
     send_error,
 )
+from novaza_gateway.core.metering import API_REQUESTS, Dimensions, UsageRecorder
 from novaza_gateway.core.ratelimit import RateLimiter
 from novaza_gateway.core.tenancy import TenantCache, TenantContext
 
@@ -58,6 +59,7 @@ class Policy:
     addon: str | None = None
     tenant: bool = True
     max_body_bytes: int | None = None
+    meter: str | None = None  # product area label: admitted requests count as api_requests
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class Policy:
             "addon": self.addon,
             "tenant": self.tenant,
             "maxBodyBytes": self.max_body_bytes,
+            "meter": self.meter,
         }
 
     @classmethod
@@ -76,6 +79,7 @@ class Policy:
             addon=described["addon"],
             tenant=bool(described["tenant"]),
             max_body_bytes=described["maxBodyBytes"],
+            meter=described.get("meter"),
         )
 
 
@@ -88,11 +92,16 @@ def policy(
     tenant: bool = True,
     public: bool = False,
     max_body_bytes: int | None = None,
+    meter: str | None = None,
     errors: dict[int, str] | None = None,
     responses: dict[int | str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Route decorator keywords: the policy itself plus its OpenAPI description."""
-    declared = Policy(public, frozenset(scopes), addon, tenant and not public, max_body_bytes)
+    declared = Policy(
+        public, frozenset(scopes), addon, tenant and not public, max_body_bytes, meter
+    )
+    if meter and not declared.tenant:
+        raise ValueError("only tenant routes are metered")
     described: dict[int, str] = {}
     if not public:
         described[401] = "UNAUTHENTICATED"
@@ -128,6 +137,7 @@ class Gatekeeper:
     tenants: TenantCache
     limiter: RateLimiter
     default_max_body_bytes: int
+    usage: UsageRecorder | None = None  # billing's, wired in app.py
 
     async def authenticate(self, scope: Scope) -> Principal:
         token = bearer_token(scope["headers"])
@@ -161,6 +171,7 @@ class RouteGuard:
         self.policy = declared
         self.gate = gate
         self.max_body = declared.max_body_bytes or gate.default_max_body_bytes
+        self.meter_dimensions: Dimensions = (("area", declared.meter),) if declared.meter else ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.policy.public:
@@ -202,6 +213,8 @@ class RouteGuard:
             retry = max(1, int(decision.retry_after_seconds + 0.999))
             raise RateLimited(retry, {k.decode(): v.decode() for k, v in headers})
         self._check_length(scope)
+        if self.meter_dimensions and self.gate.usage is not None:  # an in-memory append
+            self.gate.usage.record(tenant.id, API_REQUESTS, dimensions=self.meter_dimensions)
         return headers
 
     def _check_length(self, scope: Scope) -> None:

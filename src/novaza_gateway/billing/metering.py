@@ -1,0 +1,231 @@
+"""Usage metering: an in-memory aggregate on the request path, flushed in idempotent batches.
+
+``record`` adds to a dict keyed by (tenant, meter, dimensions, hour): no I/O. Every second
+(and on graceful shutdown) the flusher seals the dict into a *batch* with a fixed identity:
+each row is stored under ``(tenant_id, source, event_id)`` with ``source`` this process's
+instance and ``event_id`` = batch number + row number, inserted with ON CONFLICT DO NOTHING.
+A batch stays pending until its transaction is known to have committed; a retry after a
+failure (or after a commit whose acknowledgement was lost) inserts the same keys again and
+counts nothing twice. Events recorded with their own ``source`` and ``event_id`` keep those.
+On shutdown a batch the database refuses is spooled to ``DATA_DIR/billing-spool/`` and
+replayed on the next start, so a clean restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from novaza_gateway.billing.models import UsageRecord
+from novaza_gateway.core.db import Database, utcnow
+from novaza_gateway.core.metering import Dimensions
+
+log = logging.getLogger("novaza.billing.metering")
+
+AggregateKey = tuple[str, str, Dimensions, int]  # tenant, meter, dimensions, hour (epoch)
+KeyedEvent = tuple[str, str, str, str, Dimensions, int, int]  # tenant, source, id, meter, ...
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    tenant_id: str
+    source: str
+    event_id: str
+    meter: str
+    dimensions: str
+    hour: datetime
+    quantity: int
+
+    def as_values(self, recorded_at: datetime) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "source": self.source,
+            "event_id": self.event_id,
+            "meter": self.meter,
+            "dimensions": self.dimensions,
+            "hour": self.hour,
+            "quantity": self.quantity,
+            "recorded_at": recorded_at,
+        }
+
+
+def dimensions_key(dimensions: Dimensions) -> str:
+    return ",".join(f"{k}={v}" for k, v in dimensions)
+
+
+def _hour(epoch_hour: int) -> datetime:
+    return datetime.fromtimestamp(epoch_hour * 3600, UTC)
+
+
+class UsageMeter:
+    """Implements ``core.metering.UsageRecorder``; owns the pending batches."""
+
+    def __init__(self, instance: str | None = None, clock: Callable[[], float] = time.time):
+        self.instance = instance or f"gw-{uuid.uuid4().hex[:12]}"
+        self.clock = clock
+        self._aggregate: dict[AggregateKey, int] = {}
+        self._keyed: dict[tuple[str, str, str], KeyedEvent] = {}
+        self._batch_no = 0
+        self.pending: list[list[UsageRow]] = []
+        self.flushed_rows = 0
+
+    def record(
+        self,
+        tenant_id: str,
+        meter: str,
+        quantity: int = 1,
+        *,
+        dimensions: Dimensions = (),
+        source: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        hour = int(self.clock() // 3600)
+        if event_id is not None:
+            event_source = source or "external"
+            key = (tenant_id, event_source, event_id)
+            if key not in self._keyed:
+                self._keyed[key] = (
+                    tenant_id, event_source, event_id, meter, dimensions, hour, quantity
+                )  # fmt: skip
+            return
+        agg = (tenant_id, meter, dimensions, hour)
+        self._aggregate[agg] = self._aggregate.get(agg, 0) + quantity
+
+    def seal(self) -> None:
+        """Turn what was recorded since the last seal into a batch with a fixed identity."""
+        aggregate, keyed = self._aggregate, self._keyed
+        if not aggregate and not keyed:
+            return
+        self._aggregate, self._keyed = {}, {}
+        self._batch_no += 1
+        prefix = f"{self.instance}:{self._batch_no}"
+        rows = [
+            UsageRow(tenant, self.instance, f"{prefix}:{n}", meter, dimensions_key(dims),
+                     _hour(hour), quantity)
+            for n, ((tenant, meter, dims, hour), quantity) in enumerate(aggregate.items())
+        ]  # fmt: skip
+        rows += [
+            UsageRow(tenant, source, event_id, meter, dimensions_key(dims), _hour(hour), quantity)
+            for tenant, source, event_id, meter, dims, hour, quantity in keyed.values()
+        ]
+        self.pending.append(rows)
+
+    @property
+    def backlog(self) -> int:
+        return sum(len(b) for b in self.pending) + len(self._aggregate) + len(self._keyed)
+
+    async def flush(self, db: Database) -> int:
+        """Write every pending batch; a failed one stays pending (and blocks later ones)."""
+        self.seal()
+        written = 0
+        while self.pending:
+            batch = self.pending[0]
+            async with db.session_scope() as session:
+                await insert_rows(session, batch)
+            self.pending.pop(0)
+            written += len(batch)
+        self.flushed_rows += written
+        return written
+
+    # -- spooling across a restart
+    def spool(self, directory: Path) -> Path | None:
+        self.seal()
+        if not self.pending:
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.instance}.jsonl"
+        with path.open("ab") as out:
+            for batch in self.pending:
+                for row in batch:
+                    out.write(orjson.dumps(row.as_values(utcnow())) + b"\n")
+        self.pending.clear()
+        return path
+
+    def load_spool(self, directory: Path) -> list[Path]:
+        files = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
+        for path in files:
+            rows = []
+            for line in path.read_bytes().splitlines():
+                values = orjson.loads(line)
+                values.pop("recorded_at", None)
+                values["hour"] = datetime.fromisoformat(values["hour"])
+                rows.append(UsageRow(**values))
+            if rows:
+                self.pending.append(rows)
+        return files
+
+
+async def insert_rows(session: AsyncSession, rows: list[UsageRow]) -> None:
+    if not rows:
+        return
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    for start in range(0, len(rows), 1000):
+        chunk = [row.as_values(now) for row in rows[start : start + 1000]]
+        statement = (
+            insert(UsageRecord)
+            .values(chunk)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "source", "event_id"])
+        )
+        await session.execute(statement)
+
+
+class UsageFlusher:
+    """Flushes the meter every ``interval`` seconds, replays the spool at start-up, drains on
+    shutdown (to the database, or to the spool when the database is gone)."""
+
+    def __init__(self, meter: UsageMeter, db: Database, spool_dir: Path, interval: float):
+        self.meter = meter
+        self.db = db
+        self.spool_dir = spool_dir
+        self.interval = interval
+        self._replayed: list[Path] = []
+
+    async def flush_once(self) -> int:
+        written = await self.meter.flush(self.db)
+        if self._replayed and not self.meter.pending:
+            for path in self._replayed:
+                path.unlink(missing_ok=True)
+            self._replayed = []
+        return written
+
+    async def replay(self) -> None:
+        self._replayed = self.meter.load_spool(self.spool_dir)
+        if self._replayed:
+            try:
+                await self.flush_once()
+            except Exception as exc:  # the loop retries; the files stay until it succeeds
+                log.warning("usage spool replay failed", extra={"error": type(exc).__name__})
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush_once()
+            except Exception as exc:
+                log.warning(
+                    "usage flush failed; retrying",
+                    extra={"error": type(exc).__name__, "backlog": self.meter.backlog},
+                )
+
+    async def drain(self) -> None:
+        try:
+            await self.flush_once()
+        except Exception as exc:
+            path = self.meter.spool(self.spool_dir)
+            log.error(
+                "usage flush failed at shutdown; spooled",
+                extra={"error": type(exc).__name__, "spool": str(path)},
+            )

@@ -1,0 +1,37 @@
+"""Usage recording for billing, as the request path and the areas see it.
+
+``core`` declares the recorder; the billing area implements it and ``app.py`` wires it into
+the ``Gatekeeper`` (metered routes: ``policy(..., meter="imaging")``) and hands it to areas
+that meter more than requests (AI tokens, HL7 messages, imaging bytes). Recording is an
+in-memory append: no I/O, no await, never an error to the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+Dimensions = tuple[tuple[str, str], ...]  # sorted (name, value) pairs
+
+API_REQUESTS = "api_requests"
+
+
+class UsageRecorder(Protocol):
+    def record(
+        self,
+        tenant_id: str,
+        meter: str,
+        quantity: int = 1,
+        *,
+        dimensions: Dimensions = (),
+        source: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        """Count ``quantity`` of ``meter`` for the tenant now.
+
+        With ``source`` and ``event_id`` (an upstream id: a completion id, an HL7 MSH-10) the
+        event is counted once however often it is recorded; without them, it is aggregated.
+        """
+
+
+def dimensions(**values: str) -> Dimensions:
+    return tuple(sorted(values.items()))
