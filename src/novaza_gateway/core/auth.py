@@ -43,12 +43,12 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise _fail("malformed_header")
+                raise fail("malformed_header")
             return token.strip()
     return None
 
 
-def _fail(reason: str) -> Unauthenticated:
+def fail(reason: str) -> Unauthenticated:
     AUTH_FAILURES.labels(reason=reason).inc()
     log.info("authentication failed", extra={"reason": reason})
     return Unauthenticated(reason=reason)
@@ -115,30 +115,33 @@ class TokenVerifier:
         if cached is not None:
             return cached
         if len(token) > MAX_TOKEN_BYTES:
-            raise _fail("too_large")
+            raise fail("too_large")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise _fail("malformed") from None
+            raise fail("malformed") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._allowed:
-            raise _fail("algorithm_not_allowed")
+            raise fail("algorithm_not_allowed")
         claims = await self._decode(token, alg, header.get("kid"))
-        principal = self._principal(claims)
+        try:
+            principal = self._principal(claims)
+        except (TypeError, ValueError, OverflowError):
+            raise fail("invalid_claims") from None
         self._cache.put(token, principal, now)
         return principal
 
     async def _decode(self, token: str, alg: str, kid: Any) -> dict[str, Any]:
         if kid is not None and not isinstance(kid, str):
-            raise _fail("malformed")
+            raise fail("malformed")
         if alg == "HS256":
             assert self._hs_secret is not None
             return self._decode_with(token, self._hs_secret, alg)
         if not self._keys.knows(kid):
-            await self._keys.refresh_for_unknown_kid()
+            await self._keys.refresh_for_unknown_kid(kid)
         candidates = self._keys.candidates(kid, alg)
         if not candidates:
-            raise _fail("unknown_key")
+            raise fail("unknown_key")
         last: Unauthenticated | None = None
         for key in candidates:
             try:
@@ -165,19 +168,19 @@ class TokenVerifier:
                 },
             )
         except jwt.ExpiredSignatureError:
-            raise _fail("expired") from None
+            raise fail("expired") from None
         except jwt.ImmatureSignatureError:
-            raise _fail("not_yet_valid") from None
+            raise fail("not_yet_valid") from None
         except jwt.InvalidAudienceError:
-            raise _fail("wrong_audience") from None
+            raise fail("wrong_audience") from None
         except jwt.InvalidIssuerError:
-            raise _fail("wrong_issuer") from None
+            raise fail("wrong_issuer") from None
         except jwt.InvalidSignatureError:
-            raise _fail("bad_signature") from None
+            raise fail("bad_signature") from None
         except jwt.MissingRequiredClaimError:
-            raise _fail("missing_claim") from None
+            raise fail("missing_claim") from None
         except jwt.PyJWTError:
-            raise _fail("invalid") from None
+            raise fail("invalid") from None
         return claims
 
     def _principal(self, claims: dict[str, Any]) -> Principal:

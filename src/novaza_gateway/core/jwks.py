@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import jwt
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from novaza_gateway.config import AuthSettings
 from novaza_gateway.core import devkeys
@@ -36,7 +37,7 @@ ASYMMETRIC_ALGORITHMS = frozenset().union(*ALGORITHMS_BY_KEY.values())
 
 
 class TrustedKey:
-    __slots__ = ("algorithms", "key", "kid")
+    __slots__ = ("algorithms", "identity", "key", "kid")
 
     def __init__(self, jwk: dict[str, Any]) -> None:
         kty, crv = jwk.get("kty"), jwk.get("crv")
@@ -51,8 +52,19 @@ class TrustedKey:
                 raise ValueError(f"alg {declared} does not fit key type {kty}")
             allowed = frozenset({declared})
         self.algorithms: frozenset[str] = allowed
-        self.kid: str | None = jwk.get("kid")
-        self.key: Any = jwt.PyJWK(jwk, algorithm=next(iter(sorted(allowed)))).key
+        kid = jwk.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise ValueError("kid is not a string")
+        self.kid: str | None = kid
+        key: Any = jwt.PyJWK(jwk, algorithm=next(iter(sorted(allowed)))).key
+        if not hasattr(key, "verify"):  # a JWK carrying private parts: verify with its public half
+            key = key.public_key()
+        self.key: Any = key
+        # What a token verified by this key relies on: its kid and its public key material.
+        self.identity: tuple[str | None, bytes] = (
+            self.kid,
+            key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+        )
 
 
 def parse_jwks(document: Any) -> list[TrustedKey]:
@@ -60,9 +72,12 @@ def parse_jwks(document: Any) -> list[TrustedKey]:
         raise ValueError("not a JWKS document")
     keys = []
     for jwk in document["keys"]:
+        if not isinstance(jwk, dict):
+            log.warning("skipping JWKS entry that is not an object")
+            continue
         try:
             keys.append(TrustedKey(jwk))
-        except (ValueError, TypeError, jwt.PyJWKError) as exc:
+        except (ValueError, TypeError, KeyError, jwt.PyJWTError) as exc:
             log.warning("skipping JWKS key", extra={"kid": jwk.get("kid"), "reason": str(exc)})
     return keys
 
@@ -75,7 +90,7 @@ class KeyStore:
         self._by_kid: dict[str, TrustedKey] = {}
         self._keys: list[TrustedKey] = []
         self._lock = asyncio.Lock()
-        self._last_attempt = float("-inf")
+        self._last_kid_refetch = float("-inf")
         self._jwks_uri: str | None = settings.jwks_url
         self.last_error: str | None = None
         self.last_success: float | None = None
@@ -106,36 +121,51 @@ class KeyStore:
     def knows(self, kid: str | None) -> bool:
         return kid is None or kid in self._by_kid
 
-    async def refresh_for_unknown_kid(self) -> bool:
-        """Refetch once per interval; answer whether a fetch happened."""
-        interval = self._settings.jwks_refetch_interval_seconds
-        if time.monotonic() - self._last_attempt < interval:
-            return False
-        await self.refresh()
-        return True
+    async def refresh_for_unknown_kid(self, kid: str | None) -> bool:
+        """Try to learn ``kid``; answer whether it is known now.
+
+        Waits for a fetch already in flight (a rotation's first tokens often arrive together)
+        and starts one itself at most once per interval, whatever other fetches (start-up,
+        the scheduled refresh) happened meanwhile.
+        """
+        async with self._lock:
+            if self.knows(kid):
+                return True
+            now = time.monotonic()
+            if now - self._last_kid_refetch < self._settings.jwks_refetch_interval_seconds:
+                return False
+            self._last_kid_refetch = now
+            await self._refresh_locked()
+            return self.knows(kid)
 
     async def refresh(self) -> None:
         async with self._lock:
-            self._last_attempt = time.monotonic()
-            try:
-                keys = parse_jwks(await self._fetch())
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                JWKS_FETCHES.labels(source=self.source, outcome="error").inc()
-                log.warning(
-                    "JWKS refresh failed; keeping cached keys", extra={"error": self.last_error}
-                )
-                return
-            self._install(keys)
-            JWKS_FETCHES.labels(source=self.source, outcome="ok").inc()
+            await self._refresh_locked()
+
+    async def _refresh_locked(self) -> None:
+        try:
+            keys = parse_jwks(await self._fetch())
+            if not keys:
+                raise ValueError("JWKS holds no usable signing key")
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            JWKS_FETCHES.labels(source=self.source, outcome="error").inc()
+            log.warning(
+                "JWKS refresh failed; keeping cached keys", extra={"error": self.last_error}
+            )
+            return
+        self._install(keys)
+        JWKS_FETCHES.labels(source=self.source, outcome="ok").inc()
 
     def _install(self, keys: list[TrustedKey]) -> None:
-        old = set(self._by_kid)
+        old = {k.identity for k in self._keys}
         self._keys = keys
         self._by_kid = {k.kid: k for k in keys if k.kid}
         self.last_error = None
         self.last_success = time.time()
-        if old - set(self._by_kid):
+        if old - {k.identity for k in keys}:
+            # A key was withdrawn or a kid now names other key material: tokens it verified
+            # must be verified again.
             for callback in self._listeners:
                 callback()
 
