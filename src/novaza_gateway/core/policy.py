@@ -14,14 +14,13 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from novaza_gateway.core.auth import Principal, TokenVerifier, bearer_token
+from novaza_gateway.core.auth import Principal, TokenVerifier, bearer_token, fail
 from novaza_gateway.core.errors import (
     AddonRequired,
     ApiError,
     Forbidden,
     PayloadTooLarge,
     RateLimited,
-    Unauthenticated,
     send_error,
 )
 from novaza_gateway.core.metering import API_REQUESTS, Dimensions, UsageRecorder
@@ -142,7 +141,7 @@ class Gatekeeper:
     async def authenticate(self, scope: Scope) -> Principal:
         token = bearer_token(scope["headers"])
         if token is None:
-            raise Unauthenticated(reason="missing")
+            raise fail("missing")
         return await self.verifier.verify(token)
 
     async def tenant_for(self, scope: Scope, principal: Principal) -> TenantContext:
