@@ -39,11 +39,21 @@ from novaza_gateway.core.requestid import RequestContextMiddleware
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 from novaza_gateway.core.tenant_settings import SettingsSections
 from novaza_gateway.core.whoami import router as whoami_router
+from novaza_gateway.hl7.area import Hl7Area
+from novaza_gateway.hl7.router import router as hl7_router
+from novaza_gateway.hl7.settings import Hl7Settings
 from novaza_gateway.imaging.settings import ImagingSettings
+from novaza_gateway.tenants.directory import TenantSettingsDirectory
 from novaza_gateway.tenants.entitlements import DatabaseTenantSource
 from novaza_gateway.tenants.router import router as tenants_router
 
-ROUTERS: tuple[APIRouter, ...] = (health_router, whoami_router, tenants_router, billing_router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health_router,
+    whoami_router,
+    tenants_router,
+    hl7_router,
+    billing_router,
+)
 
 
 @dataclass
@@ -159,6 +169,7 @@ def health_registry(rt: Runtime) -> HealthRegistry:
 def settings_sections() -> SettingsSections:
     sections = SettingsSections()
     sections.register("imaging", ImagingSettings)
+    sections.register("hl7", Hl7Settings)
     return sections
 
 
@@ -187,6 +198,8 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     rt = build_runtime(settings)
 
     wire_core(rt)
+    hl7 = Hl7Area(settings.hl7, rt.db, TenantSettingsDirectory(rt.db), rt.tenants)
+    hl7.wire(rt.lifecycle)
     wire_billing(rt)
 
     @contextlib.asynccontextmanager
@@ -207,6 +220,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.db = rt.db
     app.state.settings = settings
     app.state.invalidator = rt.invalidator
+    app.state.hl7 = hl7
     app.state.billing = rt.billing
     app.state.subscriptions = rt.billing.entitlements  # tenant admin -> subscription
     app.state.entitlements = rt.billing.entitlements

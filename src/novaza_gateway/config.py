@@ -48,6 +48,20 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Hl7Config:
+    mllp_host: str
+    mllp_port: int | None
+    idle_timeout_seconds: float
+    max_frame_bytes: int
+    outbox_poll_seconds: float
+    outbox_max_attempts: int
+    backoff_seconds: float
+    backoff_max_seconds: float
+    ack_timeout_seconds: float
+    settings_ttl_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class BillingSettings:
     catalog: Path | None
     flush_interval_seconds: float
@@ -96,6 +110,17 @@ class Settings(BaseSettings):
     ratelimit_breaker_failures: int = 3
     ratelimit_breaker_reset_seconds: float = 5.0
 
+    # -- hl7: MLLP listener (off unless a port is set; 0 picks a free one) and ORU delivery
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int | None = Field(default=None, ge=0, le=65535)
+    mllp_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    mllp_max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    hl7_outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    hl7_outbox_max_attempts: int = Field(default=10, ge=1)
+    hl7_outbox_backoff_seconds: float = Field(default=2.0, gt=0)
+    hl7_outbox_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    hl7_ack_timeout_seconds: float = Field(default=10.0, gt=0)
+
     # -- billing
     billing_catalog: Path | None = None
     billing_flush_interval_seconds: float = Field(default=1.0, gt=0)
@@ -142,6 +167,21 @@ class Settings(BaseSettings):
             flush_interval_seconds=self.billing_flush_interval_seconds,
             close_interval_seconds=self.billing_close_interval_seconds,
             portal_ttl_seconds=self.billing_portal_ttl_seconds,
+        )
+
+    @property
+    def hl7(self) -> Hl7Config:
+        return Hl7Config(
+            mllp_host=self.mllp_host,
+            mllp_port=self.mllp_port,
+            idle_timeout_seconds=self.mllp_idle_timeout_seconds,
+            max_frame_bytes=self.mllp_max_frame_bytes,
+            outbox_poll_seconds=self.hl7_outbox_poll_seconds,
+            outbox_max_attempts=self.hl7_outbox_max_attempts,
+            backoff_seconds=self.hl7_outbox_backoff_seconds,
+            backoff_max_seconds=self.hl7_outbox_backoff_max_seconds,
+            ack_timeout_seconds=self.hl7_ack_timeout_seconds,
+            settings_ttl_seconds=self.tenant_cache_ttl_seconds,
         )
 
     @property

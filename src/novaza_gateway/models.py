@@ -12,8 +12,16 @@ from novaza_gateway.billing.models import (
     Wallet,
     WalletEntry,
 )
+from novaza_gateway.clinical.models import (
+    Encounter,
+    Order,
+    Patient,
+    PatientIdentifier,
+    WorklistItem,
+)
 from novaza_gateway.core.audit import AuditEvent
 from novaza_gateway.core.db import Base
+from novaza_gateway.hl7.models import DeliveryAttempt, InboundMessage, OutboundMessage
 from novaza_gateway.tenants.models import Tenant
 
 metadata = Base.metadata
@@ -30,4 +38,15 @@ __all__ = [
     "Wallet",
     "WalletEntry",
     "metadata",
+]
+
+__all__ += [
+    "DeliveryAttempt",
+    "Encounter",
+    "InboundMessage",
+    "Order",
+    "OutboundMessage",
+    "Patient",
+    "PatientIdentifier",
+    "WorklistItem",
 ]

@@ -17,3 +17,12 @@ def good() -> list[str]:
 
 def bad() -> list[str]:
     return sorted(p.name for p in FIXTURES.iterdir() if p.name.startswith("bad_"))
+
+
+HL7_SETTINGS = {
+    "registerUnknownPatients": True,
+    "stationAeTitle": "RAD_DEFAULT",
+    "modalityStations": {"CT": "CT_SCANNER_1"},
+    "procedureModalities": {"US-ABD": "US"},
+    "mllpRoutes": [{"receivingApplication": "NOVAZA", "receivingFacility": "RADIOLOGY"}],
+}

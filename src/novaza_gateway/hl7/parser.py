@@ -458,3 +458,51 @@ def parse_timestamp(
             field=field,
         ) from None
     return moment.astimezone(UTC)
+
+
+def peek(data: bytes | str) -> Header | None:
+    """The MSH of a message ``parse`` rejected, read leniently so its AR can echo MSH-10."""
+    try:
+        text = data.decode("latin-1") if isinstance(data, bytes) else data
+        text = text.lstrip("\ufeff \t\r\n\x0b")
+        if not text.startswith("MSH"):
+            return None
+        first = _SEGMENT_BREAK.split(text, maxsplit=1)[0]
+        msh = _segment(first, separators(first), 1)
+        trigger = msh.get(9, 2).upper()
+        version = msh.get(12).strip()
+        return Header(
+            separators=msh.separators,
+            sending_application=msh.get(3),
+            sending_facility=msh.get(4),
+            receiving_application=msh.get(5),
+            receiving_facility=msh.get(6),
+            message_time=msh.get(7),
+            message_type=MessageType(msh.get(9).upper(), trigger, msh.get(9, 3).upper()),
+            control_id=msh.get(10).strip(),
+            processing_id=msh.get(11) if msh.get(11) in ("P", "T", "D") else "P",
+            version=version if version in SUPPORTED_VERSIONS else "2.5.1",
+            accept_ack_type=msh.get(15).upper(),
+            application_ack_type=msh.get(16).upper(),
+            charset="",
+        )
+    except ParseError:
+        return None
+
+
+def encode(text: str) -> bytes:
+    """Text (a message received as JSON) as bytes in the character set its MSH-18 names."""
+    header = peek(text)
+    codec = DEFAULT_CHARSET
+    if header is not None and text.startswith("MSH"):
+        first = _SEGMENT_BREAK.split(text, maxsplit=1)[0]
+        parts = first.split(first[3])
+        if len(parts) > 17:
+            try:
+                codec = codec_for(parts[17].split(header.separators.component)[0])
+            except ParseError:
+                codec = DEFAULT_CHARSET
+    try:
+        return text.encode(codec)
+    except UnicodeEncodeError:
+        return text.encode(DEFAULT_CHARSET)

@@ -1,0 +1,1 @@
+"""What the clinical areas share: patients, encounters, orders, worklist items. No HTTP."""

@@ -1,0 +1,109 @@
+"""Clinical queries; each takes the tenant id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from novaza_gateway.clinical.models import (
+    Encounter,
+    Order,
+    Patient,
+    PatientIdentifier,
+    WorklistItem,
+)
+
+
+async def patient(session: AsyncSession, tenant_id: str, patient_id: str) -> Patient | None:
+    query = select(Patient).where(Patient.tenant_id == tenant_id, Patient.id == patient_id)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def identifier(
+    session: AsyncSession, tenant_id: str, authority: str, value: str
+) -> PatientIdentifier | None:
+    query = select(PatientIdentifier).where(
+        PatientIdentifier.tenant_id == tenant_id,
+        PatientIdentifier.assigning_authority == authority,
+        PatientIdentifier.value == value,
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def identifiers_of(
+    session: AsyncSession, tenant_id: str, patient_id: str
+) -> Sequence[PatientIdentifier]:
+    query = select(PatientIdentifier).where(
+        PatientIdentifier.tenant_id == tenant_id, PatientIdentifier.patient_id == patient_id
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def encounter(session: AsyncSession, tenant_id: str, visit_number: str) -> Encounter | None:
+    query = select(Encounter).where(
+        Encounter.tenant_id == tenant_id, Encounter.visit_number == visit_number
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def order(session: AsyncSession, tenant_id: str, placer_number: str) -> Order | None:
+    query = select(Order).where(
+        Order.tenant_id == tenant_id, Order.placer_order_number == placer_number
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def order_by_filler(session: AsyncSession, tenant_id: str, filler: str) -> Order | None:
+    query = select(Order).where(Order.tenant_id == tenant_id, Order.filler_order_number == filler)
+    return (await session.execute(query)).scalars().first()
+
+
+async def worklist_item_for_order(
+    session: AsyncSession, tenant_id: str, order_id: str
+) -> WorklistItem | None:
+    query = select(WorklistItem).where(
+        WorklistItem.tenant_id == tenant_id, WorklistItem.order_id == order_id
+    )
+    return (await session.execute(query)).scalars().first()
+
+
+async def worklist_item(
+    session: AsyncSession, tenant_id: str, accession_number: str
+) -> WorklistItem | None:
+    query = select(WorklistItem).where(
+        WorklistItem.tenant_id == tenant_id, WorklistItem.accession_number == accession_number
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def worklist(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    statuses: Sequence[str] = ("scheduled", "in_progress"),
+    modality: str | None = None,
+    limit: int = 100,
+) -> Sequence[WorklistItem]:
+    query = (
+        select(WorklistItem)
+        .where(WorklistItem.tenant_id == tenant_id, WorklistItem.status.in_(statuses))
+        .order_by(WorklistItem.scheduled_start, WorklistItem.id)
+        .limit(limit)
+    )
+    if modality is not None:
+        query = query.where(WorklistItem.modality == modality)
+    return (await session.execute(query)).scalars().all()
+
+
+async def move_patient_records(
+    session: AsyncSession, tenant_id: str, prior_id: str, survivor_id: str
+) -> None:
+    """A merge: identifiers, encounters, orders and worklist items follow the survivor."""
+    for table in (PatientIdentifier, Encounter, Order, WorklistItem):
+        await session.execute(
+            update(table)
+            .where(table.tenant_id == tenant_id, table.patient_id == prior_id)
+            .values(patient_id=survivor_id)
+        )

@@ -1,0 +1,26 @@
+"""The HL7 area's runtime, built and wired by ``app.py``: settings cache, MLLP listener."""
+
+from __future__ import annotations
+
+from novaza_gateway.config import Hl7Config
+from novaza_gateway.core.db import Database
+from novaza_gateway.core.lifecycle import Lifecycle
+from novaza_gateway.core.tenancy import TenantCache
+from novaza_gateway.hl7.listener import MllpListener
+from novaza_gateway.hl7.routing import SettingsSource, TenantHl7Settings
+
+
+class Hl7Area:
+    def __init__(
+        self, config: Hl7Config, db: Database, source: SettingsSource, tenants: TenantCache
+    ) -> None:
+        self.config = config
+        self.settings = TenantHl7Settings(source, config.settings_ttl_seconds)
+        self.listener: MllpListener | None = None
+        if config.mllp_port is not None:
+            self.listener = MllpListener(config, db, self.settings, tenants)
+
+    def wire(self, lifecycle: Lifecycle) -> None:
+        if self.listener is not None:
+            lifecycle.on_startup(self.listener.start)
+            lifecycle.on_shutdown(self.listener.stop)

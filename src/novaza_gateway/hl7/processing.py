@@ -1,0 +1,172 @@
+"""What ADT and ORM messages do to the clinical records.
+
+Each handler answers the id of the patient the message touched; an ``Hl7Error`` is answered
+AE (nothing the message did is kept), and so is a clinical error (unknown order, a move the
+record's state does not allow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from novaza_gateway.clinical import encounters, orders, patients
+from novaza_gateway.clinical.encounters import EncounterEvent
+from novaza_gateway.clinical.models import Patient
+from novaza_gateway.core.audit import Actor
+from novaza_gateway.hl7 import segments
+from novaza_gateway.hl7.parser import (
+    SEGMENT_SEQUENCE_ERROR,
+    TABLE_VALUE_NOT_FOUND,
+    UNKNOWN_KEY_IDENTIFIER,
+    Hl7Error,
+    Message,
+    Segment,
+)
+from novaza_gateway.hl7.settings import Hl7Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Context:
+    tenant_id: str
+    actor: Actor
+    settings: Hl7Settings
+
+
+ADT_EVENTS: dict[str, EncounterEvent | None] = {
+    "A01": EncounterEvent.ADMIT,
+    "A04": EncounterEvent.REGISTER,
+    "A05": EncounterEvent.PREADMIT,
+    "A08": EncounterEvent.UPDATE,
+    "A02": EncounterEvent.TRANSFER,
+    "A03": EncounterEvent.DISCHARGE,
+    "A11": EncounterEvent.CANCEL_ADMIT,
+    "A12": EncounterEvent.CANCEL_TRANSFER,
+    "A13": EncounterEvent.CANCEL_DISCHARGE,
+    "A28": None,
+    "A31": None,
+    "A40": None,
+}
+# Events that may come without a visit number: the patient is still registered or updated.
+_VISIT_OPTIONAL = frozenset({EncounterEvent.REGISTER, EncounterEvent.UPDATE})
+ORDER_TRIGGERS = {"ORM": "O01", "OMI": "O23"}
+# ORC-5 order status (HL7 table 0038) -> worklist status, for SC.
+ORDER_STATUS = {
+    "SC": orders.SCHEDULED,
+    "IP": orders.IN_PROGRESS,
+    "A": orders.IN_PROGRESS,
+    "CM": orders.COMPLETED,
+    "CA": orders.CANCELED,
+    "DC": orders.DISCONTINUED,
+}
+
+
+async def process_adt(session: AsyncSession, ctx: Hl7Context, message: Message) -> str:
+    trigger = message.header.message_type.trigger
+    event = ADT_EVENTS[trigger]
+    pid = segments.required_segment(message, "PID")
+    data = segments.patient(pid)
+    patient, _ = await patients.register(session, ctx.actor, ctx.tenant_id, data)
+    if trigger == "A40":
+        mrg = segments.required_segment(message, "MRG")
+        prior = segments.identifiers(mrg, 1)
+        if not prior:
+            raise segments.missing(mrg, 1, "prior patient identifier list")
+        await patients.merge(session, ctx.actor, ctx.tenant_id, patient, prior)
+        return patient.id
+    if event is None:
+        return patient.id
+    pv1 = message.segment("PV1")
+    visit = segments.visit(pv1) if pv1 is not None else None
+    if visit is None:
+        if event in _VISIT_OPTIONAL:
+            return patient.id
+        where = pv1 or Segment("PV1", [], message.header.separators, 0)
+        raise segments.missing(where, 19, "visit number")
+    await encounters.apply_event(session, ctx.actor, ctx.tenant_id, patient, visit, event)
+    return patient.id
+
+
+async def process_order(session: AsyncSession, ctx: Hl7Context, message: Message) -> str | None:
+    """ORM^O01 / OMI^O23: each ORC (with its OBR, TQ1, IPC) is one order control."""
+    pid = segments.required_segment(message, "PID")
+    groups = _order_groups(message)
+    if not groups:
+        raise Hl7Error(
+            "The message has no ORC segment.", code=SEGMENT_SEQUENCE_ERROR, segment="ORC"
+        )
+    patient_id: str | None = None
+    for group in groups:
+        orc = group.orc
+        request = segments.procedure(orc, group.obr, group.tq1, group.ipc, ctx.settings)
+        control = orc.get(1).upper()
+        if control == "NW":
+            patient = await _order_patient(session, ctx, pid)
+            item, _ = await orders.place(session, ctx.actor, ctx.tenant_id, patient, request)
+        elif control in ("CA", "OC"):
+            item = await orders.set_status(
+                session, ctx.actor, ctx.tenant_id, request, orders.CANCELED
+            )
+        elif control in ("DC", "OD"):
+            item = await orders.set_status(
+                session, ctx.actor, ctx.tenant_id, request, orders.DISCONTINUED
+            )
+        elif control == "XO":
+            item = await orders.change(session, ctx.actor, ctx.tenant_id, request)
+        elif control == "SC":
+            status = ORDER_STATUS.get(orc.get(5).upper())
+            if status is None:
+                raise _table_error(orc, 5, "order status")
+            item = await orders.set_status(session, ctx.actor, ctx.tenant_id, request, status)
+        else:
+            raise _table_error(orc, 1, "order control")
+        patient_id = item.patient_id
+    return patient_id
+
+
+async def _order_patient(session: AsyncSession, ctx: Hl7Context, pid: Segment) -> Patient:
+    data = segments.patient(pid)
+    found = await patients.find(session, ctx.tenant_id, data.identifiers)
+    if found is not None:
+        return found
+    if not ctx.settings.register_unknown_patients:
+        raise Hl7Error(
+            "The order is for a patient the gateway does not know.",
+            code=UNKNOWN_KEY_IDENTIFIER,
+            segment="PID",
+            sequence=pid.sequence,
+            field=3,
+        )
+    patient, _ = await patients.register(session, ctx.actor, ctx.tenant_id, data)
+    return patient
+
+
+def _table_error(segment: Segment, index: int, what: str) -> Hl7Error:
+    return Hl7Error(
+        f"{segment.name}-{index} holds an {what} this gateway does not support.",
+        code=TABLE_VALUE_NOT_FOUND,
+        segment=segment.name,
+        sequence=segment.sequence,
+        field=index,
+    )
+
+
+@dataclass(slots=True)
+class OrderGroup:
+    orc: Segment
+    obr: Segment | None = None
+    tq1: Segment | None = None
+    ipc: Segment | None = None
+
+
+def _order_groups(message: Message) -> list[OrderGroup]:
+    groups: list[OrderGroup] = []
+    for segment in message.segments:
+        if segment.name == "ORC":
+            groups.append(OrderGroup(segment))
+        elif groups and segment.name in ("OBR", "TQ1", "IPC"):
+            attr = segment.name.lower()
+            if getattr(groups[-1], attr) is None:
+                setattr(groups[-1], attr, segment)
+    return groups
