@@ -22,8 +22,9 @@ from sqlalchemy import event, text
 
 from novaza_gateway import __version__
 from novaza_gateway.billing.area import BillingArea
+from novaza_gateway.billing.closing import PeriodScheduler
 from novaza_gateway.billing.metering import UsageFlusher
-from novaza_gateway.billing.router import router as billing_router
+from novaza_gateway.billing.router import routes as billing_router
 from novaza_gateway.config import Settings
 from novaza_gateway.core.auth import TokenVerifier
 from novaza_gateway.core.db import Database, create_engine
@@ -120,7 +121,18 @@ def wire_core(rt: Runtime) -> None:
 
 
 def wire_billing(rt: Runtime) -> None:
-    """Usage: flushed every second, replayed from the spool at start, drained at shutdown."""
+    """The catalogue version is checked against the database before anything is billed;
+    usage is flushed every second, replayed from the spool at start, drained at shutdown;
+    ended periods are closed by the scheduler."""
+    billing = rt.billing
+    scheduler = PeriodScheduler(
+        rt.db,
+        billing.catalog,
+        lambda: billing.entitlements.clock(),
+        rt.settings.billing.close_interval_seconds,
+        rt.invalidator.announce,
+    )
+    rt.lifecycle.on_startup(scheduler.check_catalog)
     flusher = UsageFlusher(
         rt.billing.meter,
         rt.db,
@@ -130,6 +142,7 @@ def wire_billing(rt: Runtime) -> None:
     rt.lifecycle.on_startup(flusher.replay)
     rt.lifecycle.run_in_background("billing-usage-flush", flusher.run)
     rt.lifecycle.on_shutdown(flusher.drain)
+    rt.lifecycle.run_in_background("billing-close-periods", scheduler.run)
 
 
 def health_registry(rt: Runtime) -> HealthRegistry:
@@ -222,6 +235,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.invalidator = rt.invalidator
     app.state.hl7 = hl7
     app.state.billing = rt.billing
+    app.state.tenant_cache = rt.tenants
     app.state.subscriptions = rt.billing.entitlements  # tenant admin -> subscription
     app.state.entitlements = rt.billing.entitlements
     app.state.settings_sections = settings_sections()

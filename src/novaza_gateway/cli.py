@@ -17,6 +17,7 @@ import uvicorn
 
 from novaza_gateway.app import settings_sections
 from novaza_gateway.billing.area import BillingArea
+from novaza_gateway.billing.cli import billing_cli
 from novaza_gateway.config import ConfigurationError, Settings, load_settings
 from novaza_gateway.core import devkeys
 from novaza_gateway.core.audit import Actor
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 tenants_app = typer.Typer(help="Tenant administration from the shell.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(billing_cli, name="billing")
 
 
 T = TypeVar("T")

@@ -475,6 +475,7 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/admin/tenants/{slug}", None),
     ("POST", "/admin/tenants/{slug}/activate", None),
     ("POST", "/admin/tenants/{slug}/suspend", None),
+    ("POST", "/admin/tenants/{slug}/wallet/credits", {"amount": 100, "currency": "EUR"}),
 ]
 ROUTE_IDS = [f"{m} {p}" for m, p, _ in ADMIN_ROUTES]
 

@@ -115,6 +115,7 @@ class Wallet(Base):
     currency: Mapped[str] = mapped_column(String(3))
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     floor: Mapped[int] = mapped_column(BigInteger, default=0)
+    entries: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -124,11 +125,12 @@ class WalletEntry(Base):
     __tablename__ = "billing_wallet_entries"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_billing_wallet_entries_key"),
-        Index("ix_billing_wallet_entries_tenant_created", "tenant_id", "created_at"),
+        UniqueConstraint("tenant_id", "seq", name="uq_billing_wallet_entries_seq"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)  # 1, 2, 3... per tenant, in posting order
     idempotency_key: Mapped[str] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(32))

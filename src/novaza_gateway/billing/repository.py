@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.billing.models import PendingItem, Subscription, UsageRecord
+from novaza_gateway.billing.models import (
+    CatalogVersion,
+    Invoice,
+    PendingItem,
+    Subscription,
+    UsageRecord,
+)
 
 
 async def get_subscription(
@@ -48,7 +54,7 @@ async def usage_totals(
         select(UsageRecord.meter, func.sum(UsageRecord.quantity))
         .where(
             UsageRecord.tenant_id == tenant_id,
-            UsageRecord.hour >= _hour(start),
+            UsageRecord.hour >= start,
             UsageRecord.hour < end,
         )
         .group_by(UsageRecord.meter)
@@ -56,5 +62,81 @@ async def usage_totals(
     return {meter: int(total) for meter, total in (await session.execute(query)).all()}
 
 
-def _hour(at: datetime) -> datetime:
-    return at.replace(minute=0, second=0, microsecond=0)
+async def uninvoiced_usage(
+    session: AsyncSession, tenant_id: str, before: datetime
+) -> list[tuple[str, datetime, int]]:
+    """Usage not yet on an invoice for hours before ``before``, per meter and hour."""
+    query = (
+        select(UsageRecord.meter, UsageRecord.hour, func.sum(UsageRecord.quantity))
+        .where(
+            UsageRecord.tenant_id == tenant_id,
+            UsageRecord.invoice_id.is_(None),
+            UsageRecord.hour < before,
+        )
+        .group_by(UsageRecord.meter, UsageRecord.hour)
+        .order_by(UsageRecord.hour)
+    )
+    return [(m, h, int(q)) for m, h, q in (await session.execute(query)).all()]
+
+
+async def invoiced_quantity(
+    session: AsyncSession, tenant_id: str, meter: str, start: datetime, end: datetime
+) -> int:
+    query = select(func.coalesce(func.sum(UsageRecord.quantity), 0)).where(
+        UsageRecord.tenant_id == tenant_id,
+        UsageRecord.meter == meter,
+        UsageRecord.invoice_id.is_not(None),
+        UsageRecord.hour >= start,
+        UsageRecord.hour < end,
+    )
+    return int((await session.execute(query)).scalar_one())
+
+
+async def invoice_covering(session: AsyncSession, tenant_id: str, at: datetime) -> Invoice | None:
+    query = (
+        select(Invoice)
+        .where(Invoice.tenant_id == tenant_id, Invoice.period_start <= at, Invoice.period_end > at)
+        .order_by(Invoice.number)
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def open_invoices(session: AsyncSession, tenant_id: str) -> Sequence[Invoice]:
+    query = (
+        select(Invoice)
+        .where(Invoice.tenant_id == tenant_id, Invoice.status == "open")
+        .order_by(Invoice.number)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def get_invoice(session: AsyncSession, tenant_id: str, invoice_id: str) -> Invoice | None:
+    query = select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.id == invoice_id)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def invoice_page(
+    session: AsyncSession, tenant_id: str, *, before_number: int | None, limit: int
+) -> Sequence[Invoice]:
+    query = (
+        select(Invoice)
+        .where(Invoice.tenant_id == tenant_id)
+        .order_by(Invoice.number.desc())
+        .limit(limit)
+    )
+    if before_number is not None:
+        query = query.where(Invoice.number < before_number)
+    return (await session.execute(query)).scalars().all()
+
+
+async def mark_catalog_used(session: AsyncSession, version: str, now: datetime) -> None:
+    await session.execute(
+        update(CatalogVersion)
+        .where(CatalogVersion.version == version, CatalogVersion.used_at.is_(None))
+        .values(used_at=now)
+    )
+
+
+async def get_catalog_version(session: AsyncSession, version: str) -> CatalogVersion | None:
+    return await session.get(CatalogVersion, version)

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
 from novaza_gateway.billing import service, usage
 from novaza_gateway.billing.area import BillingArea
-from novaza_gateway.billing.schemas import EntitlementsOut, PlanList, SubscriptionList, UsageOut
+from novaza_gateway.billing.schemas import (
+    CreditIn,
+    CreditOut,
+    EntitlementsOut,
+    InvoiceOut,
+    PlanList,
+    SubscriptionList,
+    UsageOut,
+    WalletOut,
+)
 from novaza_gateway.core.deps import SessionDep, TenantDep
-from novaza_gateway.core.policy import policy
+from novaza_gateway.core.errors import NotFound
+from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
+from novaza_gateway.core.policy import ADMIN_SCOPE, policy
+from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 
 router = APIRouter(prefix="/api/v1/billing", tags=["billing"])
+admin_router = APIRouter(prefix="/admin/tenants", tags=["billing administration"])
 
 READ = policy("billing:read")
 
@@ -63,3 +77,91 @@ async def get_usage(
     return await usage.usage(
         session, billing, tenant, start=start, end=end, granularity=granularity, meter=meter
     )
+
+
+@router.get("/invoices", **READ, summary="Invoices, newest first, after the upcoming draft")
+async def list_invoices(
+    session: SessionDep,
+    billing: BillingDep,
+    tenant: TenantDep,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 20,
+) -> Page[InvoiceOut]:
+    return await service.list_invoices(session, billing, tenant, cursor=cursor, limit=limit)
+
+
+@router.get(
+    "/invoices/{invoice_id}",
+    **policy("billing:read", errors={404: "INVOICE_NOT_FOUND, SUBSCRIPTION_NOT_FOUND"}),
+    summary="One invoice (`upcoming`: the current period's draft)",
+)
+async def get_invoice(
+    session: SessionDep,
+    billing: BillingDep,
+    tenant: TenantDep,
+    invoice_id: Annotated[str, Path(max_length=36)],
+) -> InvoiceOut:
+    return await service.get_invoice(session, billing, tenant, invoice_id)
+
+
+@router.get("/wallet", **READ, summary="Wallet balance and recent transactions")
+async def get_wallet(
+    session: SessionDep,
+    billing: BillingDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> WalletOut:
+    return await service.get_wallet(session, billing, tenant, limit)
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$"),
+]
+
+
+async def tenant_id_for(request: Request, slug: str) -> str:
+    cache: TenantCache = request.app.state.tenant_cache
+    tenant = await cache.get(slug)
+    if tenant is None or tenant.status == "deleted":
+        raise NotFound("No tenant has this slug.")
+    return tenant.id
+
+
+@admin_router.post(
+    "/{slug}/wallet/credits",
+    **policy(
+        ADMIN_SCOPE,
+        tenant=False,
+        errors={
+            404: "NOT_FOUND",
+            422: "VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED, CURRENCY_MISMATCH",
+        },
+    ),
+    status_code=status.HTTP_201_CREATED,
+    summary="Credit a tenant's wallet (top-up or grant); Idempotency-Key honoured",
+)
+async def credit_wallet(
+    request: Request,
+    response: Response,
+    slug: Annotated[str, Path(max_length=63)],
+    body: CreditIn,
+    session: SessionDep,
+    billing: BillingDep,
+    idempotency_key: IdempotencyKey = None,
+) -> CreditOut:
+    tenant_id = await tenant_id_for(request, slug)
+    invalidator: TenantInvalidator = request.app.state.invalidator
+    key = idempotency_key or uuid.uuid4().hex
+    result, created = await service.credit(
+        session, billing, tenant_id, key, body, invalidator.announce
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return result
+
+
+# What app.py registers: the tenant's billing API and the platform's wallet credits. The
+# route objects themselves (not include_router, whose lazy entries the guard would not see).
+routes = APIRouter()
+routes.routes.extend([*router.routes, *admin_router.routes])

@@ -185,3 +185,34 @@ class UsageOut(ApiResponse):
     period_end: datetime
     meters: list[MeterUsage]
     as_of: datetime
+
+
+class InvoiceLineOut(ApiResponse):
+    kind: str
+    description: str
+    meter: str | None = None
+    quantity: int
+    unit_amount: str = Field(description="Minor units per unit, as an exact decimal string")
+    amount: int
+
+
+class InvoiceOut(ApiResponse):
+    id: str
+    number: int | None = Field(description="Sequential per tenant; null on the upcoming draft")
+    status: InvoiceStatus
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    lines: list[InvoiceLineOut]
+    subtotal: int
+    total: int
+    amount_paid_wallet: int
+    amount_due: int
+    catalog_version: str
+    issued_at: datetime | None
+    paid_at: datetime | None
+
+
+class CreditOut(ApiResponse):
+    entry: WalletEntryOut
+    balance: Money

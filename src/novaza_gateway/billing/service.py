@@ -1,13 +1,31 @@
-"""Billing reads for the tenant's own API: plans, subscriptions, entitlements."""
+"""Billing for the tenant's own API (plans, subscriptions, entitlements, invoices, wallet)
+and the platform's wallet credits. Nothing here commits."""
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.billing import repository, views
+from novaza_gateway.billing import invoices, repository, views
+from novaza_gateway.billing import wallet as ledger
 from novaza_gateway.billing.area import BillingArea
-from novaza_gateway.billing.schemas import EntitlementsOut, PlanList, SubscriptionList
+from novaza_gateway.billing.closing import Announce
+from novaza_gateway.billing.errors import InvoiceNotFound, SubscriptionNotFound
+from novaza_gateway.billing.models import Invoice, WalletEntry
+from novaza_gateway.billing.schemas import (
+    CreditIn,
+    CreditOut,
+    EntitlementsOut,
+    InvoiceLineOut,
+    InvoiceOut,
+    Money,
+    PlanList,
+    SubscriptionList,
+    WalletEntryOut,
+    WalletOut,
+)
+from novaza_gateway.core.db import after_commit
 from novaza_gateway.core.entitlements import PlanChoice
+from novaza_gateway.core.pagination import Page, decode_cursor, encode_cursor
 from novaza_gateway.core.tenancy import TenantContext
 
 
@@ -39,3 +57,139 @@ async def entitlements(
             session, tenant.id, sub.current_period_start, sub.current_period_end
         )
     return views.entitlements_out(granted, used, now)
+
+
+# ----------------------------------------------------------------------------- invoices
+
+UPCOMING = "upcoming"
+
+
+def invoice_out(invoice: Invoice) -> InvoiceOut:
+    return InvoiceOut.model_validate(
+        {
+            "id": invoice.id,
+            "number": invoice.number,
+            "status": invoice.status,
+            "period_start": invoice.period_start,
+            "period_end": invoice.period_end,
+            "currency": invoice.currency,
+            "lines": invoice.lines,
+            "subtotal": invoice.subtotal,
+            "total": invoice.total,
+            "amount_paid_wallet": invoice.amount_paid_wallet,
+            "amount_due": 0 if invoice.status in ("paid", "void") else invoice.total,
+            "catalog_version": invoice.catalog_version,
+            "issued_at": invoice.issued_at,
+            "paid_at": invoice.paid_at,
+        }
+    )
+
+
+async def upcoming(session: AsyncSession, billing: BillingArea, tenant_id: str) -> InvoiceOut:
+    sub = await repository.get_subscription(session, tenant_id)
+    if sub is None:
+        raise SubscriptionNotFound()
+    start, end = sub.current_period_start, sub.current_period_end
+    draft = await invoices.compose(session, billing.catalog, sub, start, end)
+    return InvoiceOut(
+        id=UPCOMING,
+        number=None,
+        status="draft",
+        period_start=start,
+        period_end=end,
+        currency=sub.currency,
+        lines=[InvoiceLineOut.model_validate(line) for line in draft.lines],
+        subtotal=draft.subtotal,
+        total=draft.total,
+        amount_paid_wallet=0,
+        amount_due=draft.total,
+        catalog_version=billing.catalog.version,
+        issued_at=None,
+        paid_at=None,
+    )
+
+
+async def list_invoices(
+    session: AsyncSession,
+    billing: BillingArea,
+    tenant: TenantContext,
+    *,
+    cursor: str | None,
+    limit: int,
+) -> Page[InvoiceOut]:
+    """Newest first; the first page starts with the upcoming draft (beyond ``limit``)."""
+    before = int(decode_cursor(cursor, 1)[0]) if cursor else None
+    rows = await repository.invoice_page(session, tenant.id, before_number=before, limit=limit + 1)
+    data = [invoice_out(row) for row in rows[:limit]]
+    if cursor is None and await repository.get_subscription(session, tenant.id) is not None:
+        data.insert(0, await upcoming(session, billing, tenant.id))
+    next_cursor = encode_cursor(rows[limit - 1].number) if len(rows) > limit else None
+    return Page[InvoiceOut](data=data, next_cursor=next_cursor)
+
+
+async def get_invoice(
+    session: AsyncSession, billing: BillingArea, tenant: TenantContext, invoice_id: str
+) -> InvoiceOut:
+    if invoice_id == UPCOMING:
+        return await upcoming(session, billing, tenant.id)
+    invoice = await repository.get_invoice(session, tenant.id, invoice_id)
+    if invoice is None:
+        raise InvoiceNotFound()
+    return invoice_out(invoice)
+
+
+# ----------------------------------------------------------------------------- wallet
+
+
+def entry_out(entry: WalletEntry) -> WalletEntryOut:
+    return WalletEntryOut.model_validate(entry, from_attributes=True)
+
+
+async def get_wallet(
+    session: AsyncSession, billing: BillingArea, tenant: TenantContext, limit: int
+) -> WalletOut:
+    wallet = await ledger.get_wallet(session, tenant.id)
+    currency = wallet.currency if wallet else billing.catalog.currency
+    entries = await ledger.recent_entries(session, tenant.id, limit)
+    return WalletOut(
+        balance=Money(amount=wallet.balance if wallet else 0, currency=currency),
+        floor=Money(amount=wallet.floor if wallet else 0, currency=currency),
+        transactions=[entry_out(e) for e in entries],
+    )
+
+
+async def credit(
+    session: AsyncSession,
+    billing: BillingArea,
+    tenant_id: str,
+    key: str,
+    body: CreditIn,
+    announce: Announce,
+) -> tuple[CreditOut, bool]:
+    """Top up or grant; the same key answers the first result. Pays what is open."""
+    now = billing.entitlements.clock()
+    posting = ledger.Posting(
+        tenant_id=tenant_id,
+        key=f"credit:{key}",
+        kind=body.kind,
+        amount=body.amount,
+        currency=body.currency,
+        description=body.description,
+        request=body.model_dump(mode="json"),
+    )
+    entry, created = await ledger.post(
+        session, posting, now, wallet_currency=billing.catalog.currency
+    )
+    if created and await invoices.settle_open(session, tenant_id, now):
+
+        async def reactivated() -> None:
+            await announce(tenant_id)
+
+        after_commit(session, reactivated)
+    wallet = await ledger.get_wallet(session, tenant_id)
+    balance = entry.balance_after if wallet is None else wallet.balance
+    if not created:
+        balance = entry.balance_after  # the first answer, as it was
+    return CreditOut(
+        entry=entry_out(entry), balance=Money(amount=balance, currency=entry.currency)
+    ), created

@@ -40,6 +40,8 @@ def _pending(
 
 
 def start(catalog: Catalog, choice: PlanChoice, now: datetime) -> Subscription:
+    """Periods start on the hour, so every hourly usage bucket falls inside one period."""
+    begins = now.replace(minute=0, second=0, microsecond=0)
     return Subscription(
         id=str(uuid.uuid4()),
         tenant_id=choice.tenant_id,
@@ -47,8 +49,8 @@ def start(catalog: Catalog, choice: PlanChoice, now: datetime) -> Subscription:
         addons=sorted(choice.addons),
         status="active",
         currency=catalog.currency,
-        current_period_start=now,
-        current_period_end=add_months(now),
+        current_period_start=begins,
+        current_period_end=add_months(begins),
         overrides={},
         created_at=now,
         updated_at=now,
