@@ -65,7 +65,15 @@ def replicas(tmp_path: Path, pg_database: str | None, redis_url: str) -> Iterato
     need(pg_database is not None, "PostgreSQL not reachable")
     assert pg_database is not None
     data_dir = tmp_path / "data"
-    env = procs.novaza_env(data_dir, pg_database, redis_url, tenant_cache_ttl_seconds="60")
+    # The shared limit is what these tests measure; the 25 ms fallback has tests of its own,
+    # and on a loaded 2-core CI box a scheduling hiccup must not flip a replica to local.
+    env = procs.novaza_env(
+        data_dir,
+        pg_database,
+        redis_url,
+        tenant_cache_ttl_seconds="60",
+        ratelimit_redis_timeout_ms="250",
+    )
     devkeys.load_or_create_key(data_dir)  # the key both replicas trust
     a = procs.start(env, wait_ready=False)
     try:

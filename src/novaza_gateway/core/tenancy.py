@@ -106,32 +106,47 @@ class TenantCache:
 
 
 class TenantInvalidator:
-    """Announces tenant changes to every replica and applies the announcements it hears."""
+    """Announces tenant changes to every replica and applies the announcements it hears.
 
-    def __init__(self, cache: TenantCache, client: redis.Redis | None) -> None:
+    Publishing goes through ``publisher`` (short timeouts: an announcement runs before the
+    admin's answer and is best effort, replicas converge through the TTL anyway); listening
+    holds its own connection and pings it, so a connection that went silent is noticed.
+    """
+
+    KEEPALIVE_SECONDS = 10.0
+
+    def __init__(
+        self,
+        cache: TenantCache,
+        listener: redis.Redis | None,
+        publisher: redis.Redis | None = None,
+    ) -> None:
         self._cache = cache
-        self._client = client
+        self._listener = listener
+        self._publisher = publisher or listener
 
     async def announce(self, *keys: str) -> None:
         self._cache.invalidate(*keys)
-        if self._client is None:
+        if self._publisher is None:
             return
         try:
             for key in keys:
-                await self._client.publish(INVALIDATION_CHANNEL, key)
+                await self._publisher.publish(INVALIDATION_CHANNEL, key)
         except Exception as exc:  # replicas still converge through the TTL
-            log.warning("tenant invalidation not published", extra={"error": str(exc)})
+            log.warning("tenant invalidation not published", extra={"error": type(exc).__name__})
 
     async def listen(self) -> None:
-        if self._client is None:
+        if self._listener is None:
             return
         while True:
             try:
-                await self._listen_once(self._client)
+                await self._listen_once(self._listener)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("tenant invalidation listener lost Redis", extra={"error": str(exc)})
+                log.warning(
+                    "tenant invalidation listener lost Redis", extra={"error": type(exc).__name__}
+                )
             self._cache.clear()  # messages may have been missed while disconnected
             await asyncio.sleep(1.0)
 
@@ -140,9 +155,23 @@ class TenantInvalidator:
         try:
             await pubsub.subscribe(INVALIDATION_CHANNEL)
             self._cache.clear()
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    data = message["data"]
-                    self._cache.invalidate(data.decode() if isinstance(data, bytes) else str(data))
+            loop = asyncio.get_running_loop()
+            last_heard = last_ping = loop.time()
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                now = loop.time()
+                if message is not None:
+                    last_heard = now
+                    if message.get("type") == "message":
+                        self._cache.invalidate(_text(message["data"]))
+                if now - last_ping >= self.KEEPALIVE_SECONDS:
+                    await pubsub.ping()
+                    last_ping = now
+                if now - last_heard > 2.5 * self.KEEPALIVE_SECONDS:
+                    raise ConnectionError("no answer to keepalive pings")
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _text(data: object) -> str:
+    return data.decode() if isinstance(data, bytes) else str(data)
