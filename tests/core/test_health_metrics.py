@@ -84,11 +84,13 @@ async def test_metrics_use_route_templates_and_count_auth_failures(gw: Gateway) 
     await gw.client.get("/admin/tenants/acme", headers=gw.admin())
     await gw.client.get("/api/v1/whoami", headers={"Authorization": "Bearer nope"})
     await gw.client.get("/no/such/patient-123")
+    await gw.client.request("FROBNICATE", "/health")
     text = (await gw.client.get("/metrics")).text
     assert 'route="/admin/tenants/{slug}"' in text
     assert "/admin/tenants/acme" not in text
     assert "patient-123" not in text
     assert 'route="<unmatched>"' in text
+    assert 'method="OTHER"' in text and "FROBNICATE" not in text
     assert 'novaza_auth_failures_total{reason="malformed"}' in text
     assert "novaza_http_request_duration_seconds_bucket" in text
     assert "novaza_ratelimit_decisions_total" in text

@@ -79,6 +79,9 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -101,7 +104,10 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self._observe(scope["method"], route_template(scope), status, begin)
+            method = scope["method"]
+            if method not in _METHODS:  # arbitrary verbs must not mint label values
+                method = "OTHER"
+            self._observe(method, route_template(scope), status, begin)
 
     def _observe(self, method: str, route: str, status: int, begin: float) -> None:
         key = (method, route, status)
