@@ -1,4 +1,4 @@
-"""The HL7 area's runtime, built and wired by ``app.py``: settings cache, MLLP listener."""
+"""The HL7 area's runtime, built and wired by ``app.py``: settings, MLLP listener, outbox."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from novaza_gateway.core.db import Database
 from novaza_gateway.core.lifecycle import Lifecycle
 from novaza_gateway.core.tenancy import TenantCache
 from novaza_gateway.hl7.listener import MllpListener
+from novaza_gateway.hl7.outbox import OutboxWorker
 from novaza_gateway.hl7.routing import SettingsSource, TenantHl7Settings
 
 
@@ -19,8 +20,11 @@ class Hl7Area:
         self.listener: MllpListener | None = None
         if config.mllp_port is not None:
             self.listener = MllpListener(config, db, self.settings, tenants)
+        self.outbox = OutboxWorker(config, db, self.settings)
 
     def wire(self, lifecycle: Lifecycle) -> None:
         if self.listener is not None:
             lifecycle.on_startup(self.listener.start)
             lifecycle.on_shutdown(self.listener.stop)
+        lifecycle.run_in_background("hl7-outbox", self.outbox.run)
+        lifecycle.on_shutdown(self.outbox.close)

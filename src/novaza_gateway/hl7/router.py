@@ -1,10 +1,10 @@
-"""``/med/hl7``: ADT and ORM intake over HTTP (answered with a real HL7 ACK)."""
+"""``/med/hl7``: ADT and ORM intake (answered with a real HL7 ACK), ORU send, message status."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request, status
 from starlette.responses import Response
 
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
@@ -13,8 +13,9 @@ from novaza_gateway.core.policy import policy
 from novaza_gateway.hl7 import service
 from novaza_gateway.hl7.errors import Hl7ApplicationError, Hl7Rejected
 from novaza_gateway.hl7.intake import ADT, ORDERS, Outcome
-from novaza_gateway.hl7.schemas import AckOut
+from novaza_gateway.hl7.schemas import AckOut, MessageOut, QueuedOut, SendOruIn
 
+MessageId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 router = APIRouter(prefix="/med/hl7", tags=["HL7 v2 messaging"])
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -118,3 +119,40 @@ def answer(outcome: Outcome, request: Request) -> Response:
         duplicate=outcome.duplicate,
     )
     return Response(out.model_dump_json(by_alias=True), 200, headers, media_type="application/json")
+
+
+SEND = policy(
+    "hl7:write",
+    addon="hl7_fhir",
+    max_body_bytes=2 * MAX_MESSAGE_BYTES,
+    errors={
+        404: "NOT_FOUND",
+        409: "CONFLICT",
+        422: "VALIDATION_FAILED, HL7_DESTINATION_UNKNOWN",
+    },
+)
+READ = policy("hl7:write", addon="hl7_fhir", errors={404: "NOT_FOUND", 409: "CONFLICT"})
+
+
+@router.post(
+    "/send-oru",
+    **SEND,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Queue an ORU^R01 for delivery over MLLP",
+)
+async def send_oru(
+    body: SendOruIn, request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
+) -> QueuedOut:
+    return await service.send_oru(session, request.app.state.hl7, tenant, actor, body)
+
+
+@router.get("/messages/{message_id}", **READ, summary="A message's status and delivery attempts")
+async def get_message(message_id: MessageId, session: SessionDep, tenant: TenantDep) -> MessageOut:
+    return await service.get_message(session, tenant, message_id)
+
+
+@router.post("/messages/{message_id}/requeue", **READ, summary="Send a dead-lettered ORU again")
+async def requeue(
+    message_id: MessageId, request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
+) -> MessageOut:
+    return await service.requeue(session, request.app.state.hl7, tenant, actor, message_id)

@@ -1,0 +1,239 @@
+"""ORU delivery: the durable outbox drained over MLLP, one reused connection per destination.
+
+A message is claimed (``queued`` -> ``sending`` with a lease), sent, and its ACK read with a
+timeout; MSA-2 must name the message's MSH-10. AA: delivered. AE, a wrong or missing ACK, a
+timeout or a dropped connection: retried with exponential backoff and full jitter until
+``outbox_max_attempts``, then dead. AR: dead at once. Dead messages stay visible, can be
+re-queued, and never block the messages behind them. FIFO holds per patient: only the
+oldest undelivered message of a patient is sent. Delivery is at-least-once: a message
+whose ACK was lost (or whose worker died mid-send) is sent again after its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from novaza_gateway.config import Hl7Config
+from novaza_gateway.core import audit
+from novaza_gateway.core.db import Database, utcnow
+from novaza_gateway.hl7 import repository
+from novaza_gateway.hl7.ack import read_ack
+from novaza_gateway.hl7.mllp import MllpDecoder, frame
+from novaza_gateway.hl7.models import DeliveryAttempt
+from novaza_gateway.hl7.parser import ParseError
+from novaza_gateway.hl7.repository import DEAD, DELIVERED, QUEUED
+from novaza_gateway.hl7.routing import TenantHl7Settings
+from novaza_gateway.hl7.settings import Destination
+
+log = logging.getLogger("novaza.hl7.outbox")
+BATCH = 100
+ACTOR = "hl7-outbox"
+
+
+class MllpLink:
+    """One MLLP client connection, opened on first use and reused until it fails."""
+
+    def __init__(self, host: str, port: int, max_frame_bytes: int, ack_timeout: float) -> None:
+        self.host, self.port = host, port
+        self.max_frame_bytes = max_frame_bytes
+        self.ack_timeout = ack_timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._decoder = MllpDecoder(max_frame_bytes)
+
+    async def exchange(self, payload: bytes) -> bytes:
+        """Send one message and answer the next frame the peer sends back, within the timeout."""
+        async with asyncio.timeout(self.ack_timeout):
+            if self._writer is None:
+                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                self._decoder = MllpDecoder(self.max_frame_bytes)
+            assert self._reader is not None
+            self._writer.write(frame(payload))
+            await self._writer.drain()
+            while True:
+                chunk = await self._reader.read(65536)
+                if not chunk:
+                    raise ConnectionResetError("the receiver closed the connection")
+                frames = self._decoder.feed(chunk)
+                if frames:
+                    return frames[0]
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    tenant_id: str
+    message_id: str
+    control_id: str
+    destination: str
+    patient_id: str | None
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    outcome: str  # AA, AE, AR, error, timeout, unroutable
+    ack_code: str | None
+    detail: str | None
+    duration_ms: int
+
+
+def backoff(attempt: int, config: Hl7Config) -> float:
+    """Exponential backoff with full jitter: uniform in [base, min(max, base * 2^(n-1))]."""
+    ceiling = min(config.backoff_max_seconds, config.backoff_seconds * 2 ** max(0, attempt - 1))
+    return random.uniform(config.backoff_seconds, max(config.backoff_seconds, ceiling))
+
+
+class OutboxWorker:
+    def __init__(self, config: Hl7Config, db: Database, settings: TenantHl7Settings) -> None:
+        self.config = config
+        self.db = db
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._links: dict[tuple[str, int], MllpLink] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def nudge(self) -> None:
+        """An after-commit hook: a new message is in the outbox."""
+        self.wake()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                busy = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is away: wait and try again
+                log.warning("outbox pass failed", extra={"error": type(exc).__name__})
+                busy = 0
+            if not busy:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.outbox_poll_seconds)
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
+
+    async def run_once(self) -> int:
+        """One pass: claim what is due, deliver it (destinations in parallel). Answers a count."""
+        jobs = await self._claim()
+        by_destination: dict[tuple[str, str], list[Job]] = defaultdict(list)
+        for job in jobs:
+            by_destination[(job.tenant_id, job.destination)].append(job)
+        await asyncio.gather(*(self._drain(batch) for batch in by_destination.values()))
+        return len(jobs)
+
+    async def _claim(self) -> list[Job]:
+        now = utcnow()
+        lease = now + timedelta(seconds=2 * self.config.ack_timeout_seconds + 5)
+        async with self.db.session_scope() as session:
+            tenants = await repository.due_tenants(session, now)
+        jobs: list[Job] = []
+        for tenant_id in tenants:
+            async with self.db.session_scope() as session:
+                await repository.release_stale(session, tenant_id, now)
+                for row in await repository.due_messages(session, tenant_id, now, BATCH):
+                    if await repository.claim(session, tenant_id, row.id, lease):
+                        jobs.append(
+                            Job(tenant_id, row.id, row.control_id, row.destination,
+                                row.patient_id, row.raw)
+                        )  # fmt: skip
+        return jobs
+
+    async def _drain(self, batch: list[Job]) -> None:
+        """One destination's messages, in order, over its one connection."""
+        settings = await self.settings.for_tenant(batch[0].tenant_id)
+        destination = settings.destinations.get(batch[0].destination)
+        for job in batch:
+            if destination is None:
+                attempt = Attempt("unroutable", None, "destination not configured", 0)
+            else:
+                attempt = await self._send(job, destination)
+            await self._record(job, attempt)
+
+    async def _send(self, job: Job, destination: Destination) -> Attempt:
+        key = (destination.host, destination.port)
+        link = self._links.get(key)
+        if link is None:
+            link = self._links[key] = MllpLink(
+                *key, self.config.max_frame_bytes, self.config.ack_timeout_seconds
+            )
+        started = time.monotonic()
+
+        def took() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        try:
+            reply = await link.exchange(job.raw)
+            ack = read_ack(reply)
+        except TimeoutError:
+            await link.close()  # a late ACK must not be read as the next message's
+            return Attempt("timeout", None, "no ACK in time", took())
+        except (OSError, ParseError) as exc:
+            await link.close()
+            return Attempt("error", None, type(exc).__name__, took())
+        if ack.acked_control_id != job.control_id:
+            await link.close()
+            return Attempt("error", ack.code, "ACK names another message (MSA-2)", took())
+        return Attempt(ack.code, ack.code, ack.text[:255] or None, took())
+
+    async def _record(self, job: Job, attempt: Attempt) -> None:
+        now = utcnow()
+        async with self.db.session_scope() as session:
+            row = await repository.outbound(session, job.tenant_id, job.message_id)
+            if row is None:
+                return
+            row.attempts += 1
+            row.updated_at = now
+            row.lease_until = None
+            row.ack_code = attempt.ack_code
+            if attempt.outcome == "AA":
+                row.status, row.delivered_at, row.last_error = DELIVERED, now, None
+            elif attempt.outcome in ("AR", "unroutable") or (
+                row.attempts >= self.config.outbox_max_attempts
+            ):
+                row.status, row.last_error = DEAD, attempt.detail or attempt.outcome
+            else:
+                row.status, row.last_error = QUEUED, attempt.detail or attempt.outcome
+                delay = backoff(row.attempts, self.config)
+                row.next_attempt_at = now + timedelta(seconds=delay)
+            session.add(
+                DeliveryAttempt(
+                    id=uuid.uuid4().hex,
+                    tenant_id=job.tenant_id,
+                    message_id=job.message_id,
+                    at=now,
+                    outcome=attempt.outcome,
+                    ack_code=attempt.ack_code,
+                    detail=attempt.detail,
+                    duration_ms=attempt.duration_ms,
+                )
+            )
+            audit.record(
+                session,
+                audit.Actor(ACTOR, job.tenant_id),
+                f"hl7.oru.{row.status}",
+                "hl7_message",
+                job.message_id,
+                patient_id=job.patient_id,
+                outcome="success" if row.status == DELIVERED else "error",
+                after={"attempt": row.attempts, "outcome": attempt.outcome},
+            )
