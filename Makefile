@@ -6,8 +6,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests and benchmarks drive: wrk (load), promtool (metrics format check).
-DEBIAN_PACKAGES := wrk prometheus
+# Debian packages the tests and benchmarks drive: wrk (load), promtool (metrics format check),
+# chromium (the billing portal, driven headless by Playwright).
+DEBIAN_PACKAGES := wrk prometheus chromium
 export NOVAZA_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: run test check lint typecheck pytest system-deps bench clean demo

@@ -25,6 +25,7 @@ from novaza_gateway.billing.area import BillingArea
 from novaza_gateway.billing.closing import PeriodScheduler
 from novaza_gateway.billing.metering import UsageFlusher
 from novaza_gateway.billing.router import routes as billing_router
+from novaza_gateway.billing.settings import BillingTenantSettings
 from novaza_gateway.config import Settings
 from novaza_gateway.core.auth import TokenVerifier
 from novaza_gateway.core.db import Database, create_engine
@@ -125,6 +126,7 @@ def wire_billing(rt: Runtime) -> None:
     usage is flushed every second, replayed from the spool at start, drained at shutdown;
     ended periods are closed by the scheduler."""
     billing = rt.billing
+    billing.tenant_settings = TenantSettingsDirectory(rt.db)  # portal return origins
     scheduler = PeriodScheduler(
         rt.db,
         billing.catalog,
@@ -183,6 +185,7 @@ def settings_sections() -> SettingsSections:
     sections = SettingsSections()
     sections.register("imaging", ImagingSettings)
     sections.register("hl7", Hl7Settings)
+    sections.register("billing", BillingTenantSettings)
     return sections
 
 

@@ -63,7 +63,7 @@ async def test_period_close_issues_an_invoice_and_the_tenant_goes_past_due(
     assert lines["base:"]["amount"] == 49900
     assert lines["addon:"]["amount"] == 49900
     api = lines["metered:api_requests"]
-    assert (api["quantity"], api["amount"], api["unitAmount"]) == (500_000, 4000, "0.008000")
+    assert (api["quantity"], api["amount"], api["unitAmount"]) == (500_000, 4000, "0.008")
     assert lines["metered:hl7_messages"]["amount"] == 1000  # 15,000 over: two 10k packages
     assert lines["metered:stored_instances"]["amount"] == 0
     assert invoice.subtotal == invoice.total == 49900 + 49900 + 4000 + 1000

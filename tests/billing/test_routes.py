@@ -1,4 +1,4 @@
-"""Every billing route is behind the guard: no token, no answer."""
+"""Every billing route is behind the guard (API) or a portal credential (HTML)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,23 @@ from tests.billing.conftest import Clock
 from tests.conftest import Gateway
 
 
-async def test_every_billing_route_needs_a_token(billed_lite: tuple[Gateway, Clock]) -> None:
+async def test_every_billing_route_needs_a_credential(billed_lite: tuple[Gateway, Clock]) -> None:
     gw, _ = billed_lite
     checked = 0
     for route in routes.routes:
         assert isinstance(route, APIRoute)
-        path = route.path.replace("{slug}", "acme").replace("{invoice_id}", "upcoming")
+        path = (
+            route.path.replace("{slug}", "acme")
+            .replace("{invoice_id}", "upcoming")
+            .replace("{token}", "x" * 43)
+        )
         for method in route.methods:
             response = await gw.client.request(method, path, json={})
-            assert response.status_code == 401, (method, path)
+            if path.startswith("/billing/portal/"):  # the portal: its link or its cookie
+                assert response.status_code in (401, 410), (method, path)
+                assert response.headers["content-type"].startswith("text/html")
+            else:
+                assert response.status_code == 401, (method, path)
+                assert response.json()["code"] == "UNAUTHENTICATED"
             checked += 1
-    assert checked == 8
+    assert checked == 12

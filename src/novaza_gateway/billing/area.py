@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from novaza_gateway.billing.catalog import Catalog, load_catalog
 from novaza_gateway.billing.entitlements import BillingEntitlements, Clock
 from novaza_gateway.billing.metering import UsageMeter
+from novaza_gateway.billing.portal import SettingsSource
 from novaza_gateway.config import BillingSettings
 from novaza_gateway.core.db import utcnow
 
@@ -17,6 +18,7 @@ class BillingArea:
     catalog: Catalog
     entitlements: BillingEntitlements
     meter: UsageMeter = field(default_factory=UsageMeter)
+    tenant_settings: SettingsSource | None = None  # wired in app.py (portal return origins)
 
     @classmethod
     def build(cls, settings: BillingSettings, clock: Clock = utcnow) -> BillingArea:

@@ -29,7 +29,8 @@ Line = dict[str, Any]
 
 
 def _decimal(value: Fraction) -> str:
-    return str((Decimal(value.numerator) / Decimal(value.denominator)).quantize(Decimal("1e-6")))
+    exact = (Decimal(value.numerator) / Decimal(value.denominator)).quantize(Decimal("1e-6"))
+    return format(exact.normalize(), "f")  # "0.008", "49900"
 
 
 def _line(kind: str, description: str, quantity: int, unit: Fraction | int, amount: int) -> Line:

@@ -143,11 +143,13 @@ class WalletEntry(Base):
 
 
 class PortalSession(Base):
-    """A single-use customer-portal link: the token's hash, never the token."""
+    """Customer-portal credentials, stored as the token's hash, never the token: the
+    single-use link, and the browser session the link is exchanged for."""
 
     __tablename__ = "billing_portal_sessions"
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "link" (single use) or "browser" (cookie)
     tenant_id: Mapped[str] = mapped_column(String(36))
     return_url: Mapped[str | None] = mapped_column(String(2048))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -8,14 +8,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
-from novaza_gateway.billing import service, usage
+from novaza_gateway.billing import portal_pages, service, usage
 from novaza_gateway.billing.area import BillingArea
+from novaza_gateway.billing.portal_router import portal_router
 from novaza_gateway.billing.schemas import (
     CreditIn,
     CreditOut,
     EntitlementsOut,
     InvoiceOut,
     PlanList,
+    PortalSessionIn,
+    PortalSessionOut,
     SubscriptionList,
     UsageOut,
     WalletOut,
@@ -161,7 +164,24 @@ async def credit_wallet(
     return result
 
 
+@router.post(
+    "/portal-session",
+    **policy("billing:manage", errors={422: "VALIDATION_FAILED, RETURN_URL_NOT_ALLOWED"}),
+    status_code=status.HTTP_201_CREATED,
+    summary="A single-use, short-lived link to the customer portal",
+)
+async def create_portal_session(
+    request: Request,
+    body: PortalSessionIn,
+    session: SessionDep,
+    billing: BillingDep,
+    tenant: TenantDep,
+) -> PortalSessionOut:
+    base_url: str = request.app.state.settings.base_url
+    return await portal_pages.create_link(session, billing, tenant, body, base_url)
+
+
 # What app.py registers: the tenant's billing API and the platform's wallet credits. The
 # route objects themselves (not include_router, whose lazy entries the guard would not see).
 routes = APIRouter()
-routes.routes.extend([*router.routes, *admin_router.routes])
+routes.routes.extend([*router.routes, *admin_router.routes, *portal_router.routes])

@@ -216,3 +216,12 @@ class InvoiceOut(ApiResponse):
 class CreditOut(ApiResponse):
     entry: WalletEntryOut
     balance: Money
+
+
+class PortalSessionIn(ApiModel):
+    return_url: str | None = Field(default=None, max_length=2048)
+
+
+class PortalSessionOut(ApiResponse):
+    url: str
+    expires_at: datetime

@@ -2,7 +2,7 @@
 
 Revision ID: 0003_billing
 Revises: 0001
-Create Date: 2026-11-29 05:28:40.845184
+Create Date: 2026-11-29 05:42:07.450991
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def upgrade() -> None:
     op.create_table(
         "billing_portal_sessions",
         sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("tenant_id", sa.String(length=36), nullable=False),
         sa.Column("return_url", sa.String(length=2048), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
