@@ -44,7 +44,9 @@ from novaza_gateway.core.whoami import router as whoami_router
 from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.router import router as hl7_router
 from novaza_gateway.hl7.settings import Hl7Settings
+from novaza_gateway.imaging.area import ImagingArea
 from novaza_gateway.imaging.settings import ImagingSettings
+from novaza_gateway.imaging.stow_router import router as stow_router
 from novaza_gateway.tenants.directory import TenantSettingsDirectory
 from novaza_gateway.tenants.entitlements import DatabaseTenantSource
 from novaza_gateway.tenants.router import router as tenants_router
@@ -55,6 +57,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     tenants_router,
     hl7_router,
     billing_router,
+    stow_router,
 )
 
 
@@ -237,6 +240,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.settings = settings
     app.state.invalidator = rt.invalidator
     app.state.hl7 = hl7
+    app.state.imaging = imaging = ImagingArea(settings.imaging, settings.data_dir)
     app.state.billing = rt.billing
     app.state.tenant_cache = rt.tenants
     app.state.subscriptions = rt.billing.entitlements  # tenant admin -> subscription
@@ -251,6 +255,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
         default_max_body_bytes=settings.max_body_bytes,
         usage=rt.billing.meter,
     )
+    gate.alt_auth["signed_url"] = imaging.authenticator  # WADO/QIDO viewer links
     guard_routes(app, ROUTERS + extra_routers, gate)
     _watch_pool(rt.db, settings.db_pool_size)
     app.add_middleware(MetricsMiddleware)

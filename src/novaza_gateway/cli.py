@@ -25,7 +25,9 @@ from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import ApiError
 from novaza_gateway.core.policy import ADMIN_SCOPE, TENANT_SCOPES
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
+from novaza_gateway.imaging.cli import build_dicom_cli
 from novaza_gateway.migrate import upgrade
+from novaza_gateway.tenants import repository as tenants_repository
 from novaza_gateway.tenants import service as tenants
 from novaza_gateway.tenants.schemas import TenantCreate
 from novaza_gateway.tenants.service import TenantAdmin
@@ -219,6 +221,14 @@ def tenants_suspend(slug: str) -> None:
 def tenants_activate(slug: str) -> None:
     """Activate a tenant."""
     _print(_run_admin(lambda s, a: tenants.set_status(s, a, slug, "active")))
+
+
+async def _active_tenant_id(session: Any, slug: str) -> str | None:
+    tenant = await tenants_repository.get_by_slug(session, slug)
+    return tenant.id if tenant is not None and tenant.status == "active" else None
+
+
+app.add_typer(build_dicom_cli(_active_tenant_id), name="dicom")
 
 
 def main() -> None:

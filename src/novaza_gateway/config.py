@@ -62,6 +62,13 @@ class Hl7Config:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagingConfig:
+    signing_keys: SecretStr | None  # "kid:secret,kid2:secret2": the first signs, all verify
+    url_ttl_seconds: int
+    url_max_ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class BillingSettings:
     catalog: Path | None
     flush_interval_seconds: float
@@ -121,6 +128,11 @@ class Settings(BaseSettings):
     hl7_outbox_backoff_max_seconds: float = Field(default=300.0, gt=0)
     hl7_ack_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # -- imaging: signed viewer URLs (keys generated once in the data dir when unset)
+    imaging_signing_keys: SecretStr | None = None
+    imaging_url_ttl_seconds: int = Field(default=900, ge=10, le=86400)
+    imaging_url_max_ttl_seconds: int = Field(default=86400, ge=10, le=86400)
+
     # -- billing
     billing_catalog: Path | None = None
     billing_flush_interval_seconds: float = Field(default=1.0, gt=0)
@@ -167,6 +179,14 @@ class Settings(BaseSettings):
             flush_interval_seconds=self.billing_flush_interval_seconds,
             close_interval_seconds=self.billing_close_interval_seconds,
             portal_ttl_seconds=self.billing_portal_ttl_seconds,
+        )
+
+    @property
+    def imaging(self) -> ImagingConfig:
+        return ImagingConfig(
+            signing_keys=self.imaging_signing_keys,
+            url_ttl_seconds=self.imaging_url_ttl_seconds,
+            url_max_ttl_seconds=self.imaging_url_max_ttl_seconds,
         )
 
     @property

@@ -22,6 +22,12 @@ from novaza_gateway.clinical.models import (
 from novaza_gateway.core.audit import AuditEvent
 from novaza_gateway.core.db import Base
 from novaza_gateway.hl7.models import DeliveryAttempt, InboundMessage, OutboundMessage
+from novaza_gateway.imaging.models import (
+    ImagingInstance,
+    ImagingPatient,
+    ImagingSeries,
+    ImagingStudy,
+)
 from novaza_gateway.tenants.models import Tenant
 
 metadata = Base.metadata
@@ -50,3 +56,5 @@ __all__ += [
     "PatientIdentifier",
     "WorklistItem",
 ]
+
+__all__ += ["ImagingInstance", "ImagingPatient", "ImagingSeries", "ImagingStudy"]

@@ -9,7 +9,7 @@ the body or resolves dependencies. Order: authenticate, resolve tenant, authoriz
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,6 +59,7 @@ class Policy:
     tenant: bool = True
     max_body_bytes: int | None = None
     meter: str | None = None  # product area label: admitted requests count as api_requests
+    alt_auth: str | None = None  # an alternative authenticator tried before the JWT
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class Policy:
             "tenant": self.tenant,
             "maxBodyBytes": self.max_body_bytes,
             "meter": self.meter,
+            "altAuth": self.alt_auth,
         }
 
     @classmethod
@@ -79,6 +81,7 @@ class Policy:
             tenant=bool(described["tenant"]),
             max_body_bytes=described["maxBodyBytes"],
             meter=described.get("meter"),
+            alt_auth=described.get("altAuth"),
         )
 
 
@@ -94,10 +97,15 @@ def policy(
     meter: str | None = None,
     errors: dict[int, str] | None = None,
     responses: dict[int | str, dict[str, Any]] | None = None,
+    alt_auth: str | None = None,
 ) -> dict[str, Any]:
-    """Route decorator keywords: the policy itself plus its OpenAPI description."""
+    """Route decorator keywords: the policy itself plus its OpenAPI description.
+
+    ``alt_auth`` names an alternative authenticator registered on the ``Gatekeeper`` (e.g.
+    imaging's signed URLs): it judges requests carrying its credential, others fall to JWT.
+    """
     declared = Policy(
-        public, frozenset(scopes), addon, tenant and not public, max_body_bytes, meter
+        public, frozenset(scopes), addon, tenant and not public, max_body_bytes, meter, alt_auth
     )
     if meter and not declared.tenant:
         raise ValueError("only tenant routes are metered")
@@ -128,6 +136,12 @@ def policy(
     }
 
 
+class AltAuthenticator(Protocol):
+    async def authenticate(self, scope: Scope) -> Principal | None:
+        """A principal for a request carrying this authenticator's credential; None when it
+        carries none (JWT verification follows); raises ``ApiError`` for a bad credential."""
+
+
 @dataclass(slots=True)
 class Gatekeeper:
     """The shared machinery every guard consults; built once in the app's lifespan."""
@@ -137,8 +151,13 @@ class Gatekeeper:
     limiter: RateLimiter
     default_max_body_bytes: int
     usage: UsageRecorder | None = None  # billing's, wired in app.py
+    alt_auth: dict[str, AltAuthenticator] = field(default_factory=dict)  # wired in app.py
 
-    async def authenticate(self, scope: Scope) -> Principal:
+    async def authenticate(self, scope: Scope, alt: str | None = None) -> Principal:
+        if alt is not None:
+            principal = await self.alt_auth[alt].authenticate(scope)
+            if principal is not None:
+                return principal
         token = bearer_token(scope["headers"])
         if token is None:
             raise fail("missing")
@@ -171,6 +190,8 @@ class RouteGuard:
         self.gate = gate
         self.max_body = declared.max_body_bytes or gate.default_max_body_bytes
         self.meter_dimensions: Dimensions = (("area", declared.meter),) if declared.meter else ()
+        if declared.alt_auth is not None and declared.alt_auth not in gate.alt_auth:
+            raise RuntimeError(f"no authenticator '{declared.alt_auth}' is wired")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.policy.public:
@@ -190,7 +211,7 @@ class RouteGuard:
 
     async def _admit(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         state = scope.setdefault("state", {})
-        principal = await self.gate.authenticate(scope)
+        principal = await self.gate.authenticate(scope, self.policy.alt_auth)
         state["principal"] = principal
         declared = self.policy
         if not declared.tenant:

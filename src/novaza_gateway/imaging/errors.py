@@ -1,0 +1,76 @@
+"""The imaging area's errors: each carries its HTTP status and stable code (docs/errors.md)."""
+
+from __future__ import annotations
+
+from novaza_gateway.core.errors import ApiError, NotFound, UnsupportedMediaType, ValidationFailed
+
+
+class StudyNotFound(NotFound):
+    code = "STUDY_NOT_FOUND"
+    default_message = "No study with this Study Instance UID in this tenant."
+
+
+class SeriesNotFound(NotFound):
+    code = "SERIES_NOT_FOUND"
+    default_message = "No series with this Series Instance UID in this study."
+
+
+class InstanceNotFound(NotFound):
+    code = "INSTANCE_NOT_FOUND"
+    default_message = "No instance with this SOP Instance UID in this series."
+
+
+class FrameNotFound(NotFound):
+    code = "FRAME_NOT_FOUND"
+    default_message = "The instance has no such frame."
+
+
+class BulkDataNotFound(NotFound):
+    code = "BULKDATA_NOT_FOUND"
+    default_message = "The instance has no bulk data at this path."
+
+
+class NotMultipart(UnsupportedMediaType):
+    code = "DICOM_MULTIPART_REQUIRED"
+    default_message = 'STOW-RS takes multipart/related; type="application/dicom" with a boundary.'
+
+
+class MalformedMultipart(ApiError):
+    status = 400
+    code = "DICOM_MULTIPART_MALFORMED"
+    default_message = "The multipart body is not well-formed."
+
+
+class NotAcceptable(ApiError):
+    status = 406
+    code = "NOT_ACCEPTABLE"
+    default_message = "The resource cannot be returned in any media type the Accept header allows."
+
+
+class FramesUnavailable(NotAcceptable):
+    code = "FRAMES_UNAVAILABLE"
+    default_message = "Frames are served for native (uncompressed, little-endian) pixel data only."
+
+
+class RenderingUnavailable(NotAcceptable):
+    code = "RENDERING_UNAVAILABLE"
+    default_message = "This instance cannot be rendered as an image by the gateway."
+
+
+class InvalidQuery(ValidationFailed):
+    """A QIDO parameter the gateway cannot match on, or a malformed value."""
+
+
+class SignedUrlInvalid(ApiError):
+    status = 401
+    code = "UNAUTHENTICATED"
+    default_message = "The signed URL token is expired, tampered with, or not issued here."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+class SignedUrlScope(ApiError):
+    status = 403
+    code = "FORBIDDEN"
+    default_message = "The signed URL does not grant access to this resource."

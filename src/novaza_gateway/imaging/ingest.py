@@ -1,0 +1,252 @@
+"""Storing instances: STOW-RS bodies and files from disk, through one path.
+
+Per file: stage (streamed to a temp file, hashed), inspect (header only, in a thread),
+commit the file (fsync + rename), then index it inside a savepoint. A part that fails is
+reported with its reason and rolls back only its own savepoint; the request's transaction
+(committed by the session dependency) holds every stored instance or none of them.
+Re-storing an instance is idempotent: the same bytes answer success without a second
+write; different bytes under a known SOP Instance UID are refused as a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from novaza_gateway.core import audit
+from novaza_gateway.imaging import repository as repo
+from novaza_gateway.imaging.dicomweb.multipart import (
+    MultipartError,
+    MultipartReader,
+    PartData,
+    PartEnd,
+    PartStart,
+    parse_content_type,
+)
+from novaza_gateway.imaging.dicomweb.stow import (
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH,
+    DUPLICATE_SOP_INSTANCE,
+    PROCESSING_FAILURE,
+    Failed,
+    InstanceInfo,
+    Stored,
+    Unstorable,
+    inspect,
+)
+from novaza_gateway.imaging.errors import MalformedMultipart, NotMultipart
+from novaza_gateway.imaging.storage import ArchiveStorage, StagedFile
+
+log = logging.getLogger("novaza.imaging.ingest")
+
+DICOM = "application/dicom"
+
+
+@dataclass(slots=True)
+class IngestReport:
+    stored: list[Stored] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    studies: dict[str, str] = field(default_factory=dict)  # study UID -> patient id
+    written: int = 0  # instances new to the archive (the rest were already there)
+
+
+def instance_url(base: str, study: str, series: str, sop: str) -> str:
+    return f"{base}/med/wado/studies/{study}/series/{series}/instances/{sop}"
+
+
+def storage_key(tenant_id: str, info: InstanceInfo, sha256: str) -> str:
+    # UIDs are digits and dots (checked in inspect); the hash keeps two different files
+    # claiming one SOP Instance UID from ever overwriting each other on disk.
+    return (
+        f"{tenant_id}/{info.study_uid}/{info.series_uid}/{info.sop_instance_uid}.{sha256[:16]}.dcm"
+    )
+
+
+async def ingest_file(
+    session: AsyncSession,
+    storage: ArchiveStorage,
+    tenant_id: str,
+    staged: StagedFile,
+    *,
+    base_url: str,
+    report: IngestReport,
+    expected_study: str | None = None,
+) -> None:
+    try:
+        await anyio.to_thread.run_sync(staged.close)
+        info = await anyio.to_thread.run_sync(inspect, staged.path)
+    except Unstorable as exc:
+        staged.discard()
+        log.info("part not stored", extra={"reason": str(exc)})
+        report.failed.append(Failed("", "", exc.reason))
+        return
+    if expected_study is not None and info.study_uid != expected_study:
+        staged.discard()
+        report.failed.append(Failed(info.sop_class_uid, info.sop_instance_uid, DOES_NOT_MATCH))
+        return
+    outcome = PROCESSING_FAILURE
+    for attempt in range(2):
+        try:
+            async with session.begin_nested():
+                outcome = await _index(session, storage, tenant_id, staged, info, report)
+            break
+        except IntegrityError:  # a concurrent store of the same study, series or instance
+            log.info("store raced; retrying", extra={"attempt": attempt})
+    if staged.path.exists():
+        staged.discard()
+    if outcome:
+        report.failed.append(Failed(info.sop_class_uid, info.sop_instance_uid, outcome))
+        return
+    url = instance_url(base_url, info.study_uid, info.series_uid, info.sop_instance_uid)
+    report.stored.append(Stored(info.sop_class_uid, info.sop_instance_uid, url))
+    report.studies.setdefault(info.study_uid, info.patient_id)
+
+
+async def _index(
+    session: AsyncSession,
+    storage: ArchiveStorage,
+    tenant_id: str,
+    staged: StagedFile,
+    info: InstanceInfo,
+    report: IngestReport,
+) -> int:
+    """0 when indexed (or already there, byte-identical); else a failure reason."""
+    existing = await repo.get_instance_by_uid(session, tenant_id, info.sop_instance_uid)
+    if existing is not None:
+        return 0 if existing.sha256 == staged.sha256 else DUPLICATE_SOP_INSTANCE
+    study = await repo.get_or_create_study(session, tenant_id, info)
+    series, new_series = await repo.get_or_create_series(session, tenant_id, study, info)
+    if series.study_pk != study.id:
+        return DOES_NOT_MATCH  # the series UID is already filed under another study
+    key = storage_key(tenant_id, info, staged.sha256)
+    if staged.path.exists():
+        await storage.commit(staged, key)
+    elif not storage.exists(key):
+        return PROCESSING_FAILURE
+    await repo.add_instance(
+        session,
+        tenant_id,
+        study,
+        series,
+        new_series,
+        info,
+        size=staged.size,
+        sha256=staged.sha256,
+        storage_key=key,
+    )
+    report.written += 1
+    return 0
+
+
+async def store_stream(
+    session: AsyncSession,
+    storage: ArchiveStorage,
+    actor: audit.Actor,
+    tenant_id: str,
+    *,
+    content_type: str,
+    body: AsyncIterator[bytes],
+    base_url: str,
+    study_uid: str | None = None,
+) -> IngestReport:
+    """A STOW-RS request body, parsed as it streams in: each part goes straight to disk."""
+    media_type, params = parse_content_type(content_type)
+    if media_type != "multipart/related" or not params.get("boundary"):
+        raise NotMultipart()
+    root_type = params.get("type", DICOM).lower()
+    if root_type != DICOM:
+        raise NotMultipart(f"Only type={DICOM} parts are accepted, not {root_type}.")
+    report = IngestReport()
+    try:
+        reader = MultipartReader(params["boundary"])
+    except MultipartError as exc:
+        raise MalformedMultipart(str(exc)) from None
+    staged: StagedFile | None = None
+    try:
+        async for chunk in body:
+            for event in reader.feed(chunk):
+                if isinstance(event, PartStart):
+                    part_type = (event.content_type or DICOM).split(";")[0].strip().lower()
+                    if part_type == DICOM:
+                        staged = storage.stage()
+                    else:
+                        report.failed.append(Failed("", "", CANNOT_UNDERSTAND))
+                elif isinstance(event, PartData) and staged is not None:
+                    staged.write(event.data)
+                elif isinstance(event, PartEnd) and staged is not None:
+                    current, staged = staged, None
+                    await ingest_file(
+                        session,
+                        storage,
+                        tenant_id,
+                        current,
+                        base_url=base_url,
+                        report=report,
+                        expected_study=study_uid,
+                    )
+        reader.finish()
+    except MultipartError as exc:
+        raise MalformedMultipart(str(exc)) from None
+    finally:
+        if staged is not None:
+            staged.discard()
+    audit_stores(session, actor, tenant_id, report)
+    return report
+
+
+async def import_paths(
+    session: AsyncSession,
+    storage: ArchiveStorage,
+    actor: audit.Actor,
+    tenant_id: str,
+    paths: list[Path],
+    *,
+    base_url: str,
+) -> IngestReport:
+    """``novaza dicom import``: files, and folders walked recursively."""
+    report = IngestReport()
+    for path in _walk(paths):
+        staged = storage.stage()
+        try:
+            async with await anyio.open_file(path, "rb") as source:
+                while chunk := await source.read(256 * 1024):
+                    staged.write(chunk)
+        except OSError:
+            staged.discard()
+            report.failed.append(Failed("", "", CANNOT_UNDERSTAND))
+            continue
+        await ingest_file(session, storage, tenant_id, staged, base_url=base_url, report=report)
+    audit_stores(session, actor, tenant_id, report)
+    return report
+
+
+def _walk(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+def audit_stores(
+    session: AsyncSession, actor: audit.Actor, tenant_id: str, report: IngestReport
+) -> None:
+    for study_uid, patient_id in report.studies.items():
+        audit.record(
+            session,
+            actor,
+            "imaging.store",
+            "study",
+            study_uid,
+            tenant_id=tenant_id,
+            patient_id=patient_id or None,
+            after={"stored": len(report.stored), "failed": len(report.failed)},
+        )
