@@ -45,6 +45,7 @@ from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.router import router as hl7_router
 from novaza_gateway.hl7.settings import Hl7Settings
 from novaza_gateway.imaging.area import ImagingArea
+from novaza_gateway.imaging.qido_router import router as qido_router
 from novaza_gateway.imaging.settings import ImagingSettings
 from novaza_gateway.imaging.stow_router import router as stow_router
 from novaza_gateway.tenants.directory import TenantSettingsDirectory
@@ -58,6 +59,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     hl7_router,
     billing_router,
     stow_router,
+    qido_router,
 )
 
 
