@@ -48,6 +48,7 @@ from novaza_gateway.imaging.area import ImagingArea
 from novaza_gateway.imaging.qido_router import router as qido_router
 from novaza_gateway.imaging.settings import ImagingSettings
 from novaza_gateway.imaging.stow_router import router as stow_router
+from novaza_gateway.imaging.wado_router import router as wado_router
 from novaza_gateway.tenants.directory import TenantSettingsDirectory
 from novaza_gateway.tenants.entitlements import DatabaseTenantSource
 from novaza_gateway.tenants.router import router as tenants_router
@@ -60,6 +61,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     billing_router,
     stow_router,
     qido_router,
+    wado_router,
 )
 
 

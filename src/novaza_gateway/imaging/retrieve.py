@@ -1,0 +1,148 @@
+"""WADO-RS reads from the embedded archive. Audited in the request's transaction; the bytes
+then stream from disk after the session is gone (the generators touch only storage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from novaza_gateway.core import audit
+from novaza_gateway.imaging import repository as repo
+from novaza_gateway.imaging.dicomweb import wado
+from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, first_value, tags
+from novaza_gateway.imaging.dicomweb.multipart import PART_SEPARATOR, closing, part_header
+from novaza_gateway.imaging.errors import (
+    FramesUnavailable,
+    InstanceNotFound,
+    SeriesNotFound,
+    StudyNotFound,
+)
+from novaza_gateway.imaging.models import ImagingInstance, ImagingSeries, ImagingStudy
+from novaza_gateway.imaging.storage import ArchiveStorage
+
+(BITS_ALLOCATED,) = tags("BitsAllocated")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a WADO path names: a study, optionally narrowed to a series or one instance."""
+
+    study: str
+    series: str | None = None
+    instance: str | None = None
+
+    def level(self) -> str:
+        return "instance" if self.instance else "series" if self.series else "study"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    study: ImagingStudy
+    items: Sequence[tuple[ImagingSeries, ImagingInstance]]
+
+
+async def select(
+    session: AsyncSession, actor: audit.Actor, tenant_id: str, target: Target, action: str
+) -> Selection:
+    """The instances a path names (404 outside the tenant), with the read audited."""
+    study = await repo.get_study(session, tenant_id, target.study)
+    if study is None:
+        raise StudyNotFound()
+    series_pk = None
+    if target.series is not None:
+        found = await repo.get_series(session, tenant_id, target.study, target.series)
+        if found is None:
+            raise SeriesNotFound()
+        series_pk = found[1].id
+    items = await repo.list_instances(
+        session, tenant_id, study_pk=study.id, series_pk=series_pk, sop_uid=target.instance
+    )
+    if target.instance is not None and not items:
+        raise InstanceNotFound()
+    audit.record(
+        session,
+        actor,
+        f"imaging.{action}",
+        target.level(),
+        target.instance or target.series or target.study,
+        tenant_id=tenant_id,
+        patient_id=study.patient_id or None,
+        after={"study": study.study_uid, "instances": len(items)},
+    )
+    return Selection(study, items)
+
+
+async def stream_instances(
+    storage: ArchiveStorage, items: Sequence[ImagingInstance], boundary: str
+) -> AsyncIterator[bytes]:
+    """``multipart/related; type="application/dicom"``: each file as stored, chunk by chunk."""
+    for index, instance in enumerate(items):
+        media = f"application/dicom; transfer-syntax={instance.transfer_syntax_uid}"
+        yield (PART_SEPARATOR if index else b"") + part_header(boundary, media)
+        async for chunk in storage.read(instance.storage_key):
+            yield chunk
+    yield closing(boundary)
+
+
+async def stream_frames(
+    storage: ArchiveStorage, instance: ImagingInstance, frames: list[int], boundary: str
+) -> AsyncIterator[bytes]:
+    """Native frames as ``application/octet-stream`` parts, read at their file offsets."""
+    assert instance.pixel_offset is not None and instance.frame_bytes is not None
+    media = f"application/octet-stream; transfer-syntax={instance.transfer_syntax_uid}"
+    for index, number in enumerate(frames):
+        yield (PART_SEPARATOR if index else b"") + part_header(boundary, media)
+        offset = instance.pixel_offset + (number - 1) * instance.frame_bytes
+        async for chunk in storage.read(instance.storage_key, offset, instance.frame_bytes):
+            yield chunk
+    yield closing(boundary)
+
+
+def native_frames(instance: ImagingInstance, frames: str) -> list[int]:
+    numbers = wado.parse_frames(frames, instance.number_of_frames)
+    if instance.pixel_offset is None or instance.frame_bytes is None:
+        raise FramesUnavailable()
+    return numbers
+
+
+async def metadata(storage: ArchiveStorage, selection: Selection, base: str) -> list[JsonDataset]:
+    found = []
+    study_uid = selection.study.study_uid
+    for series, instance in selection.items:
+        url = (
+            f"{base}/med/wado/studies/{study_uid}/series/{series.series_uid}"
+            f"/instances/{instance.sop_instance_uid}"
+        )
+        path = storage.local_path(instance.storage_key)
+        vr = _pixel_vr(instance)
+        found.append(await anyio.to_thread.run_sync(wado.instance_metadata, path, url, vr))
+    return found
+
+
+NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+
+
+def _pixel_vr(instance: ImagingInstance) -> str | None:
+    """Pixel Data's VR from the index (no second read of the file): OW for native 16-bit."""
+    if not instance.rows:
+        return None
+    bits = first_value(instance.attributes or {}, BITS_ALLOCATED)
+    return "OW" if instance.transfer_syntax_uid in NATIVE and bits and int(bits) > 8 else "OB"
+
+
+async def bulk(storage: ArchiveStorage, instance: ImagingInstance, path: str) -> bytes:
+    local = storage.local_path(instance.storage_key)
+    return await anyio.to_thread.run_sync(wado.bulk_value, local, path)
+
+
+async def rendered(
+    storage: ArchiveStorage, instance: ImagingInstance, frame: int, media: str, size: int | None
+) -> bytes:
+    if not 1 <= frame <= instance.number_of_frames:
+        wado.parse_frames(str(frame), instance.number_of_frames)
+    local = storage.local_path(instance.storage_key)
+    return await anyio.to_thread.run_sync(wado.render, local, frame, media, size)
