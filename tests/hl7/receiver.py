@@ -14,8 +14,9 @@ from novaza_gateway.hl7.mllp import MllpDecoder, frame
 
 
 class ScriptedReceiver:
-    def __init__(self, *script: str) -> None:
+    def __init__(self, *script: str, delay: float = 0.0) -> None:
         self.script = list(script)
+        self.delay = delay  # seconds before each answer: a slow receiver
         self.received: list[bytes] = []
         self.connections = 0
         self.port = 0
@@ -52,6 +53,8 @@ class ScriptedReceiver:
                         return
                     if action == "stall":
                         continue
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                     control_id = str(python_hl7.parse(message.decode()).segment("MSH")[10])
                     acked = "SOMETHING-ELSE" if action == "wrong" else control_id
                     code = "AA" if action == "wrong" else action

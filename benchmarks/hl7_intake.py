@@ -1,0 +1,246 @@
+"""HL7 intake throughput and ACK latency: MLLP and HTTP, ADT^A08 and ORM^O01 NW, durable ACKs.
+
+Runs a real ``novaza serve`` process per storage backend (SQLite; PostgreSQL when reachable),
+drives it with C concurrent senders (MLLP: one connection each, one message in flight, as
+interface engines do; HTTP: keep-alive clients), and prints messages/s and ACK latency
+p50/p99. The baseline in the same run is python-hl7 parsing the same messages in a loop.
+
+    .venv/bin/python benchmarks/hl7_intake.py [--messages 3000] [--concurrency 8]
+
+Target (issue 5): >= 1,000 messages/s over MLLP with p99 ACK under 25 ms on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+import hl7 as python_hl7
+from novaza_gateway.app import create_app
+from novaza_gateway.config import Settings
+from novaza_gateway.core import devkeys
+from novaza_gateway.hl7.mllp import MllpDecoder, frame
+from novaza_gateway.migrate import upgrade
+
+PG_ADMIN = os.environ.get("NOVAZA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+A08 = (
+    "MSH|^~\\&|EPIC|STMARYS|NOVAZA|RADIOLOGY|20260303140211||ADT^A08^ADT_A01|{cid}|P|2.5.1\r"
+    "EVN|A08|20260303140200\r"
+    "PID|1||{mrn}^^^STMARYS^MR||Doe^Jane^A||19700101|F|||{n} Main St^^Boston^MA^02110\r"
+    "PV1|1|O|RAD^^^STMARYS|||||||||||||||OP\r"
+)
+ORM = (
+    "MSH|^~\\&|EPIC|STMARYS|NOVAZA|RADIOLOGY|20260301094500||ORM^O01^ORM_O01|{cid}|P|2.5.1\r"
+    "PID|1||{mrn}^^^STMARYS^MR||Doe^Jane^A||19700101|F\r"
+    "ORC|NW|P{cid}|F{cid}||SC||^^^20260301110000||20260301094500|||1234^Kaur^Priya\r"
+    "OBR|1|P{cid}|F{cid}|CT-CHEST^CT chest^LOCAL|||20260301094500|||||||||1234^Kaur^Priya||"
+    "A{cid}|||||CT|||^^^20260301110000\r"
+)
+
+
+def messages(kind: str, count: int, run: str) -> list[bytes]:
+    template = A08 if kind == "A08" else ORM
+    return [
+        template.format(cid=f"{run}{kind[0]}{n:07d}", mrn=f"M{n % 500}", n=n).encode()
+        for n in range(count)
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def drive_mllp(port: int, batch: list[bytes], concurrency: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue = list(reversed(batch))
+
+    async def sender() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        decoder = MllpDecoder(1 << 20)
+        while queue:
+            payload = queue.pop()
+            started = time.perf_counter()
+            writer.write(frame(payload))
+            await writer.drain()
+            acks: list[bytes] = []
+            while not acks:
+                acks = decoder.feed(await reader.read(65536))
+            latencies.append(time.perf_counter() - started)
+            assert b"MSA|AA|" in acks[0], acks[0][:200]
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies
+
+
+async def drive_http(
+    url: str, token: str, path: str, batch: list[bytes], concurrency: int
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue = list(reversed(batch))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/hl7-v2"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+
+        async def sender() -> None:
+            while queue:
+                payload = queue.pop()
+                started = time.perf_counter()
+                response = await client.post(path, content=payload)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text[:300]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+def baseline(batch: list[bytes]) -> float:
+    texts = [m.decode() for m in batch]
+    started = time.perf_counter()
+    for text in texts:
+        python_hl7.parse(text)
+    return len(texts) / (time.perf_counter() - started)
+
+
+async def prepare(data_dir: Path, database_url: str | None) -> tuple[Settings, str]:
+    settings = Settings(env="test", data_dir=data_dir, database_url=database_url, log_json=True)
+    await asyncio.to_thread(upgrade, settings)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        admin = devkeys.mint_token(
+            data_dir, subject="bench", scopes=["platform:admin"], tenant=None
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            body = {
+                "slug": "bench",
+                "name": "Bench",
+                "status": "active",
+                "addons": ["hl7_fhir"],
+                "rateLimit": {"ratePerSecond": 100_000, "burst": 1_000_000},
+                "settings": {"hl7": {"mllpRoutes": [{"receivingApplication": "NOVAZA"}]}},
+            }
+            response = await client.post(
+                "/admin/tenants/", json=body, headers={"Authorization": f"Bearer {admin}"}
+            )
+            assert response.status_code == 201, response.text
+    token = devkeys.mint_token(data_dir, subject="bench", scopes=["hl7:write"], tenant="bench")
+    return settings, token
+
+
+def serve(
+    data_dir: Path, database_url: str | None, http: int, mllp: int
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOVAZA_")}
+    env.update(
+        NOVAZA_DATA_DIR=str(data_dir), NOVAZA_ENV="test", NOVAZA_PORT=str(http),
+        NOVAZA_MLLP_PORT=str(mllp), NOVAZA_LOG_LEVEL="WARNING",
+    )  # fmt: skip
+    if database_url:
+        env["NOVAZA_DATABASE_URL"] = database_url
+    log = (data_dir / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "novaza_gateway", "serve"],
+        env=env, stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{http}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("gateway did not start")
+
+
+async def backend(name: str, database_url: str | None, count: int, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        _, token = await prepare(data_dir, database_url)
+        http, mllp = free_port(), free_port()
+        process = serve(data_dir, database_url, http, mllp)
+        try:
+            run = uuid.uuid4().hex[:4].upper()
+            for kind in ("A08", "ORM"):
+                for channel in ("mllp", "http"):
+                    batch = messages(kind, count, f"{run}{channel[0]}")
+                    if channel == "mllp":
+                        took, lat = await drive_mllp(mllp, batch, concurrency)
+                    else:
+                        path = "/med/hl7/adt" if kind == "A08" else "/med/hl7/orm"
+                        took, lat = await drive_http(
+                            f"http://127.0.0.1:{http}", token, path, batch, concurrency
+                        )
+                    p50 = statistics.median(lat) * 1000
+                    p99 = percentile(lat, 0.99) * 1000
+                    rate, parsed = count / took, baseline(batch)
+                    row = f"| {name} | {channel} | {kind} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |"
+                    print(f"{row} {parsed:,.0f} |", flush=True)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
+async def pg_database() -> tuple[str | None, str | None]:
+    name = f"novaza_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        conn = await asyncpg.connect(PG_ADMIN, timeout=3)
+    except (OSError, asyncpg.PostgresError):
+        return None, None
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", name
+
+
+async def drop(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN, timeout=3)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    print(f"{args.messages} messages per row, {args.concurrency} concurrent senders\n")
+    print("| store | channel | message | msgs/s | ACK p50 ms | ACK p99 ms | python-hl7 parse/s |")
+    print("|---|---|---|---|---|---|---|")
+    await backend("SQLite", None, args.messages, args.concurrency)
+    url, name = await pg_database()
+    if url and name:
+        try:
+            await backend("PostgreSQL", url, args.messages, args.concurrency)
+        finally:
+            await drop(name)
+    else:
+        print("| PostgreSQL | - | - | not reachable | | | |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
