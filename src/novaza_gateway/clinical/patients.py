@@ -61,11 +61,22 @@ async def resolve(session: AsyncSession, tenant_id: str, patient_id: str) -> Pat
 async def find(
     session: AsyncSession, tenant_id: str, identifiers: Sequence[Identifier]
 ) -> Patient | None:
-    for ident in identifiers:
-        row = await repository.identifier(session, tenant_id, ident.authority, ident.value)
-        if row is not None:
-            return await resolve(session, tenant_id, row.patient_id)
-    return None
+    """The patient one of ``identifiers`` names (the first that is known), merges followed."""
+    patient, _ = await _lookup(session, tenant_id, identifiers)
+    return patient
+
+
+async def _lookup(
+    session: AsyncSession, tenant_id: str, identifiers: Sequence[Identifier]
+) -> tuple[Patient | None, set[tuple[str, str]]]:
+    """The patient and which of ``identifiers`` are already stored (to any patient)."""
+    keys = [(i.authority, i.value) for i in identifiers]
+    rows = await repository.identifiers_matching(session, tenant_id, keys)
+    owners = {(r.assigning_authority, r.value): r.patient_id for r in rows}
+    for key in keys:
+        if key in owners:
+            return await resolve(session, tenant_id, owners[key]), set(owners)
+    return None, set(owners)
 
 
 async def register(
@@ -80,13 +91,13 @@ async def register(
 
     Answers the patient and whether it was created.
     """
-    patient = await find(session, tenant_id, data.identifiers)
+    patient, known = await _lookup(session, tenant_id, data.identifiers)
     now = utcnow()
     if patient is None:
         patient = Patient(id=uuid.uuid4().hex, tenant_id=tenant_id, created_at=now, updated_at=now)
         _apply(patient, data.demographics, creating=True)
         session.add(patient)
-        await _add_identifiers(session, tenant_id, patient, data.identifiers)
+        _add_identifiers(session, tenant_id, patient, data.identifiers, known)
         audit.record(
             session,
             actor,
@@ -97,7 +108,7 @@ async def register(
             patient_id=patient.id,
         )
         return patient, True
-    await _add_identifiers(session, tenant_id, patient, data.identifiers)
+    _add_identifiers(session, tenant_id, patient, data.identifiers, known)
     if update and _apply(patient, data.demographics, creating=False):
         patient.updated_at = now
         audit.record(
@@ -125,9 +136,9 @@ async def merge(
     patient has the prior identifiers, they are attached to the survivor so they resolve.
     Answers the merged (non-surviving) patient, if there was one.
     """
-    merged = await find(session, tenant_id, prior)
+    merged, known = await _lookup(session, tenant_id, prior)
     if merged is None:
-        await _add_identifiers(session, tenant_id, survivor, prior)
+        _add_identifiers(session, tenant_id, survivor, prior, known)
         return None
     if merged.id == survivor.id:
         return None
@@ -149,23 +160,29 @@ async def merge(
     return merged
 
 
-async def _add_identifiers(
-    session: AsyncSession, tenant_id: str, patient: Patient, identifiers: Sequence[Identifier]
+def _add_identifiers(
+    session: AsyncSession,
+    tenant_id: str,
+    patient: Patient,
+    identifiers: Sequence[Identifier],
+    known: set[tuple[str, str]],
 ) -> None:
+    """Attach the identifiers not stored yet (``known``: those that are) to the patient."""
     for ident in identifiers:
-        row = await repository.identifier(session, tenant_id, ident.authority, ident.value)
-        if row is None:
-            session.add(
-                PatientIdentifier(
-                    id=uuid.uuid4().hex,
-                    tenant_id=tenant_id,
-                    patient_id=patient.id,
-                    value=ident.value,
-                    assigning_authority=ident.authority,
-                    type_code=ident.type_code,
-                )
+        key = (ident.authority, ident.value)
+        if key in known:
+            continue
+        known.add(key)
+        session.add(
+            PatientIdentifier(
+                id=uuid.uuid4().hex,
+                tenant_id=tenant_id,
+                patient_id=patient.id,
+                value=ident.value,
+                assigning_authority=ident.authority,
+                type_code=ident.type_code,
             )
-            await session.flush()
+        )
 
 
 def _apply(patient: Patient, data: Demographics, *, creating: bool) -> bool:

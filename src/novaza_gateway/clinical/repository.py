@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.clinical.models import (
@@ -30,6 +30,27 @@ async def identifier(
         PatientIdentifier.value == value,
     )
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def identifiers_matching(
+    session: AsyncSession, tenant_id: str, keys: Sequence[tuple[str, str]]
+) -> Sequence[PatientIdentifier]:
+    """The stored identifiers among ``keys`` ((assigning authority, value) pairs), one query."""
+    if not keys:
+        return []
+    query = select(PatientIdentifier).where(
+        PatientIdentifier.tenant_id == tenant_id,
+        or_(
+            *(
+                and_(
+                    PatientIdentifier.assigning_authority == authority,
+                    PatientIdentifier.value == value,
+                )
+                for authority, value in keys
+            )
+        ),
+    )
+    return (await session.execute(query)).scalars().all()
 
 
 async def identifiers_of(
