@@ -46,6 +46,7 @@ from novaza_gateway.hl7.router import router as hl7_router
 from novaza_gateway.hl7.settings import Hl7Settings
 from novaza_gateway.imaging.area import ImagingArea
 from novaza_gateway.imaging.qido_router import router as qido_router
+from novaza_gateway.imaging.router import router as imaging_router
 from novaza_gateway.imaging.settings import ImagingSettings
 from novaza_gateway.imaging.stow_router import router as stow_router
 from novaza_gateway.imaging.wado_router import router as wado_router
@@ -62,6 +63,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     stow_router,
     qido_router,
     wado_router,
+    imaging_router,
 )
 
 

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from novaza_gateway.config import ImagingConfig
 from novaza_gateway.core import audit
+from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.imaging import repository as repo
 from novaza_gateway.imaging import search
-from novaza_gateway.imaging.dicomweb.attributes import JsonDataset
+from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, first_value, tags
 from novaza_gateway.imaging.dicomweb.qido import QidoQuery
 from novaza_gateway.imaging.errors import SeriesNotFound, StudyNotFound
-from novaza_gateway.imaging.signing import Grant
+from novaza_gateway.imaging.schemas import (
+    PatientOut,
+    SeriesOut,
+    SignedUrlOut,
+    SignedUrlRequest,
+    StudySummary,
+)
+from novaza_gateway.imaging.signing import Grant, UrlSigner
 
 MAX_AUDITED_STUDIES = 100
+BIRTH_DATE, SEX = tags("PatientBirthDate", "PatientSex")
 
 
 async def qido(
@@ -51,3 +63,93 @@ async def qido(
         after={"results": len(hits), "studies": sorted(studies)[:MAX_AUDITED_STUDIES]},
     )
     return [search.hit_json(hit, query, base) for hit in hits], more
+
+
+async def signed_url(
+    session: AsyncSession,
+    actor: audit.Actor,
+    tenant_id: str,
+    signer: UrlSigner,
+    config: ImagingConfig,
+    body: SignedUrlRequest,
+    *,
+    base: str,
+) -> SignedUrlOut:
+    ttl = body.expires_in or config.url_ttl_seconds
+    if ttl > config.url_max_ttl_seconds:
+        raise ValidationFailed.field("expiresIn", f"at most {config.url_max_ttl_seconds} seconds")
+    study = await repo.get_study(session, tenant_id, body.study_instance_uid)
+    if study is None:
+        raise StudyNotFound()
+    grant = signer.sign(tenant_id, study.study_uid, ttl, actor.subject)
+    token = signer.token(grant)
+    audit.record(
+        session,
+        actor,
+        "imaging.signed_url",
+        "study",
+        study.study_uid,
+        tenant_id=tenant_id,
+        patient_id=study.patient_id or None,
+        after={"expiresAt": grant.expires_at, "kid": grant.kid},
+    )
+    return SignedUrlOut(
+        url=f"{base}/med/wado/studies/{study.study_uid}?token={token}",
+        token=token,
+        expires_at=datetime.fromtimestamp(grant.expires_at, UTC),
+    )
+
+
+def _date(value: str) -> str | None:
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 else None
+
+
+def _time(value: str) -> str | None:
+    return f"{value[:2]}:{value[2:4]}:{value[4:6]}" if len(value) >= 6 else None
+
+
+async def study_summary(
+    session: AsyncSession, actor: audit.Actor, tenant_id: str, study_uid: str
+) -> StudySummary:
+    study = await repo.get_study(session, tenant_id, study_uid)
+    if study is None:
+        raise StudyNotFound()
+    series = await repo.list_series(session, tenant_id, study.id)
+    patient = study.attributes or {}
+    audit.record(
+        session,
+        actor,
+        "imaging.study_summary",
+        "study",
+        study.study_uid,
+        tenant_id=tenant_id,
+        patient_id=study.patient_id or None,
+    )
+    return StudySummary(
+        study_instance_uid=study.study_uid,
+        patient=PatientOut(
+            id=study.patient_id,
+            name=study.patient_name,
+            birth_date=_date(str(first_value(patient, BIRTH_DATE) or "")),
+            sex=str(first_value(patient, SEX) or "") or None,
+        ),
+        accession_number=study.accession_number,
+        study_date=_date(study.study_date),
+        study_time=_time(study.study_time),
+        description=study.study_description,
+        modalities=[m for m in study.modalities.split("|") if m],
+        referring_physician=study.referring_physician,
+        number_of_series=study.num_series,
+        number_of_instances=study.num_instances,
+        series=[
+            SeriesOut(
+                series_instance_uid=s.series_uid,
+                modality=s.modality,
+                series_number=s.series_number,
+                description=s.series_description,
+                number_of_instances=s.num_instances,
+            )
+            for s in series
+        ],
+        qc_status=study.qc_status,
+    )
