@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import select
 
 from novaza_gateway.clinical import patients, repository
@@ -186,3 +187,30 @@ async def test_v23_order_and_cancel(gateway: Gateway) -> None:
     async with gateway.app.state.db.sessionmaker() as session:
         item = await repository.worklist_item(session, tenant_id, "RVACC3301")
         assert item is not None and item.status == "canceled"
+
+
+async def test_imaging_moves_a_worklist_item_by_accession(gateway: Gateway) -> None:
+    from novaza_gateway.clinical import orders
+    from novaza_gateway.clinical.errors import InvalidTransition, OrderNotFound
+    from novaza_gateway.core.audit import Actor
+
+    auth = await hl7_tenant(gateway)
+    tenant_id = gateway.tenants["stmarys"]["id"]
+    await send(gateway, auth, "orm", "orm_o01_nw_v251_epic.hl7")
+    actor = Actor("tech-1", tenant_id)
+    async with gateway.app.state.db.session_scope() as session:
+        item = await orders.set_status_by_accession(
+            session, actor, tenant_id, "ACC7001", "completed"
+        )
+        assert item.status == "completed"
+    async with gateway.app.state.db.session_scope() as session:
+        again = await orders.set_status_by_accession(
+            session, actor, tenant_id, "ACC7001", "completed"
+        )
+        assert again.status == "completed"
+        with pytest.raises(InvalidTransition):
+            await orders.set_status_by_accession(session, actor, tenant_id, "ACC7001", "canceled")
+        with pytest.raises(OrderNotFound):
+            await orders.set_status_by_accession(
+                session, actor, "other-tenant", "ACC7001", "completed"
+            )

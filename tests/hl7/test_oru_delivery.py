@@ -43,7 +43,12 @@ async def oru_gateway(
             }
         }
         hl7 = {**HL7_SETTINGS, "destinations": destinations, "defaultDestination": "ris"}
-        await gw.create_tenant("stmarys", addons=["hl7_fhir"], settings={"hl7": hl7})
+        await gw.create_tenant(
+            "stmarys",
+            addons=["hl7_fhir"],
+            settings={"hl7": hl7},
+            rateLimit={"ratePerSecond": 1000, "burst": 1000},  # settled() polls
+        )
         auth = gw.auth("stmarys")
         for name in ["adt_a01_v251_epic.hl7", "adt_a28_v231_allscripts.hl7"]:
             assert (await post(gw, "adt", auth, fixture(name))).status_code == 200
@@ -108,14 +113,14 @@ async def send(gw: Gateway, body: dict[str, Any] | None = None) -> dict[str, Any
 
 async def settled(gw: Gateway, message_id: str, *states: str) -> dict[str, Any]:
     wanted = states or ("delivered", "dead")
-    for _ in range(300):
+    for _ in range(200):
         response = await gw.client.get(
             f"/med/hl7/messages/{message_id}", headers=gw.auth("stmarys")
         )
         assert response.status_code == 200, response.text
         if response.json()["status"] in wanted:
             return dict(response.json())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
     raise AssertionError(f"message still {response.json()['status']}")
 
 

@@ -193,3 +193,14 @@ def _audit(
         before={"status": before},
         after={"status": item.status},
     )
+
+
+async def set_status_by_accession(
+    session: AsyncSession, actor: audit.Actor, tenant_id: str, accession_number: str, status: str
+) -> WorklistItem:
+    """For the imaging area: acquisition started, QC confirmed (completed), ... Idempotent."""
+    item = await repository.worklist_item(session, tenant_id, accession_number)
+    if item is None:
+        raise OrderNotFound("No worklist item has this accession number.")
+    request = ProcedureRequest(placer_order_number=item.placer_order_number)
+    return await set_status(session, actor, tenant_id, request, status)

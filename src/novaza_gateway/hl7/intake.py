@@ -106,9 +106,11 @@ async def receive(
     *,
     channel: str,
     accepts: frozenset[str] = ANY,
+    parsed: Message | None = None,
 ) -> Outcome:
+    """``parsed``: the message already parsed (and type-checked) by the caller."""
     try:
-        message = parse(data)
+        message = parsed or parse(data)
         check_type(message.header, accepts)
     except ParseError as error:
         return reject(data, error)

@@ -24,6 +24,7 @@ from novaza_gateway.hl7.mllp import FrameTooLarge, MllpDecoder, frame
 from novaza_gateway.hl7.parser import (
     APPLICATION_INTERNAL_ERROR,
     UNKNOWN_KEY_IDENTIFIER,
+    Message,
     ParseError,
     parse,
 )
@@ -111,7 +112,8 @@ class MllpListener:
     async def handle(self, payload: bytes) -> bytes | None:
         """One framed message -> the ACK bytes to send (None: the sender asked for none)."""
         try:
-            header = parse(payload).header
+            message = parse(payload)
+            header = message.header
             intake.check_type(header, intake.ANY)
         except ParseError as exc:
             return intake.reject(payload, exc).ack.data
@@ -132,14 +134,17 @@ class MllpListener:
             )
             return intake.reject(payload, refusal, header).ack.data
         actor = Actor(f"mllp:{header.sending_application}"[:255], tenant.id)
-        outcome = await self._receive(Hl7Context(tenant.id, actor, route.settings), payload)
+        ctx = Hl7Context(tenant.id, actor, route.settings)
+        outcome = await self._receive(ctx, payload, message)
         return outcome.ack.data if ack_wanted(outcome.header, outcome.ack.code) else None
 
-    async def _receive(self, ctx: Hl7Context, payload: bytes) -> Outcome:
+    async def _receive(self, ctx: Hl7Context, payload: bytes, message: Message) -> Outcome:
         for _ in range(2):  # a concurrent twin in flight: the second pass finds it stored
             try:
                 async with self.db.session_scope() as session:
-                    return await intake.receive(session, ctx, payload, channel="mllp")
+                    return await intake.receive(
+                        session, ctx, payload, channel="mllp", parsed=message
+                    )
             except MessageInFlight:
                 continue
             except Exception as exc:
