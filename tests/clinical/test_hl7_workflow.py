@@ -214,3 +214,44 @@ async def test_imaging_moves_a_worklist_item_by_accession(gateway: Gateway) -> N
             await orders.set_status_by_accession(
                 session, actor, "other-tenant", "ACC7001", "completed"
             )
+
+
+async def test_omi_o23_uses_ipc_and_tq1(gateway: Gateway) -> None:
+    auth = await hl7_tenant(gateway)
+    tenant_id = gateway.tenants["stmarys"]["id"]
+    await send(gateway, auth, "orm", "omi_o23_nw_v251.hl7")
+    async with gateway.app.state.db.sessionmaker() as session:
+        item = await repository.worklist_item(session, tenant_id, "ACC9001")
+        assert item is not None
+        assert (item.modality, item.requested_procedure_id) == ("MG", "RP9001")
+        assert item.scheduled_procedure_step_id == "SPS9001"
+        assert item.scheduled_start == datetime(2026, 3, 13, 7, 45, tzinfo=UTC)
+        assert item.station_ae_title == "RAD_DEFAULT"
+
+
+async def test_cancel_transfer_and_cancel_discharge(gateway: Gateway) -> None:
+    auth = await hl7_tenant(gateway)
+    tenant_id = gateway.tenants["stmarys"]["id"]
+    await send(gateway, auth, "adt", "adt_a01_v251_epic.hl7", "adt_a02_v251.hl7")
+    a12 = (
+        fixture("adt_a02_v251.hl7")
+        .replace(b"ADT^A02^ADT_A02|EPA02000001", b"ADT^A12^ADT_A12|EPA12000001")
+        .replace(b"EVN|A02", b"EVN|A12")
+        .replace(b"ICU^02^1^STMARYS", b"4WEST^412^B^STMARYS")
+    )
+    assert (await post(gateway, "adt", auth, a12)).status_code == 200
+    async with gateway.app.state.db.sessionmaker() as session:
+        visit = await repository.encounter(session, tenant_id, "V5001")
+        assert visit is not None
+        assert (visit.status, visit.location) == ("admitted", "4WEST^412^B^STMARYS")
+    await send(gateway, auth, "adt", "adt_a03_v251.hl7")
+    a13 = (
+        fixture("adt_a03_v251.hl7")
+        .replace(b"ADT^A03^ADT_A03|EPA03000001", b"ADT^A13^ADT_A01|EPA13000001")
+        .replace(b"EVN|A03", b"EVN|A13")
+    )
+    assert (await post(gateway, "adt", auth, a13)).status_code == 200
+    async with gateway.app.state.db.sessionmaker() as session:
+        visit = await repository.encounter(session, tenant_id, "V5001")
+        assert visit is not None
+        assert (visit.status, visit.discharged_at) == ("admitted", None)

@@ -82,6 +82,8 @@ class MllpListener:
             await self._serve(reader, writer, decoder)
         except (TimeoutError, ConnectionError, _Drop):
             pass
+        except Exception as exc:  # never a traceback: SQL errors carry message data
+            log.error("mllp connection failed", extra={"error": type(exc).__name__})
         finally:
             if task is not None:
                 self._connections.discard(task)
