@@ -55,6 +55,8 @@ class MllpListener:
         self.port: int | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        # SQLite has one writer: queueing here beats its busy-timeout polling (p99 latency).
+        self._writer_lock = asyncio.Lock() if db.engine.dialect.name == "sqlite" else None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -143,7 +145,10 @@ class MllpListener:
     async def _receive(self, ctx: Hl7Context, payload: bytes, message: Message) -> Outcome:
         for _ in range(2):  # a concurrent twin in flight: the second pass finds it stored
             try:
-                async with self.db.session_scope() as session:
+                async with contextlib.AsyncExitStack() as stack:
+                    if self._writer_lock is not None:
+                        await stack.enter_async_context(self._writer_lock)
+                    session = await stack.enter_async_context(self.db.session_scope())
                     return await intake.receive(
                         session, ctx, payload, channel="mllp", parsed=message
                     )
