@@ -97,6 +97,9 @@ async def test_retried_flush_after_a_crash_counts_nothing_twice(
     assert not meter.pending
     assert await stored(gw, tenant["id"]) == 10
     assert await stored(gw, tenant["id"], "ai_tokens") == 1200
+    usage = await gw.client.get("/api/v1/billing/usage", headers=gw.auth("crashy"))
+    totals = {m["meter"]: m["total"] for m in usage.json()["meters"]}
+    assert totals["api_requests"] == 10 and totals["ai_tokens"] == 1200  # the rollup too
 
 
 async def test_keyed_events_count_once_per_tenant_and_source(
@@ -116,6 +119,10 @@ async def test_keyed_events_count_once_per_tenant_and_source(
     await meter.flush(db)
     assert await stored(gw, a["id"], "hl7_messages") == 2
     assert await stored(gw, b["id"], "hl7_messages") == 1
+    usage = await gw.client.get(
+        "/api/v1/billing/usage", params={"meter": "hl7_messages"}, headers=gw.auth("keyed-a")
+    )
+    assert usage.json()["meters"][0]["total"] == 2
 
 
 async def test_spooled_usage_survives_a_restart_without_the_database(

@@ -27,7 +27,7 @@ import orjson
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.billing.models import UsageRecord
+from novaza_gateway.billing.models import UsageHourly, UsageRecord
 from novaza_gateway.core.db import Database, utcnow
 from novaza_gateway.core.metering import Dimensions
 
@@ -172,14 +172,42 @@ async def insert_rows(session: AsyncSession, rows: list[UsageRow]) -> None:
     now = utcnow()
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    for start in range(0, len(rows), 1000):
-        chunk = [row.as_values(now) for row in rows[start : start + 1000]]
-        statement = (
-            insert(UsageRecord)
-            .values(chunk)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "source", "event_id"])
+    statement = (
+        insert(UsageRecord)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "source", "event_id"])
+        .returning(
+            UsageRecord.tenant_id,
+            UsageRecord.meter,
+            UsageRecord.dimensions,
+            UsageRecord.hour,
+            UsageRecord.quantity,
         )
-        await session.execute(statement)
+    )
+    rollup: dict[tuple[str, str, str, datetime], int] = {}
+    for start in range(0, len(rows), 5000):  # executemany: one compiled statement, batched
+        chunk = [row.as_values(now) for row in rows[start : start + 5000]]
+        inserted = await session.execute(statement, chunk)
+        for tenant_id, meter, dims, hour, quantity in inserted.all():  # not the duplicates
+            key = (tenant_id, meter, dims, hour)
+            rollup[key] = rollup.get(key, 0) + quantity
+    if rollup:
+        await _add_hourly(session, insert, rollup)
+
+
+async def _add_hourly(
+    session: AsyncSession, insert: Any, rollup: dict[tuple[str, str, str, datetime], int]
+) -> None:
+    values = [
+        {"tenant_id": t, "meter": m, "dimensions": d, "hour": h, "quantity": q}
+        for (t, m, d, h), q in sorted(rollup.items())  # one lock order for every flusher
+    ]
+    upsert = insert(UsageHourly)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=["tenant_id", "meter", "hour", "dimensions"],
+        set_={"quantity": UsageHourly.quantity + upsert.excluded.quantity},
+    )
+    for start in range(0, len(values), 5000):
+        await session.execute(upsert, values[start : start + 5000])
 
 
 class UsageFlusher:

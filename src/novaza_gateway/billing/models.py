@@ -82,6 +82,22 @@ class UsageRecord(Base):
     invoice_id: Mapped[str | None] = mapped_column(String(36))
 
 
+class UsageHourly(Base):
+    """Usage rolled up per (meter, dimensions, hour): what ``/usage`` and balances read.
+
+    Maintained in the flush's transaction from the rows the flush actually inserted, so an
+    event deduplicated in ``billing_usage`` is never added here twice.
+    """
+
+    __tablename__ = "billing_usage_hourly"
+
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    meter: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    dimensions: Mapped[str] = mapped_column(String(255), primary_key=True)
+    quantity: Mapped[int] = mapped_column(BigInteger)
+
+
 class Invoice(Base):
     __tablename__ = "billing_invoices"
     __table_args__ = (

@@ -13,6 +13,7 @@ from novaza_gateway.billing.models import (
     Invoice,
     PendingItem,
     Subscription,
+    UsageHourly,
     UsageRecord,
 )
 
@@ -49,15 +50,15 @@ async def subscriptions_due(session: AsyncSession, now: datetime, limit: int) ->
 async def usage_totals(
     session: AsyncSession, tenant_id: str, start: datetime, end: datetime
 ) -> dict[str, int]:
-    """Quantity per meter recorded for hours in ``[start, end)``."""
+    """Quantity per meter recorded for hours in ``[start, end)`` (from the hourly rollup)."""
     query = (
-        select(UsageRecord.meter, func.sum(UsageRecord.quantity))
+        select(UsageHourly.meter, func.sum(UsageHourly.quantity))
         .where(
-            UsageRecord.tenant_id == tenant_id,
-            UsageRecord.hour >= start,
-            UsageRecord.hour < end,
+            UsageHourly.tenant_id == tenant_id,
+            UsageHourly.hour >= start,
+            UsageHourly.hour < end,
         )
-        .group_by(UsageRecord.meter)
+        .group_by(UsageHourly.meter)
     )
     return {meter: int(total) for meter, total in (await session.execute(query)).all()}
 

@@ -6,12 +6,12 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.billing import repository
 from novaza_gateway.billing.area import BillingArea
-from novaza_gateway.billing.models import UsageRecord
+from novaza_gateway.billing.models import UsageHourly
 from novaza_gateway.billing.schemas import (
     DimensionTotal,
     MeterUsage,
@@ -49,22 +49,15 @@ def _check_range(start: datetime, end: datetime, granularity: Granularity) -> No
 async def hourly_rows(
     session: AsyncSession, tenant_id: str, start: datetime, end: datetime, meter: str | None
 ) -> list[tuple[str, str, datetime, int]]:
-    query = (
-        select(
-            UsageRecord.meter,
-            UsageRecord.dimensions,
-            UsageRecord.hour,
-            func.sum(UsageRecord.quantity),
-        )
-        .where(
-            UsageRecord.tenant_id == tenant_id,
-            UsageRecord.hour >= bucket(start, "hour"),
-            UsageRecord.hour < end,
-        )
-        .group_by(UsageRecord.meter, UsageRecord.dimensions, UsageRecord.hour)
+    query = select(
+        UsageHourly.meter, UsageHourly.dimensions, UsageHourly.hour, UsageHourly.quantity
+    ).where(
+        UsageHourly.tenant_id == tenant_id,
+        UsageHourly.hour >= bucket(start, "hour"),
+        UsageHourly.hour < end,
     )
     if meter is not None:
-        query = query.where(UsageRecord.meter == meter)
+        query = query.where(UsageHourly.meter == meter)
     result = await session.execute(query)
     return [(m, d, h, int(q)) for m, d, h, q in result.all()]
 
