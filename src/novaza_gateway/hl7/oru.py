@@ -70,78 +70,77 @@ def _coded(value: Coded) -> str:
     return "^".join([_e(value.code), _e(value.text), _e(value.system)]).rstrip("^")
 
 
-def build_oru(result: Result, now: datetime) -> str:
-    patient, order = result.patient, result.order
-    cx = "~".join(
-        f"{_e(v)}^^^{_e(a)}^MR" if a else f"{_e(v)}^^^^MR" for v, a in patient.identifiers
-    )
+def _segment(name: str, fields: dict[int, str]) -> str:
+    """A segment from {field number: already escaped value}."""
+    last = max(fields)
+    return "|".join([name, *(fields.get(n, "") for n in range(1, last + 1))])
+
+
+def _msh(result: Result, now: datetime) -> str:
+    # MSH-1 is the field separator itself: the joined fields start at MSH-2.
+    fields = {
+        1: DEFAULT_SEPARATORS.encoding_characters,
+        2: _e(result.sending_application),
+        3: _e(result.sending_facility),
+        4: _e(result.receiving_application),
+        5: _e(result.receiving_facility),
+        6: hl7_time(now),
+        8: "ORU^R01^ORU_R01",
+        9: _e(result.control_id),
+        10: "P",
+        11: VERSION,
+    }
+    return _segment("MSH", fields)
+
+
+def _pid(patient: ResultPatient) -> str:
+    cx = "~".join(f"{_e(v)}^^^{_e(a)}^MR" for v, a in patient.identifiers)
     name = "^".join(_e(p) for p in (patient.family_name, patient.given_name, patient.middle_name))
     birth = patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""
-    ts = hl7_time(result.observed_at)
+    return _segment("PID", {1: "1", 3: cx, 5: name.rstrip("^"), 7: birth, 8: _e(patient.sex)})
+
+
+def _obr(result: Result) -> str:
+    order, ts = result.order, hl7_time(result.observed_at)
+    fields = {
+        1: "1",
+        2: _e(order.placer_order_number),
+        3: _e(order.filler_order_number),
+        4: _coded(order.procedure),
+        7: ts,
+        18: _e(order.accession_number),
+        22: ts,
+        25: _e(result.result_status),
+    }
+    return _segment("OBR", fields)
+
+
+def _obx(n: int, obs: Observation) -> str:
+    value = _coded(obs.value) if isinstance(obs.value, Coded) else _e(obs.value)
+    fields = {
+        1: str(n),
+        2: obs.value_type,
+        3: _coded(obs.code),
+        5: value,
+        6: _e(obs.units),
+        7: _e(obs.reference_range),
+        8: _e(obs.abnormal_flag),
+        11: _e(obs.status),
+    }
+    return _segment("OBX", fields)
+
+
+def build_oru(result: Result, now: datetime) -> str:
+    order = result.order
     segments = [
-        "|".join(
-            [
-                "MSH",
-                DEFAULT_SEPARATORS.encoding_characters,
-                _e(result.sending_application),
-                _e(result.sending_facility),
-                _e(result.receiving_application),
-                _e(result.receiving_facility),
-                hl7_time(now),
-                "",
-                "ORU^R01^ORU_R01",
-                _e(result.control_id),
-                "P",
-                VERSION,
-            ]
-        ),
-        f"PID|1||{cx}||{name.rstrip('^')}||{birth}|{_e(patient.sex)}",
+        _msh(result, now),
+        _pid(result.patient),
         "PV1|1|N",
         f"ORC|RE|{_e(order.placer_order_number)}|{_e(order.filler_order_number)}||CM",
-        "|".join(
-            [
-                "OBR",
-                "1",
-                _e(order.placer_order_number),
-                _e(order.filler_order_number),
-                _coded(order.procedure),
-                "",
-                "",
-                ts,
-                *[""] * 10,
-                _e(order.accession_number),
-                "",
-                "",
-                "",
-                ts,
-                "",
-                "",
-                _e(result.result_status),
-            ]
-        ),
+        _obr(result),
     ]
-    for n, obs in enumerate(result.observations, start=1):
-        value = _coded(obs.value) if isinstance(obs.value, Coded) else _e(obs.value)
-        segments.append(
-            "|".join(
-                [
-                    "OBX",
-                    str(n),
-                    obs.value_type,
-                    _coded(obs.code),
-                    "",
-                    value,
-                    _e(obs.units),
-                    _e(obs.reference_range),
-                    _e(obs.abnormal_flag),
-                    "",
-                    "",
-                    _e(obs.status),
-                ]
-            )
-        )
+    segments += [_obx(n, obs) for n, obs in enumerate(result.observations, start=1)]
     if result.report_text:
         lines = result.report_text.replace("\r\n", "\n").split("\n")
-        for n, line in enumerate(lines, start=1):
-            segments.append(f"NTE|{n}||{_e(line)}")
+        segments += [f"NTE|{n}||{_e(line)}" for n, line in enumerate(lines, start=1)]
     return "\r".join(segments) + "\r"
