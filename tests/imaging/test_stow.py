@@ -139,3 +139,27 @@ async def test_stow_needs_write_scope_and_addon(gw: Gateway) -> None:
     )
     assert read_only.status_code == 403
     assert read_only.json()["code"] == "FORBIDDEN"
+
+
+async def test_concurrent_stores_into_one_new_study_all_land(gateway: Gateway) -> None:
+    """Racing requests create the same study and series; the loser retries its savepoint."""
+    import asyncio
+
+    auth = await imaging_tenant(gateway, "stow-race")
+    study, series = uid(), uid()
+    bodies = [
+        multipart([make_instance(study=study, series=series, instance_number=i)]) for i in range(6)
+    ]
+    # One instance is sent twice at once: idempotent even when racing itself.
+    bodies.append(bodies[0])
+    responses = await asyncio.gather(
+        *(
+            gateway.client.post(STOW, content=body, headers={**auth, "Content-Type": ctype})
+            for body, ctype in bodies
+        )
+    )
+    assert [r.status_code for r in responses] == [200] * 7, [r.text for r in responses]
+    async with gateway.app.state.db.sessionmaker() as session:
+        row = (await session.execute(select(ImagingStudy))).scalar_one()
+        assert (row.num_series, row.num_instances) == (1, 6)
+        assert len((await session.execute(select(ImagingInstance))).scalars().all()) == 6

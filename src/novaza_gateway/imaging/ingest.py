@@ -46,6 +46,9 @@ from novaza_gateway.imaging.storage import ArchiveStorage, StagedFile
 log = logging.getLogger("novaza.imaging.ingest")
 
 DICOM = "application/dicom"
+# Each unique-key conflict means a concurrent request committed the row we wanted: retrying
+# finds it. Racing stores into one new study and series converge within a few attempts.
+STORE_ATTEMPTS = 5
 
 
 @dataclass(slots=True)
@@ -68,16 +71,18 @@ def storage_key(tenant_id: str, info: InstanceInfo, sha256: str) -> str:
     )
 
 
-async def ingest_file(
-    session: AsyncSession,
-    storage: ArchiveStorage,
-    tenant_id: str,
-    staged: StagedFile,
-    *,
-    base_url: str,
-    report: IngestReport,
-    expected_study: str | None = None,
-) -> None:
+@dataclass(slots=True)
+class Received:
+    """A staged file whose header has been read: ready to index."""
+
+    staged: StagedFile
+    info: InstanceInfo
+
+
+async def receive(
+    staged: StagedFile, report: IngestReport, expected_study: str | None = None
+) -> Received | None:
+    """fsync and inspect a staged file (in a thread); failures go to the report."""
     try:
         await anyio.to_thread.run_sync(staged.close)
         info = await anyio.to_thread.run_sync(inspect, staged.path)
@@ -85,21 +90,54 @@ async def ingest_file(
         staged.discard()
         log.info("part not stored", extra={"reason": str(exc)})
         report.failed.append(Failed("", "", exc.reason))
-        return
+        return None
     if expected_study is not None and info.study_uid != expected_study:
         staged.discard()
         report.failed.append(Failed(info.sop_class_uid, info.sop_instance_uid, DOES_NOT_MATCH))
+        return None
+    return Received(staged, info)
+
+
+async def index_all(
+    session: AsyncSession,
+    storage: ArchiveStorage,
+    tenant_id: str,
+    received: list[Received],
+    *,
+    base_url: str,
+    report: IngestReport,
+) -> None:
+    """Index received files in one short burst, after the whole body has arrived: no
+    transaction stays open while a slow client uploads."""
+    if not received:
         return
+    await repo.claim_write(session, tenant_id)
+    for item in received:
+        try:
+            await _index_one(session, storage, tenant_id, item, base_url=base_url, report=report)
+        finally:
+            if item.staged.path.exists():
+                item.staged.discard()
+
+
+async def _index_one(
+    session: AsyncSession,
+    storage: ArchiveStorage,
+    tenant_id: str,
+    item: Received,
+    *,
+    base_url: str,
+    report: IngestReport,
+) -> None:
+    info, staged = item.info, item.staged
     outcome = PROCESSING_FAILURE
-    for attempt in range(2):
+    for attempt in range(STORE_ATTEMPTS):
         try:
             async with session.begin_nested():
                 outcome = await _index(session, storage, tenant_id, staged, info, report)
             break
         except IntegrityError:  # a concurrent store of the same study, series or instance
             log.info("store raced; retrying", extra={"attempt": attempt})
-    if staged.path.exists():
-        staged.discard()
     if outcome:
         report.failed.append(Failed(info.sop_class_uid, info.sop_instance_uid, outcome))
         return
@@ -168,6 +206,7 @@ async def store_stream(
     except MultipartError as exc:
         raise MalformedMultipart(str(exc)) from None
     staged: StagedFile | None = None
+    received: list[Received] = []
     try:
         async for chunk in body:
             for event in reader.feed(chunk):
@@ -181,21 +220,17 @@ async def store_stream(
                     staged.write(event.data)
                 elif isinstance(event, PartEnd) and staged is not None:
                     current, staged = staged, None
-                    await ingest_file(
-                        session,
-                        storage,
-                        tenant_id,
-                        current,
-                        base_url=base_url,
-                        report=report,
-                        expected_study=study_uid,
-                    )
+                    item = await receive(current, report, study_uid)
+                    if item is not None:
+                        received.append(item)
         reader.finish()
+        await index_all(session, storage, tenant_id, received, base_url=base_url, report=report)
     except MultipartError as exc:
         raise MalformedMultipart(str(exc)) from None
     finally:
-        if staged is not None:
-            staged.discard()
+        for leftover in [staged, *(r.staged for r in received)]:
+            if leftover is not None and leftover.path.exists():
+                leftover.discard()
     audit_stores(session, actor, tenant_id, report)
     return report
 
@@ -211,19 +246,31 @@ async def import_paths(
 ) -> IngestReport:
     """``novaza dicom import``: files, and folders walked recursively."""
     report = IngestReport()
-    for path in _walk(paths):
-        staged = storage.stage()
-        try:
-            async with await anyio.open_file(path, "rb") as source:
-                while chunk := await source.read(256 * 1024):
-                    staged.write(chunk)
-        except OSError:
-            staged.discard()
-            report.failed.append(Failed("", "", CANNOT_UNDERSTAND))
-            continue
-        await ingest_file(session, storage, tenant_id, staged, base_url=base_url, report=report)
+    for batch in _batches(_walk(paths), IMPORT_BATCH):
+        received: list[Received] = []
+        for path in batch:
+            staged = storage.stage()
+            try:
+                async with await anyio.open_file(path, "rb") as source:
+                    while chunk := await source.read(256 * 1024):
+                        staged.write(chunk)
+            except OSError:
+                staged.discard()
+                report.failed.append(Failed("", "", CANNOT_UNDERSTAND))
+                continue
+            item = await receive(staged, report)
+            if item is not None:
+                received.append(item)
+        await index_all(session, storage, tenant_id, received, base_url=base_url, report=report)
     audit_stores(session, actor, tenant_id, report)
     return report
+
+
+IMPORT_BATCH = 200
+
+
+def _batches(paths: list[Path], size: int) -> list[list[Path]]:
+    return [paths[i : i + size] for i in range(0, len(paths), size)]
 
 
 def _walk(paths: list[Path]) -> list[Path]:

@@ -100,6 +100,18 @@ async def list_instances(
 # ----------------------------------------------------------------------------- ingest
 
 
+async def claim_write(session: AsyncSession, tenant_id: str) -> None:
+    """Open the transaction with a write. On SQLite this takes the write lock first (waiting
+    out the busy timeout) instead of failing at once when a read snapshot goes stale under a
+    concurrent writer; elsewhere it changes nothing."""
+    await session.execute(
+        update(ImagingPatient)
+        .where(ImagingPatient.tenant_id == tenant_id, ImagingPatient.id == "")
+        .values(sex=ImagingPatient.sex)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def upsert_patient(session: AsyncSession, tenant_id: str, info: InstanceInfo) -> str:
     query = select(ImagingPatient).where(
         ImagingPatient.tenant_id == tenant_id, ImagingPatient.patient_id == info.patient_id
