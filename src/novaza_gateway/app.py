@@ -253,6 +253,8 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.entitlements = rt.billing.entitlements
     app.state.settings_sections = settings_sections()
     app.state.health = health_registry(rt)
+    for probe in hl7.probes():
+        app.state.health.register(probe)
     install_handlers(app)
     gate = Gatekeeper(
         verifier=TokenVerifier(settings.auth, rt.keys),

@@ -166,3 +166,14 @@ async def test_enhanced_mode_never_ack_and_oversized_frame(mllp: Gateway) -> Non
 async def test_idle_connection_is_closed(mllp: Gateway) -> None:
     client = await RawClient.connect(mllp)
     assert await client.closed_by_peer()  # idle timeout is 1 s in this fixture
+
+
+async def test_readiness_shows_the_listener_and_the_outbox(mllp: Gateway) -> None:
+    body = (await mllp.client.get("/health/ready")).json()
+    assert body["checks"]["mllp"]["status"] == "ok"
+    assert body["checks"]["mllp"]["detail"] == f"port {port(mllp)}"
+    assert body["checks"]["hl7-outbox"]["detail"] == "0 queued, 0 dead"
+    await mllp.app.state.hl7.listener.stop()
+    down = await mllp.client.get("/health/ready")
+    assert down.status_code == 503
+    assert down.json()["checks"]["mllp"]["status"] == "fail"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core.db import Database
+from novaza_gateway.core.health import Probe
 from novaza_gateway.core.lifecycle import Lifecycle
 from novaza_gateway.core.tenancy import TenantCache
+from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.listener import MllpListener
 from novaza_gateway.hl7.outbox import OutboxWorker
 from novaza_gateway.hl7.routing import SettingsSource, TenantHl7Settings
@@ -21,6 +23,7 @@ class Hl7Area:
         if config.mllp_port is not None:
             self.listener = MllpListener(config, db, self.settings, tenants)
         self.outbox = OutboxWorker(config, db, self.settings)
+        self.db = db
 
     def wire(self, lifecycle: Lifecycle) -> None:
         if self.listener is not None:
@@ -28,3 +31,22 @@ class Hl7Area:
             lifecycle.on_shutdown(self.listener.stop)
         lifecycle.run_in_background("hl7-outbox", self.outbox.run)
         lifecycle.on_shutdown(self.outbox.close)
+
+    def probes(self) -> list[Probe]:
+        """Readiness, when MLLP is on: the listener listens (critical), the outbox backlog."""
+        if self.listener is None:
+            return []
+        return [
+            Probe("mllp", self._listening),
+            Probe("hl7-outbox", self._outbox_note, critical=False),
+        ]
+
+    async def _listening(self) -> str | None:
+        if self.listener is None or not self.listener.serving:
+            raise RuntimeError("MLLP listener not serving")
+        return f"port {self.listener.port}"
+
+    async def _outbox_note(self) -> str | None:
+        async with self.db.sessionmaker() as session:
+            counts = await repository.backlog(session)
+        return f"{counts.get('queued', 0)} queued, {counts.get('dead', 0)} dead"

@@ -65,6 +65,10 @@ class MllpListener:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp listening", extra={"port": self.port})
 
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
     async def stop(self) -> None:
         if self._server is None:
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -121,3 +121,9 @@ async def claim(
         .values(status=SENDING, lease_until=lease_until)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+async def backlog(session: AsyncSession) -> dict[str, int]:
+    """Outbox message counts by status over all tenants: an operator's gauge, no ids."""
+    query = select(OutboundMessage.status, func.count()).group_by(OutboundMessage.status)
+    return {status: int(n) for status, n in (await session.execute(query)).all()}
