@@ -210,3 +210,33 @@ async def test_a_used_catalogue_version_cannot_change_its_prices(
     with pytest.raises(ConfigurationError, match="new version"):
         await register_catalog(db, changed, clock.now)
     await register_catalog(db, catalog, clock.now)  # the same content is fine
+
+
+async def test_deleting_a_tenant_ends_billing_after_a_final_invoice(
+    billed: tuple[Gateway, Clock],
+) -> None:
+    gw, clock = billed
+    tenant = await gw.create_tenant("leaving", plan="starter")
+    start, end = await period(gw, tenant["id"])
+    clock.now = start + (end - start) / 3
+    deleted = await gw.client.delete("/admin/tenants/leaving", headers=gw.admin())
+    assert deleted.status_code == 204
+    async with gw.app.state.db.sessionmaker() as session:
+        sub = (
+            await session.execute(
+                select(Subscription).where(Subscription.tenant_id == tenant["id"])
+            )
+        ).scalar_one()
+        assert sub.cancel_at == end
+    clock.now = end
+    [final] = await close(gw, clock)
+    assert final.number == 1 and final.total == 9900  # no proration at cancellation
+    clock.now = end + (end - start) * 3
+    assert await close(gw, clock) == []
+    async with gw.app.state.db.sessionmaker() as session:
+        sub = (
+            await session.execute(
+                select(Subscription).where(Subscription.tenant_id == tenant["id"])
+            )
+        ).scalar_one()
+        assert sub.status == "canceled"

@@ -212,3 +212,14 @@ async def test_usage_query_is_validated(billed_lite: tuple[Gateway, Clock]) -> N
         response = await gw.client.get("/api/v1/billing/usage", params=params, headers=headers)
         assert response.status_code == 422, params
         assert response.json()["code"] == "VALIDATION_FAILED"
+
+
+async def test_oversized_labels_never_block_a_flush(billed_lite: tuple[Gateway, Clock]) -> None:
+    gw, _ = billed_lite
+    tenant = await gw.create_tenant("long-labels")
+    meter = UsageMeter()
+    meter.record(tenant["id"], "ai_tokens", 5, dimensions=dimensions(model="m" * 400))
+    meter.record(tenant["id"], "ai_tokens", 7, source="s" * 100, event_id="e" * 300)
+    await meter.flush(gw.app.state.db)
+    assert not meter.pending
+    assert await stored(gw, tenant["id"], "ai_tokens") == 12

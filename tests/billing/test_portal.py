@@ -134,7 +134,12 @@ async def test_portal_in_headless_chromium(tmp_path: Path, sqlite_url: str) -> N
         async with serving(gw, port), async_playwright() as pw:
             browser = await pw.chromium.launch(
                 executable_path=chromium,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-background-networking",
+                ],
             )
             try:
                 page = await browser.new_page(viewport={"width": 1100, "height": 1400})

@@ -40,6 +40,9 @@ class BillingEntitlements:
     async def follow(self, session: AsyncSession, choice: PlanChoice) -> None:
         await subscriptions.follow(session, self.catalog, choice, self.clock())
 
+    async def cancel(self, session: AsyncSession, tenant_id: str) -> None:
+        await subscriptions.cancel_at_period_end(session, tenant_id, self.clock())
+
     # -- EntitlementResolver
     def rate_limit(self, choice: PlanChoice) -> RateLimitPolicy:
         return rate_limit_for(self.catalog, choice.plan, choice.rate_limit)[0]

@@ -146,7 +146,7 @@ async def close_period(
 ) -> Invoice | None:
     """Finalize the tenant's ended period: issue, pay from the wallet, advance the period."""
     sub = await repository.get_subscription(session, tenant_id, for_update=True)
-    if sub is None or sub.current_period_end > now:
+    if sub is None or sub.status == "canceled" or sub.current_period_end > now:
         return None
     start, end = sub.current_period_start, sub.current_period_end
     draft = await compose(session, catalog, sub, start, end)
@@ -175,9 +175,12 @@ async def close_period(
             session, _credit_note(invoice, -draft.subtotal), now, wallet_currency=sub.currency
         )
     await settle(session, sub, invoice, now)
+    sub.updated_at = now
+    if sub.cancel_at is not None and sub.cancel_at <= end:  # the final invoice
+        sub.status = "canceled"
+        return invoice
     sub.current_period_start = end
     sub.current_period_end = add_months(end, 1, anchor_day=sub.created_at.day)
-    sub.updated_at = now
     return invoice
 
 

@@ -61,7 +61,8 @@ class UsageRow:
 
 
 def dimensions_key(dimensions: Dimensions) -> str:
-    return ",".join(f"{k}={v}" for k, v in dimensions)
+    """``k=v,k=v``, cut to the column's 255 characters (a batch must never fail on data)."""
+    return ",".join(f"{k}={v}" for k, v in dimensions)[:255]
 
 
 def _hour(epoch_hour: int) -> datetime:
@@ -111,12 +112,20 @@ class UsageMeter:
         self._batch_no += 1
         prefix = f"{self.instance}:{self._batch_no}"
         rows = [
-            UsageRow(tenant, self.instance, f"{prefix}:{n}", meter, dimensions_key(dims),
+            UsageRow(tenant, self.instance, f"{prefix}:{n}", meter[:64], dimensions_key(dims),
                      _hour(hour), quantity)
             for n, ((tenant, meter, dims, hour), quantity) in enumerate(aggregate.items())
         ]  # fmt: skip
         rows += [
-            UsageRow(tenant, source, event_id, meter, dimensions_key(dims), _hour(hour), quantity)
+            UsageRow(
+                tenant,
+                source[:64],
+                event_id[:255],
+                meter[:64],
+                dimensions_key(dims),
+                _hour(hour),
+                quantity,
+            )
             for tenant, source, event_id, meter, dims, hour, quantity in keyed.values()
         ]
         self.pending.append(rows)

@@ -40,7 +40,7 @@ async def subscriptions_due(session: AsyncSession, now: datetime, limit: int) ->
     """Tenant ids whose current period has ended (the scheduler's work list)."""
     query = (
         select(Subscription.tenant_id)
-        .where(Subscription.current_period_end <= now)
+        .where(Subscription.current_period_end <= now, Subscription.status != "canceled")
         .order_by(Subscription.current_period_end)
         .limit(limit)
     )

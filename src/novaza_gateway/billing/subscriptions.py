@@ -102,3 +102,12 @@ async def follow(
     sub.addons = sorted(choice.addons)
     sub.updated_at = now
     return sub
+
+
+async def cancel_at_period_end(session: AsyncSession, tenant_id: str, now: datetime) -> None:
+    """No proration: the period in progress is invoiced as usual, then nothing more."""
+    sub = await repository.get_subscription(session, tenant_id, for_update=True)
+    if sub is None or sub.status == "canceled" or sub.cancel_at is not None:
+        return
+    sub.cancel_at = sub.current_period_end
+    sub.updated_at = now

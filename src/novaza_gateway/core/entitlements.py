@@ -52,3 +52,6 @@ class SubscriptionHook(Protocol):
 
     async def follow(self, session: AsyncSession, choice: PlanChoice) -> None:
         """Make the tenant's subscription match the choice, in the caller's transaction."""
+
+    async def cancel(self, session: AsyncSession, tenant_id: str) -> None:
+        """The tenant is leaving (deleted): end its subscription at the current period's end."""

@@ -198,6 +198,7 @@ async def delete_tenant(session: AsyncSession, admin: TenantAdmin, slug: str) ->
     tenant.status = "deleted"
     tenant.deleted_at = now
     tenant.updated_at = now
+    await admin.subscriptions.cancel(session, tenant.id)
     _finish(session, admin, tenant, "tenant.delete", before)
 
 
