@@ -255,3 +255,42 @@ async def test_cancel_transfer_and_cancel_discharge(gateway: Gateway) -> None:
         visit = await repository.encounter(session, tenant_id, "V5001")
         assert visit is not None
         assert (visit.status, visit.discharged_at) == ("admitted", None)
+
+
+async def test_worklist_query_filters_and_pages(gateway: Gateway) -> None:
+    from novaza_gateway.clinical.repository import WorklistQuery
+
+    auth = await hl7_tenant(gateway)
+    tenant_id = gateway.tenants["stmarys"]["id"]
+    await send(gateway, auth, "orm", "orm_o01_nw_v251_epic.hl7", "orm_o01_nw_v24_procmap.hl7")
+    await send(gateway, auth, "orm", "omi_o23_nw_v251.hl7", "orm_o01_nw_unknown_patient_v25.hl7")
+    no_time = (
+        fixture("orm_o01_nw_v24_procmap.hl7")
+        .replace(b"ORD7002", b"ORD7003")
+        .replace(b"ACC7002", b"ACC7003")
+        .replace(b"CRO01000002", b"CRO01000003")
+        .replace(b"^^^20260302080000", b"")
+    )
+    assert (await post(gateway, "orm", auth, no_time)).status_code == 200
+    async with gateway.app.state.db.sessionmaker() as session:
+        everything = await repository.worklist(session, tenant_id)
+        order = [i.accession_number for i in everything]
+        assert order[:4] == ["ACC7001", "ACC7002", "ACC8001", "ACC9001"]
+        assert order[4] == "ACC7003"  # no requested time: scheduled when received
+        first = await repository.worklist(session, tenant_id, limit=2)
+        last = first[-1]
+        assert last.scheduled_start is not None
+        rest = await repository.worklist(
+            session, tenant_id, after=(last.scheduled_start, last.id), limit=10
+        )
+        assert [i.accession_number for i in [*first, *rest]] == order
+        ct = await repository.worklist(session, tenant_id, WorklistQuery(modality="CT"))
+        assert [i.accession_number for i in ct] == ["ACC7001"]
+        station = WorklistQuery(station_ae_title="RAD_DEFAULT")
+        assert len(await repository.worklist(session, tenant_id, station)) == 4
+        window = WorklistQuery(
+            start_from=datetime(2026, 3, 2, tzinfo=UTC), start_to=datetime(2026, 3, 12, tzinfo=UTC)
+        )
+        found = await repository.worklist(session, tenant_id, window)
+        assert [i.accession_number for i in found] == ["ACC7002", "ACC8001"]
+        assert await repository.worklist(session, "another-tenant") == []

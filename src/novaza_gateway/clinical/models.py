@@ -125,7 +125,7 @@ class WorklistItem(Base):
     requested_procedure_description: Mapped[str] = mapped_column(String(255), default="")
     scheduled_procedure_step_id: Mapped[str] = mapped_column(String(64), default="")
     modality: Mapped[str] = mapped_column(String(16), default="")
-    scheduled_start: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    scheduled_start: Mapped[datetime | None] = mapped_column(UtcDateTime())  # set on placing
     station_ae_title: Mapped[str] = mapped_column(String(16), default="")
     description: Mapped[str] = mapped_column(Text, default="")
     reason: Mapped[str] = mapped_column(Text, default="")

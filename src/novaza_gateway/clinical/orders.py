@@ -114,6 +114,7 @@ async def place(
     )
     _copy(item, request, every=True)
     item.accession_number = accession
+    item.scheduled_start = request.scheduled_start or now  # no requested time: as soon as possible
     session.add(order)
     session.add(item)
     await session.flush()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -99,23 +101,58 @@ async def worklist_item(
     return (await session.execute(query)).scalar_one_or_none()
 
 
+@dataclass(frozen=True, slots=True)
+class WorklistQuery:
+    """What a worklist reader (REST worklist, DICOM MWL C-FIND) filters on."""
+
+    statuses: Sequence[str] = ("scheduled", "in_progress")
+    modality: str | None = None
+    station_ae_title: str | None = None
+    start_from: datetime | None = None
+    start_to: datetime | None = None
+    accession_number: str | None = None
+    patient_id: str | None = None
+
+
 async def worklist(
     session: AsyncSession,
     tenant_id: str,
+    query: WorklistQuery | None = None,
     *,
-    statuses: Sequence[str] = ("scheduled", "in_progress"),
-    modality: str | None = None,
+    after: tuple[datetime, str] | None = None,
     limit: int = 100,
 ) -> Sequence[WorklistItem]:
-    query = (
+    """Items by scheduled start, then id; ``after`` is the last (start, id) of the previous page."""
+    q = query or WorklistQuery()
+    conditions = [
+        WorklistItem.tenant_id == tenant_id,
+        WorklistItem.status.in_(q.statuses),
+    ]
+    for column, value in (
+        (WorklistItem.modality, q.modality),
+        (WorklistItem.station_ae_title, q.station_ae_title),
+        (WorklistItem.accession_number, q.accession_number),
+        (WorklistItem.patient_id, q.patient_id),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if q.start_from is not None:
+        conditions.append(WorklistItem.scheduled_start >= q.start_from)
+    if q.start_to is not None:
+        conditions.append(WorklistItem.scheduled_start < q.start_to)
+    if after is not None:
+        start, item_id = after
+        conditions.append(
+            (WorklistItem.scheduled_start > start)
+            | ((WorklistItem.scheduled_start == start) & (WorklistItem.id > item_id))
+        )
+    statement = (
         select(WorklistItem)
-        .where(WorklistItem.tenant_id == tenant_id, WorklistItem.status.in_(statuses))
+        .where(*conditions)
         .order_by(WorklistItem.scheduled_start, WorklistItem.id)
         .limit(limit)
     )
-    if modality is not None:
-        query = query.where(WorklistItem.modality == modality)
-    return (await session.execute(query)).scalars().all()
+    return (await session.execute(statement)).scalars().all()
 
 
 async def move_patient_records(
