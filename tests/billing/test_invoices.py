@@ -85,6 +85,13 @@ async def test_period_close_issues_an_invoice_and_the_tenant_goes_past_due(
         headers={**gw.admin(), "Idempotency-Key": "wire-77"},
     )
     assert topped.status_code == 201, topped.text
+    replayed = await gw.client.post(
+        "/admin/tenants/hospital/wallet/credits",
+        json={"amount": 200_000, "currency": "EUR"},
+        headers={**gw.admin(), "Idempotency-Key": "wire-77"},
+    )
+    assert replayed.json() == topped.json()  # the same answer after the credit paid an invoice
+    assert topped.json()["balance"]["amount"] == 200_000
     listed = await invoices(gw, "hospital")
     issued = [i for i in listed["data"] if i["id"] != "upcoming"]
     assert issued[0]["status"] == "paid"

@@ -186,10 +186,6 @@ async def credit(
             await announce(tenant_id)
 
         after_commit(session, reactivated)
-    wallet = await ledger.get_wallet(session, tenant_id)
-    balance = entry.balance_after if wallet is None else wallet.balance
-    if not created:
-        balance = entry.balance_after  # the first answer, as it was
-    return CreditOut(
-        entry=entry_out(entry), balance=Money(amount=balance, currency=entry.currency)
-    ), created
+    # The balance right after this credit (before any invoice it paid): the same on a replay.
+    balance = Money(amount=entry.balance_after, currency=entry.currency)
+    return CreditOut(entry=entry_out(entry), balance=balance), created
