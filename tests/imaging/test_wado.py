@@ -8,6 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.encaps import generate_frames
 
 from tests.conftest import Gateway
 from tests.imaging.conftest import STOW, imaging_tenant
@@ -21,6 +22,7 @@ from tests.imaging.dicom import (
 )
 
 WADO = "/med/wado/studies"
+OCTETS = "application/octet-stream"
 
 
 async def store(gw: Gateway, auth: dict[str, str], parts: list[bytes]) -> None:
@@ -104,7 +106,7 @@ async def test_metadata_with_bulkdata_uris_that_resolve(gw: Gateway) -> None:
     assert series_meta.json() == instance_meta.json() == [meta]
 
 
-async def test_frames_native_and_refused_for_compressed(gw: Gateway) -> None:
+async def test_frames_native_and_compressed_as_stored(gw: Gateway) -> None:
     auth = await imaging_tenant(gw, "wado-c")
     study, series = uid(), uid()
     multi = make_instance(study=study, series=series, frames=3, rows=4, columns=5)
@@ -124,10 +126,23 @@ async def test_frames_native_and_refused_for_compressed(gw: Gateway) -> None:
     beyond = await gw.client.get(url.replace("1,3", "4"), headers=auth)
     assert (beyond.status_code, beyond.json()["code"]) == (404, "FRAME_NOT_FOUND")
     lstudy, lseries, lsop = keys(lossy)
-    compressed = await gw.client.get(
-        f"{WADO}/{lstudy}/series/{lseries}/instances/{lsop}/frames/1", headers=auth
+    frame_url = f"{WADO}/{lstudy}/series/{lseries}/instances/{lsop}/frames/1"
+    (expected,) = generate_frames(pydicom.dcmread(io.BytesIO(lossy)).PixelData, number_of_frames=1)
+    ts = "1.2.840.10008.1.2.4.51"
+    for accept, part_type in [
+        ('multipart/related; type="application/octet-stream"; transfer-syntax=*', OCTETS),
+        ('multipart/related; type="image/jpeg"', "image/jpeg"),
+    ]:
+        compressed = await gw.client.get(frame_url, headers={**auth, "Accept": accept})
+        assert compressed.status_code == 200, compressed.text
+        ((headers, data),) = split_multipart(compressed.content, compressed.headers["content-type"])
+        assert headers["content-type"] == f"{part_type}; transfer-syntax={ts}"
+        assert data == expected and data[:2] == b"\xff\xd8"
+    # Decompressing is not offered: octet-stream in the default transfer syntax is 406.
+    refused = await gw.client.get(
+        frame_url, headers={**auth, "Accept": 'multipart/related; type="application/octet-stream"'}
     )
-    assert (compressed.status_code, compressed.json()["code"]) == (406, "FRAMES_UNAVAILABLE")
+    assert (refused.status_code, refused.json()["code"]) == (406, "FRAMES_UNAVAILABLE")
 
 
 @pytest.mark.parametrize(

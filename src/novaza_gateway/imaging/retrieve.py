@@ -102,11 +102,26 @@ async def stream_frames(
     yield closing(boundary)
 
 
-def native_frames(instance: ImagingInstance, frames: str) -> list[int]:
-    numbers = wado.parse_frames(frames, instance.number_of_frames)
-    if instance.pixel_offset is None or instance.frame_bytes is None:
+def is_native(instance: ImagingInstance) -> bool:
+    return instance.pixel_offset is not None and instance.frame_bytes is not None
+
+
+async def compressed_frames(
+    storage: ArchiveStorage, instance: ImagingInstance, numbers: list[int]
+) -> list[bytes]:
+    """Frames of encapsulated pixel data, as stored (the compressed bitstreams)."""
+    if instance.transfer_syntax_uid not in wado.BITSTREAM_TYPES:
         raise FramesUnavailable()
-    return numbers
+    local = storage.local_path(instance.storage_key)
+    return await anyio.to_thread.run_sync(
+        wado.encapsulated_frames, local, numbers, instance.number_of_frames
+    )
+
+
+async def stream_parts(parts: list[bytes], media: str, boundary: str) -> AsyncIterator[bytes]:
+    for index, data in enumerate(parts):
+        yield (PART_SEPARATOR if index else b"") + part_header(boundary, media) + data
+    yield closing(boundary)
 
 
 async def metadata(storage: ArchiveStorage, selection: Selection, base: str) -> list[JsonDataset]:

@@ -150,7 +150,7 @@ async def instance_metadata(
     return await _metadata(session, tenant, actor, area, base, target)
 
 
-@router.get(f"{INSTANCE}/frames/{{frames}}", **READ, summary="Retrieve frames (native pixels)")
+@router.get(f"{INSTANCE}/frames/{{frames}}", **READ, summary="Retrieve frames")
 async def retrieve_frames(
     study: str,
     series: str,
@@ -162,15 +162,22 @@ async def retrieve_frames(
     area: AreaDep,
     accept: AcceptHeader = None,
 ) -> StreamingResponse:
-    wado.accepts_multipart(accept, OCTETS)
     target = Target(study, series, instance)
     selection = await retrieve.select(session, actor, tenant.id, target, "frames")
     row = selection.items[0][1]
-    numbers = retrieve.native_frames(row, frames)
+    numbers = wado.parse_frames(frames, row.number_of_frames)
     boundary = new_boundary()
+    if retrieve.is_native(row):
+        wado.accepts_multipart(accept, OCTETS)
+        part_type = OCTETS
+        body = retrieve.stream_frames(area.storage, row, numbers, boundary)
+    else:
+        part_type = wado.compressed_frame_type(accept, row.transfer_syntax_uid)
+        found = await retrieve.compressed_frames(area.storage, row, numbers)
+        media = f"{part_type}; transfer-syntax={row.transfer_syntax_uid}"
+        body = retrieve.stream_parts(found, media, boundary)
     return StreamingResponse(
-        retrieve.stream_frames(area.storage, row, numbers, boundary),
-        media_type=f'multipart/related; type="{OCTETS}"; boundary={boundary}',
+        body, media_type=f'multipart/related; type="{part_type}"; boundary={boundary}'
     )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import DataElement
+from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
 
 from novaza_gateway.imaging.dicomweb.attributes import JsonDataset
@@ -22,6 +23,7 @@ from novaza_gateway.imaging.dicomweb.multipart import parse_content_type
 from novaza_gateway.imaging.errors import (
     BulkDataNotFound,
     FrameNotFound,
+    FramesUnavailable,
     NotAcceptable,
     RenderingUnavailable,
 )
@@ -61,6 +63,50 @@ def image_media_type(accept: str | None) -> str:
     if accept and "image/" not in accept and "*/*" not in accept:
         raise NotAcceptable("Rendered images are image/jpeg or image/png.")
     return "image/jpeg"
+
+
+OCTETS = "application/octet-stream"
+BITSTREAM_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+}
+
+
+def compressed_frame_type(accept: str | None, transfer_syntax: str) -> str:
+    """The part type for frames kept compressed: their bitstream's image type, or
+    ``application/octet-stream`` when the caller takes any transfer syntax (``*``) or this
+    one (what OHIF asks for). No decompression: anything else is 406."""
+    image = BITSTREAM_TYPES.get(transfer_syntax)
+    if image is None:
+        raise FramesUnavailable()
+    if not accept:
+        return image
+    for item in accept.split(","):
+        media, params = parse_content_type(item)
+        if media in ("*/*", "multipart/*", image):
+            return image
+        if media == "multipart/related":
+            part = params.get("type", OCTETS).lower()
+            if part in (image, "*/*", "image/*"):
+                return image
+            if part == OCTETS and params.get("transfer-syntax") in ("*", transfer_syntax):
+                return OCTETS
+    raise FramesUnavailable()
+
+
+def encapsulated_frames(path: Path, numbers: list[int], number_of_frames: int) -> list[bytes]:
+    ds = dcmread(path)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=number_of_frames))
+    if len(frames) < max(numbers):
+        raise FrameNotFound()
+    return [frames[n - 1] for n in numbers]
 
 
 def parse_frames(value: str, number_of_frames: int) -> list[int]:
