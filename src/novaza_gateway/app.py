@@ -23,7 +23,8 @@ from sqlalchemy import event, text
 from novaza_gateway import __version__
 from novaza_gateway.billing.area import BillingArea
 from novaza_gateway.billing.closing import PeriodScheduler
-from novaza_gateway.billing.metering import UsageFlusher
+from novaza_gateway.billing.flusher import UsageFlusher
+from novaza_gateway.billing.relay import UsageRelay, relay_key
 from novaza_gateway.billing.router import routes as billing_router
 from novaza_gateway.billing.settings import BillingTenantSettings
 from novaza_gateway.config import Settings
@@ -144,11 +145,15 @@ def wire_billing(rt: Runtime) -> None:
         rt.invalidator.announce,
     )
     rt.lifecycle.on_startup(scheduler.check_catalog)
+    relay = None
+    if rt.redis_pubsub is not None:  # the client without the rate limiter's 25 ms timeout
+        relay = UsageRelay(rt.redis_pubsub, relay_key(rt.settings.sqlalchemy_url))
     flusher = UsageFlusher(
         rt.billing.meter,
         rt.db,
         rt.settings.data_dir / "billing-spool",
         rt.settings.billing.flush_interval_seconds,
+        relay,
     )
     rt.lifecycle.on_startup(flusher.replay)
     rt.lifecycle.run_in_background("billing-usage-flush", flusher.run)

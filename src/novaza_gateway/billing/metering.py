@@ -13,7 +13,6 @@ replayed on the next start, so a clean restart loses nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -217,52 +216,3 @@ async def _add_hourly(
     )
     for start in range(0, len(values), 5000):
         await session.execute(upsert, values[start : start + 5000])
-
-
-class UsageFlusher:
-    """Flushes the meter every ``interval`` seconds, replays the spool at start-up, drains on
-    shutdown (to the database, or to the spool when the database is gone)."""
-
-    def __init__(self, meter: UsageMeter, db: Database, spool_dir: Path, interval: float):
-        self.meter = meter
-        self.db = db
-        self.spool_dir = spool_dir
-        self.interval = interval
-        self._replayed: list[Path] = []
-
-    async def flush_once(self) -> int:
-        written = await self.meter.flush(self.db)
-        if self._replayed and not self.meter.pending:
-            for path in self._replayed:
-                path.unlink(missing_ok=True)
-            self._replayed = []
-        return written
-
-    async def replay(self) -> None:
-        self._replayed = self.meter.load_spool(self.spool_dir)
-        if self._replayed:
-            try:
-                await self.flush_once()
-            except Exception as exc:  # the loop retries; the files stay until it succeeds
-                log.warning("usage spool replay failed", extra={"error": type(exc).__name__})
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush_once()
-            except Exception as exc:
-                log.warning(
-                    "usage flush failed; retrying",
-                    extra={"error": type(exc).__name__, "backlog": self.meter.backlog},
-                )
-
-    async def drain(self) -> None:
-        try:
-            await self.flush_once()
-        except Exception as exc:
-            path = self.meter.spool(self.spool_dir)
-            log.error(
-                "usage flush failed at shutdown; spooled",
-                extra={"error": type(exc).__name__, "spool": str(path)},
-            )
