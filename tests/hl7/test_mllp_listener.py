@@ -177,3 +177,25 @@ async def test_readiness_shows_the_listener_and_the_outbox(mllp: Gateway) -> Non
     down = await mllp.client.get("/health/ready")
     assert down.status_code == 503
     assert down.json()["checks"]["mllp"]["status"] == "fail"
+
+
+async def test_metrics_count_messages_by_outcome(mllp: Gateway) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    aa = {"channel": "mllp", "type": "ADT", "ack": "AA"}
+    ar = {"channel": "mllp", "type": "other", "ack": "AR"}
+    before = (sample("novaza_hl7_messages_total", **aa), sample("novaza_hl7_messages_total", **ar))
+    observed = sample("novaza_hl7_mllp_ack_seconds_count")
+    client = await RawClient.connect(mllp)
+    await client.send(frame(fixture("adt_a01_v251_epic.hl7")) + frame(b"garbage"))
+    assert b"MSA|AA|" in await client.ack()
+    assert b"MSA|AR|" in await client.ack()
+    await client.close()
+    assert sample("novaza_hl7_messages_total", **aa) == before[0] + 1
+    assert sample("novaza_hl7_messages_total", **ar) == before[1] + 1
+    assert sample("novaza_hl7_mllp_ack_seconds_count") == observed + 2
+    text = (await mllp.client.get("/metrics")).text
+    assert 'novaza_hl7_messages_total{ack="AA",channel="mllp",type="ADT"}' in text

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.tenancy import TenantCache
-from novaza_gateway.hl7 import intake
+from novaza_gateway.hl7 import intake, metrics
 from novaza_gateway.hl7.ack import ack_wanted
 from novaza_gateway.hl7.errors import MessageInFlight
 from novaza_gateway.hl7.intake import Outcome
+from novaza_gateway.hl7.metrics import MLLP_ACK_SECONDS
 from novaza_gateway.hl7.mllp import FrameTooLarge, MllpDecoder, frame
 from novaza_gateway.hl7.parser import (
     APPLICATION_INTERNAL_ERROR,
@@ -112,8 +114,10 @@ class MllpListener:
                 await writer.drain()
                 return
             for payload in frames:
+                started = time.perf_counter()
                 ack = await self.handle(payload)
                 if ack is not None:
+                    MLLP_ACK_SECONDS.observe(time.perf_counter() - started)
                     writer.write(frame(ack))
                     await writer.drain()
 
@@ -124,7 +128,7 @@ class MllpListener:
             header = message.header
             intake.check_type(header, intake.ANY)
         except ParseError as exc:
-            return intake.reject(payload, exc).ack.data
+            return self._counted(intake.reject(payload, exc))
         route = await self.settings.route(
             header.receiving_application, header.receiving_facility, header.sending_facility
         )
@@ -134,17 +138,24 @@ class MllpListener:
                 "No tenant receives messages for this receiving application/facility.",
                 code=UNKNOWN_KEY_IDENTIFIER,
             )
-            return intake.reject(payload, refusal, header).ack.data
+            return self._counted(intake.reject(payload, refusal, header))
         if ADDON not in tenant.addons:
             refusal = ParseError(
                 "The tenant's subscription does not include HL7 messaging.",
                 code=APPLICATION_INTERNAL_ERROR,
             )
-            return intake.reject(payload, refusal, header).ack.data
+            return self._counted(intake.reject(payload, refusal, header))
         actor = Actor(f"mllp:{header.sending_application}"[:255], tenant.id)
         ctx = Hl7Context(tenant.id, actor, route.settings)
         outcome = await self._receive(ctx, payload, message)
-        return outcome.ack.data if ack_wanted(outcome.header, outcome.ack.code) else None
+        wanted = ack_wanted(outcome.header, outcome.ack.code)
+        metrics.count("mllp", outcome, acked=wanted)
+        return outcome.ack.data if wanted else None
+
+    @staticmethod
+    def _counted(outcome: Outcome) -> bytes:
+        metrics.count("mllp", outcome)
+        return outcome.ack.data
 
     async def _receive(self, ctx: Hl7Context, payload: bytes, message: Message) -> Outcome:
         for _ in range(2):  # a concurrent twin in flight: the second pass finds it stored

@@ -26,6 +26,7 @@ from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database, utcnow
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.ack import read_ack
+from novaza_gateway.hl7.metrics import DELIVERY_ATTEMPTS
 from novaza_gateway.hl7.mllp import MllpDecoder, frame
 from novaza_gateway.hl7.models import DeliveryAttempt
 from novaza_gateway.hl7.parser import ParseError
@@ -196,6 +197,7 @@ class OutboxWorker:
         return Attempt(ack.code, ack.code, ack.text[:255] or None, took())
 
     async def _record(self, job: Job, attempt: Attempt) -> None:
+        DELIVERY_ATTEMPTS.labels(attempt.outcome).inc()
         now = utcnow()
         async with self.db.session_scope() as session:
             row = await repository.outbound(session, job.tenant_id, job.message_id)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.errors import ApiError, render
 from novaza_gateway.core.policy import policy
-from novaza_gateway.hl7 import service
+from novaza_gateway.hl7 import metrics, service
 from novaza_gateway.hl7.errors import Hl7ApplicationError, Hl7Rejected
 from novaza_gateway.hl7.intake import ADT, ORDERS, Outcome
 from novaza_gateway.hl7.schemas import AckOut, MessageOut, QueuedOut, SendOruIn
@@ -89,6 +89,7 @@ def answer(outcome: Outcome, request: Request) -> Response:
 
     Rendered, not raised: the transaction must commit the stored message and its ACK.
     """
+    metrics.count("http", outcome)
     bare = HL7_MEDIA_TYPE in request.headers.get("accept", "")
     headers = {"X-Hl7-Duplicate": "true"} if outcome.duplicate else {}
     error: ApiError | None = None

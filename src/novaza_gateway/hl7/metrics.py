@@ -1,0 +1,31 @@
+"""HL7 metrics (Prometheus, the process registry core renders at /metrics). Labels stay
+bounded: channel, message type (ADT, ORM, OMI or other), ACK code, delivery outcome."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from novaza_gateway.hl7.intake import ANY, Outcome
+
+MESSAGES = Counter(
+    "novaza_hl7_messages_total",
+    "HL7 messages received, by channel, message type and ACK code (none: no ACK asked).",
+    ["channel", "type", "ack"],
+)
+MLLP_ACK_SECONDS = Histogram(
+    "novaza_hl7_mllp_ack_seconds",
+    "MLLP: from a frame's arrival to its ACK being ready (stored and processed).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+DELIVERY_ATTEMPTS = Counter(
+    "novaza_hl7_delivery_attempts_total",
+    "ORU delivery attempts over MLLP, by outcome (AA, AE, AR, error, timeout, unroutable).",
+    ["outcome"],
+)
+
+
+def count(channel: str, outcome: Outcome, acked: bool = True) -> None:
+    kind = outcome.header.message_type.code if outcome.header else ""
+    MESSAGES.labels(
+        channel, kind if kind in ANY else "other", outcome.ack.code if acked else "none"
+    ).inc()
