@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from novaza_gateway.core.audit import AuditEvent
@@ -17,7 +18,10 @@ ER7 = {"Content-Type": "application/hl7-v2"}
 
 async def hl7_tenant(gw: Gateway, slug: str = "stmarys", **settings: Any) -> dict[str, str]:
     await gw.create_tenant(
-        slug, addons=["hl7_fhir", "medical_imaging"], settings={"hl7": {**HL7_SETTINGS, **settings}}
+        slug,
+        addons=["hl7_fhir", "medical_imaging"],
+        settings={"hl7": {**HL7_SETTINGS, **settings}},
+        rateLimit={"ratePerSecond": 1000, "burst": 1000},
     )
     return gw.auth(slug)
 
@@ -178,3 +182,23 @@ async def test_tenants_do_not_see_each_others_duplicates(gateway: Gateway) -> No
     async with gateway.app.state.db.sessionmaker() as session:
         count = await session.scalar(select(func.count()).select_from(InboundMessage))
     assert count == 2
+
+
+async def test_a_processing_bug_keeps_the_message_answers_ae_and_logs_no_content(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from novaza_gateway.hl7 import intake
+
+    async def broken(*_: Any) -> str:
+        raise KeyError("O'Brien")  # an exception whose text carries patient data
+
+    monkeypatch.setattr(intake, "process_adt", broken)
+    auth = await hl7_tenant(gw)
+    response = await post(gw, "adt", auth, fixture("adt_a01_v251_epic.hl7"))
+    assert response.status_code == 422
+    assert response.json()["details"]["hl7ErrorCode"] == "207"
+    assert "Brien" not in response.text
+    rows = await stored(gw)
+    assert [(r.status, r.ack_code) for r in rows] == [("failed", "AE")]
+    assert "hl7 processing failed" in caplog.text
+    assert "Brien" not in caplog.text

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -189,3 +191,11 @@ def test_grant_scope_is_exact() -> None:
     ]:
         with pytest.raises(SignedUrlScope):
             grant.check(method, path, query)
+
+
+def test_dev_key_is_created_once_and_shared(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: dev_keys(tmp_path)[0], range(16)))
+    assert len({(k.kid, k.secret) for k in keys}) == 1
+    assert (tmp_path / "imaging-signing.key").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imaging-signing.key"]

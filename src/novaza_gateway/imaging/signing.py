@@ -56,9 +56,18 @@ def dev_keys(data_dir: Path) -> list[SigningKey]:
     path = data_dir / "imaging-signing.key"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        temp = data_dir / f".imaging-signing.{secrets.token_hex(6)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)  # atomic, and loses quietly to a process that came first
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink()
     secret = path.read_text().strip().encode()
     return [SigningKey("dev-" + hashlib.sha256(secret).hexdigest()[:8], secret)]
 
