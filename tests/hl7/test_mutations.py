@@ -14,7 +14,7 @@ MUTATIONS = 400
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
-    choice = rng.randrange(6)
+    choice = rng.randrange(7)
     at = rng.randrange(len(data))
     if choice == 0:  # truncated anywhere
         return data[:at]
@@ -30,6 +30,8 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         segments = data.replace(b"\r\n", b"\n").split(b"\n")
         i = rng.randrange(len(segments))
         return b"\n".join(segments[: i + 1] + segments[i:])
+    if choice == 5:  # a field far longer than any column
+        return data[:at] + b"x" * rng.choice([200, 300, 1000]) + data[at:]
     return data[:at] + b"\\X" + data[at:]  # an unfinished escape
 
 
@@ -46,7 +48,8 @@ def cases(original_mode_only: bool = False) -> list[tuple[str, bytes]]:
     return out
 
 
-async def test_http_intake_survives_mangled_messages(gw: Gateway) -> None:
+async def test_http_intake_survives_mangled_messages(gateway: Gateway) -> None:
+    gw = gateway
     auth = await hl7_tenant(gw)
     seen: set[int] = set()
     for name, data in cases():

@@ -116,7 +116,7 @@ async def receive(
         return reject(data, error)
     header = message.header
     fingerprint = digest(message)
-    key = (header.sending_application[:180], header.sending_facility[:180], header.control_id)
+    key = (header.sending_application[:180], header.sending_facility[:180], header.control_id[:199])
     existing = await repository.inbound_by_key(session, ctx.tenant_id, *key)
     if existing is not None:
         return _repeat(existing, fingerprint, header)
@@ -132,7 +132,7 @@ async def receive(
         message_type=header.message_type.code[:8],
         trigger_event=header.message_type.trigger[:8],
         version=header.version,
-        control_id=header.control_id[:199],
+        control_id=key[2],
         content_sha256=fingerprint,
         raw=data,
         status="received",

@@ -56,7 +56,8 @@ def identifiers(segment: Segment, index: int) -> list[Identifier]:
         value = segment.component_of(rep, 1).strip()
         if value:
             authority = segment.component_of(rep, 4, 1) or segment.component_of(rep, 4, 2)
-            found.append(Identifier(value, authority.strip(), segment.component_of(rep, 5)))
+            kind = segment.component_of(rep, 5)
+            found.append(Identifier(value[:128], authority.strip()[:128], kind[:16]))
     return found
 
 
@@ -68,9 +69,9 @@ def patient(pid: Segment) -> PatientData:
     return PatientData(
         identifiers=idents,
         demographics=Demographics(
-            family_name=pid.get(5, 1, 1),
-            given_name=pid.get(5, 2),
-            middle_name=pid.get(5, 3),
+            family_name=pid.get(5, 1, 1)[:255],
+            given_name=pid.get(5, 2)[:255],
+            middle_name=pid.get(5, 3)[:255],
             birth_date=date(born.year, born.month, born.day) if born else None,
             sex=pid.get(8)[:8],
             address=_address(pid),

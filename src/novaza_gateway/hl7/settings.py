@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AE_TITLE = r"^[ -~]{1,16}$"
@@ -88,6 +90,9 @@ class Hl7Settings(_Section):
         for modality in [*self.modality_stations, *self.procedure_modalities.values()]:
             if modality not in DICOM_MODALITIES:
                 raise ValueError(f"'{modality}' is not a DICOM modality")
+        for station in self.modality_stations.values():
+            if not re.match(AE_TITLE, station):
+                raise ValueError(f"'{station[:20]}' is not an AE title (1-16 printable characters)")
         return self
 
     def station_for(self, modality: str) -> str:
