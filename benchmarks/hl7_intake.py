@@ -98,6 +98,7 @@ async def drive_http(
     url: str, token: str, path: str, batch: list[bytes], concurrency: int
 ) -> tuple[float, list[float]]:
     latencies: list[float] = []
+    retries: list[int] = []
     queue = list(reversed(batch))
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/hl7-v2"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
@@ -107,11 +108,17 @@ async def drive_http(
                 payload = queue.pop()
                 started = time.perf_counter()
                 response = await client.post(path, content=payload)
+                while response.status_code == 503:  # store busy: a sender retries, as engines do
+                    retries.append(1)
+                    await asyncio.sleep(0.05)
+                    response = await client.post(path, content=payload)
                 latencies.append(time.perf_counter() - started)
                 assert response.status_code == 200, response.text[:300]
 
         started = time.perf_counter()
         await asyncio.gather(*(sender() for _ in range(concurrency)))
+        if retries:
+            print(f"  ({len(retries)} answers were 503 and resent)", flush=True)
         return time.perf_counter() - started, latencies
 
 
