@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from novaza_gateway.billing.models import PendingItem, Subscription
+from novaza_gateway.core.audit import AuditEvent
 from tests.billing.conftest import Clock
 from tests.conftest import Gateway
 
@@ -193,3 +194,35 @@ async def test_past_due_keeps_clinical_addons_for_the_grace_period(
     assert lapsed.status_code == 403
     await set_subscription(gw, created["id"], status="active", past_due_since=None)
     assert (await gw.client.get("/probe/imaging", headers=headers)).status_code == 200
+
+
+async def test_overrides_grant_on_the_next_request_and_are_audited(
+    billed: tuple[Gateway, Clock],
+) -> None:
+    gw, _ = billed
+    created = await gw.create_tenant("override-me", plan="starter")
+    url = "/admin/tenants/override-me/entitlements/overrides"
+    headers = gw.auth("override-me")
+    assert (await gw.client.get("/probe/support", headers=headers)).status_code == 403
+    granted = await gw.client.put(
+        url, json={"addons": ["priority_support"], "aiTokens": 5_000_000}, headers=gw.admin()
+    )
+    assert granted.status_code == 200, granted.text
+    features = {f["addon"]: f["source"] for f in granted.json()["features"]}
+    assert features == {"priority_support": "override"}
+    assert granted.json()["aiTokens"] == {"value": 5_000_000, "source": "override"}
+    assert (await gw.client.get("/probe/support", headers=headers)).status_code == 200
+    cleared = await gw.client.put(url, json={}, headers=gw.admin())
+    assert cleared.json()["features"] == []
+    assert (await gw.client.get("/probe/support", headers=headers)).status_code == 403
+    bad = await gw.client.put(url, json={"addons": ["teleport"]}, headers=gw.admin())
+    assert bad.status_code == 422
+    assert (await gw.client.put(url, json={}, headers=headers)).status_code == 403
+    async with gw.app.state.db.sessionmaker() as session:
+        rows = await session.execute(
+            select(AuditEvent).where(
+                AuditEvent.tenant_id == created["id"], AuditEvent.action == "billing.overrides"
+            )
+        )
+        events = list(rows.scalars())
+    assert len(events) == 2 and events[0].actor == "admin-1"

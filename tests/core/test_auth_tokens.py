@@ -476,6 +476,7 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/admin/tenants/{slug}/activate", None),
     ("POST", "/admin/tenants/{slug}/suspend", None),
     ("POST", "/admin/tenants/{slug}/wallet/credits", {"amount": 100, "currency": "EUR"}),
+    ("PUT", "/admin/tenants/{slug}/entitlements/overrides", {"addons": ["priority_support"]}),
 ]
 ROUTE_IDS = [f"{m} {p}" for m, p, _ in ADMIN_ROUTES]
 

@@ -16,6 +16,7 @@ from novaza_gateway.billing.schemas import (
     CreditOut,
     EntitlementsOut,
     InvoiceOut,
+    OverridesIn,
     PlanList,
     PortalSessionIn,
     PortalSessionOut,
@@ -23,11 +24,11 @@ from novaza_gateway.billing.schemas import (
     UsageOut,
     WalletOut,
 )
-from novaza_gateway.core.deps import SessionDep, TenantDep
+from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.errors import NotFound
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
 from novaza_gateway.core.policy import ADMIN_SCOPE, policy
-from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
+from novaza_gateway.core.tenancy import TenantCache, TenantContext, TenantInvalidator
 
 router = APIRouter(prefix="/api/v1/billing", tags=["billing"])
 admin_router = APIRouter(prefix="/admin/tenants", tags=["billing administration"])
@@ -123,12 +124,16 @@ IdempotencyKey = Annotated[
 ]
 
 
-async def tenant_id_for(request: Request, slug: str) -> str:
+async def tenant_for(request: Request, slug: str) -> TenantContext:
     cache: TenantCache = request.app.state.tenant_cache
     tenant = await cache.get(slug)
     if tenant is None or tenant.status == "deleted":
         raise NotFound("No tenant has this slug.")
-    return tenant.id
+    return tenant
+
+
+async def tenant_id_for(request: Request, slug: str) -> str:
+    return (await tenant_for(request, slug)).id
 
 
 @admin_router.post(
@@ -179,6 +184,24 @@ async def create_portal_session(
 ) -> PortalSessionOut:
     base_url: str = request.app.state.settings.base_url
     return await portal_pages.create_link(session, billing, tenant, body, base_url)
+
+
+@admin_router.put(
+    "/{slug}/entitlements/overrides",
+    **policy(ADMIN_SCOPE, tenant=False, errors={404: "NOT_FOUND", 422: "VALIDATION_FAILED"}),
+    summary="Replace a tenant's entitlement overrides (extra add-ons, AI-token allowance)",
+)
+async def put_overrides(
+    request: Request,
+    slug: Annotated[str, Path(max_length=63)],
+    body: OverridesIn,
+    session: SessionDep,
+    billing: BillingDep,
+    actor: ActorDep,
+) -> EntitlementsOut:
+    tenant = await tenant_for(request, slug)
+    invalidator: TenantInvalidator = request.app.state.invalidator
+    return await service.set_overrides(session, billing, tenant, body, actor, invalidator.announce)
 
 
 # What app.py registers: the tenant's billing API and the platform's wallet credits. The

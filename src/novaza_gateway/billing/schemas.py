@@ -225,3 +225,10 @@ class PortalSessionIn(ApiModel):
 class PortalSessionOut(ApiResponse):
     url: str
     expires_at: datetime
+
+
+class OverridesIn(ApiModel):
+    """Entitlement overrides; the whole set is replaced (``{}`` removes them)."""
+
+    addons: list[str] = Field(default_factory=list, max_length=20)
+    ai_tokens: int | None = Field(default=None, ge=0, le=10**15)

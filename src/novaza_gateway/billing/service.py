@@ -3,6 +3,8 @@ and the platform's wallet credits. Nothing here commits."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.billing import invoices, repository, views
@@ -18,11 +20,14 @@ from novaza_gateway.billing.schemas import (
     InvoiceLineOut,
     InvoiceOut,
     Money,
+    OverridesIn,
     PlanList,
     SubscriptionList,
     WalletEntryOut,
     WalletOut,
 )
+from novaza_gateway.core import audit
+from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import after_commit
 from novaza_gateway.core.entitlements import PlanChoice
 from novaza_gateway.core.pagination import Page, decode_cursor, encode_cursor
@@ -189,3 +194,44 @@ async def credit(
     # The balance right after this credit (before any invoice it paid): the same on a replay.
     balance = Money(amount=entry.balance_after, currency=entry.currency)
     return CreditOut(entry=entry_out(entry), balance=balance), created
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+async def set_overrides(
+    session: AsyncSession,
+    billing: BillingArea,
+    tenant: TenantContext,
+    body: OverridesIn,
+    actor: Actor,
+    announce: Announce,
+) -> EntitlementsOut:
+    billing.entitlements.validate(tenant.plan, body.addons)
+    sub = await repository.get_subscription(session, tenant.id, for_update=True)
+    if sub is None:
+        raise SubscriptionNotFound()
+    before = dict(sub.overrides or {})
+    overrides: dict[str, Any] = {}
+    if body.addons:
+        overrides["addons"] = sorted(set(body.addons))
+    if body.ai_tokens is not None:
+        overrides["aiTokens"] = body.ai_tokens
+    sub.overrides = overrides
+    sub.updated_at = billing.entitlements.clock()
+    audit.record(
+        session,
+        actor,
+        "billing.overrides",
+        "subscription",
+        sub.id,
+        tenant_id=tenant.id,
+        before=before,
+        after=overrides,
+    )
+
+    async def changed() -> None:
+        await announce(tenant.id)
+
+    after_commit(session, changed)
+    return await entitlements(session, billing, tenant)
