@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from novaza_gateway.billing.models import Subscription
 from novaza_gateway.config import ConfigurationError
 from novaza_gateway.core.metering import dimensions
 from tests.billing.conftest import Clock
-from tests.conftest import Gateway
+from tests.conftest import Gateway, gateway_settings, start_gateway
 
 BUILTIN = Path(__file__).parents[2] / "src/novaza_gateway/billing/catalog.toml"
 
@@ -247,3 +247,43 @@ async def test_deleting_a_tenant_ends_billing_after_a_final_invoice(
             )
         ).scalar_one()
         assert sub.status == "canceled"
+
+
+async def test_a_trial_is_free_then_billing_follows_the_trial_end(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    catalog = tmp_path / "trial.toml"
+    catalog.write_text(
+        BUILTIN.read_text().replace(
+            "price = 9900\naddons_included = []",
+            "price = 9900\ntrial_days = 14\naddons_included = []",
+        )
+    )
+    settings = gateway_settings(tmp_path / "data", sqlite_url, billing_catalog=catalog)
+    async for gw in start_gateway(settings):
+        clock = Clock()
+        gw.app.state.billing.entitlements.clock = clock
+        tenant = await gw.create_tenant("trial-site", plan="starter", addons=["medical_imaging"])
+        [sub] = (
+            await gw.client.get("/api/v1/billing/subscriptions", headers=gw.auth("trial-site"))
+        ).json()["data"]
+        assert sub["status"] == "trialing"
+        start, end = await period(gw, tenant["id"])
+        assert end - start == timedelta(days=14)
+        assert sub["trialEnd"] is not None
+        await record_at(gw, start, tenant["id"], "api_requests", 900_000)  # over the allowance
+        clock.now = start + timedelta(days=7)
+        await gw.client.put(
+            "/admin/tenants/trial-site", json={"plan": "professional"}, headers=gw.admin()
+        )
+        clock.now = end
+        [trial] = await close(gw, clock)
+        assert trial.total == 0 and trial.status == "paid"
+        assert all(line["amount"] == 0 for line in trial.lines)  # no proration, no usage charge
+        await record_at(gw, start, tenant["id"], "api_requests", 5_000_000)  # late, still free
+        new_start, new_end = await period(gw, tenant["id"])
+        assert new_start == end and new_end.day == end.day
+        clock.now = new_end
+        [first_paid] = await close(gw, clock)
+        assert first_paid.total == 49900 + 49900  # professional + imaging, nothing late
+        assert not [ln for ln in first_paid.lines if ln["kind"] == "late_usage"]

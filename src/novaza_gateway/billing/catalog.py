@@ -82,6 +82,7 @@ class Plan(_Strict):
     name: str
     description: str = ""
     price: int = Field(ge=0)
+    trial_days: int = Field(default=0, ge=0, le=365)
     addons_included: tuple[str, ...] = ()
     limits: Limits
     metered: dict[str, MeteredPrice] = Field(default_factory=dict)
@@ -111,8 +112,11 @@ class Catalog(_Strict):
         return self
 
     def digest(self) -> str:
-        """A fingerprint of the content: the same version must always mean the same prices."""
-        document = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        """A fingerprint of the content: the same version must always mean the same prices.
+        Defaults are left out, so a new optional catalogue field does not change old digests."""
+        document = orjson.dumps(
+            self.model_dump(mode="json", exclude_defaults=True), option=orjson.OPT_SORT_KEYS
+        )
         return hashlib.sha256(document).hexdigest()
 
     def plan(self, plan_id: str) -> Plan:

@@ -81,7 +81,7 @@ async def late_lines(session: AsyncSession, tenant_id: str, before: datetime) ->
         if invoice is None:
             continue
         billed = next((ln for ln in invoice.lines if ln.get("meter") == meter), None)
-        if billed is None:  # the plan then had no price for this meter: free
+        if billed is None or billed.get("trial"):  # no price for it then, or a free trial
             continue
         price = MeteredPrice.model_validate(billed["price"])
         invoiced = await repository.invoiced_quantity(
@@ -126,11 +126,22 @@ class Draft:
         return max(0, self.subtotal)
 
 
+def in_trial(sub: Subscription, period_end: datetime) -> bool:
+    return sub.trial_end is not None and period_end <= sub.trial_end
+
+
+def _free(line: Line) -> Line:
+    return {**line, "description": f"{line['description']} (free trial)", "amount": 0,
+            "unitAmount": "0", "trial": True}  # fmt: skip
+
+
 async def compose(
     session: AsyncSession, catalog: Catalog, sub: Subscription, start: datetime, end: datetime
 ) -> Draft:
     used = await repository.usage_totals(session, sub.tenant_id, start, end)
     lines = recurring_lines(catalog, sub) + metered_lines(catalog, sub, used)
+    if in_trial(sub, end):
+        lines = [_free(line) for line in lines]
     lines += await late_lines(session, sub.tenant_id, start)
     lines += pending_lines(await repository.open_pending_items(session, sub.tenant_id))
     return Draft(lines, sum(int(line["amount"]) for line in lines))
@@ -179,8 +190,11 @@ async def close_period(
     if sub.cancel_at is not None and sub.cancel_at <= end:  # the final invoice
         sub.status = "canceled"
         return invoice
+    if in_trial(sub, end):
+        sub.status = "active"
     sub.current_period_start = end
-    sub.current_period_end = add_months(end, 1, anchor_day=sub.created_at.day)
+    anchor = sub.trial_end or sub.created_at
+    sub.current_period_end = add_months(end, 1, anchor_day=anchor.day)
     return invoice
 
 

@@ -1,5 +1,8 @@
 """Subscriptions follow tenant administration; a mid-period change is prorated.
 
+A plan with ``trial_days`` starts ``trialing``: the first period ends with the trial, is
+invoiced at zero, and billing periods are anchored on the trial's end from then on.
+
 A plan or add-on change at time ``t`` credits the unused share of the old recurring amount
 (base + bought add-ons) and charges the same share of the new one; both wait as pending
 items for the next invoice. Nothing here commits.
@@ -8,7 +11,7 @@ items for the next invoice. Nothing here commits.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,15 +45,18 @@ def _pending(
 def start(catalog: Catalog, choice: PlanChoice, now: datetime) -> Subscription:
     """Periods start on the hour, so every hourly usage bucket falls inside one period."""
     begins = now.replace(minute=0, second=0, microsecond=0)
+    trial_days = catalog.plan(choice.plan).trial_days
+    trial_end = begins + timedelta(days=trial_days) if trial_days else None
     return Subscription(
         id=str(uuid.uuid4()),
         tenant_id=choice.tenant_id,
         plan=choice.plan,
         addons=sorted(choice.addons),
-        status="active",
+        status="trialing" if trial_end else "active",
         currency=catalog.currency,
         current_period_start=begins,
-        current_period_end=add_months(begins),
+        current_period_end=trial_end or add_months(begins),
+        trial_end=trial_end,
         overrides={},
         created_at=now,
         updated_at=now,
@@ -96,8 +102,9 @@ async def follow(
         return sub
     if sub.plan == choice.plan and frozenset(sub.addons or ()) == choice.addons:
         return sub
-    for item in proration_items(catalog, sub, choice, now):
-        session.add(item)
+    if sub.status != "trialing":  # a trial is free whatever the plan: nothing to prorate
+        for item in proration_items(catalog, sub, choice, now):
+            session.add(item)
     sub.plan = choice.plan
     sub.addons = sorted(choice.addons)
     sub.updated_at = now
