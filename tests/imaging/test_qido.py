@@ -169,13 +169,20 @@ async def test_limit_offset_and_warning(gw: Gateway) -> None:
         events = (
             (
                 await session.execute(
-                    select(AuditEvent).where(AuditEvent.action.like("imaging.search%"))
+                    select(AuditEvent)
+                    .where(AuditEvent.action.like("imaging.search%"))
+                    .order_by(AuditEvent.at)
                 )
             )
             .scalars()
             .all()
         )
-    assert len(events) == 2 and events[0].actor == "user-1"
+    assert [(e.action, e.outcome) for e in events] == [
+        ("imaging.search.study", "success"),
+        ("imaging.search.study", "success"),
+        ("imaging.search_studies", "validation_failed"),
+    ]
+    assert events[0].actor == "user-1"
     assert events[0].after is not None and events[0].after["results"] == 2
 
 

@@ -61,7 +61,9 @@ async def test_study_summary(gateway: Gateway) -> None:
     async with gateway.app.state.db.sessionmaker() as session:
         event = (
             await session.execute(
-                select(AuditEvent).where(AuditEvent.action == "imaging.study_summary")
+                select(AuditEvent).where(
+                    AuditEvent.action == "imaging.study_summary", AuditEvent.outcome == "success"
+                )
             )
         ).scalar_one()
     assert (event.actor, event.patient_id, event.resource_id, event.request_id) == (
@@ -147,3 +149,37 @@ async def test_every_endpoint_answers_404_for_another_tenants_ids(gw: Gateway) -
         f"/med/wado/studies/{study}", params={"token": token}, headers={"X-Tenant-ID": "other"}
     )
     assert crossed.status_code == 403  # X-Tenant-ID needs tenant:override
+
+
+async def test_refused_reads_are_audited_with_their_outcome(gw: Gateway) -> None:
+    owner = await imaging_tenant(gw, "audited-owner")
+    prober = await imaging_tenant(gw, "audited-prober")
+    study = uid()
+    await store(gw, owner, [make_instance(study=study)])
+    for path in [f"/med/wado/studies/{study}", f"/med/imaging/study/{study}"]:
+        response = await gw.client.get(path, headers={**prober, "X-Request-Id": "probe-1"})
+        assert response.status_code == 404
+    bad_query = await gw.client.get("/med/qido/studies", params={"Nope": "1"}, headers=prober)
+    assert bad_query.status_code == 422
+    async with gw.app.state.db.sessionmaker() as session:
+        events = (
+            (
+                await session.execute(
+                    select(AuditEvent)
+                    .where(
+                        AuditEvent.tenant_id == gw.tenants["audited-prober"]["id"],
+                        AuditEvent.action.like("imaging.%"),
+                    )
+                    .order_by(AuditEvent.at)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [(e.action, e.resource_id, e.outcome) for e in events] == [
+        ("imaging.retrieve_study", study, "study_not_found"),
+        ("imaging.study_summary", study, "study_not_found"),
+        ("imaging.search_studies", None, "validation_failed"),
+    ]
+    assert {e.actor for e in events} == {"user-1"}
+    assert events[0].request_id == "probe-1"

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from novaza_gateway.core import audit
+from novaza_gateway.core.db import Database
+from novaza_gateway.core.deps import ActorDep
+from novaza_gateway.core.errors import ApiError
+from novaza_gateway.core.tenancy import TenantContext
 from novaza_gateway.imaging.area import ImagingArea
 from novaza_gateway.imaging.signing import Grant
 
@@ -30,3 +36,32 @@ def signed_grant(request: Request) -> Grant | None:
 AreaDep = Annotated[ImagingArea, Depends(get_area)]
 BaseUrlDep = Annotated[str, Depends(base_url)]
 GrantDep = Annotated[Grant | None, Depends(signed_grant)]
+
+
+async def audit_refusals(request: Request, actor: ActorDep) -> AsyncIterator[None]:
+    """A read the endpoint refused (unknown study, frame, media type...) is audited too.
+
+    The request's own transaction rolls back with the error, so the event goes in a
+    transaction of its own. Refusals by the route guard (401/403) happen before this runs.
+    """
+    try:
+        yield
+    except ApiError as error:
+        tenant: TenantContext | None = getattr(request.state, "tenant", None)
+        route = request.scope.get("route")
+        params = request.path_params
+        database: Database = request.app.state.db
+        async with database.session_scope() as session:
+            audit.record(
+                session,
+                actor,
+                f"imaging.{getattr(route, 'name', 'request')}",
+                "study",
+                params.get("study") or params.get("study_uid"),
+                tenant_id=tenant.id if tenant else None,
+                outcome=error.code.lower()[:32],
+            )
+        raise
+
+
+AuditRefusals = Depends(audit_refusals)

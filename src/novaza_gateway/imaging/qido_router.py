@@ -9,10 +9,10 @@ from starlette.responses import Response
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import service
-from novaza_gateway.imaging.deps import BaseUrlDep, GrantDep
+from novaza_gateway.imaging.deps import AuditRefusals, BaseUrlDep, GrantDep
 from novaza_gateway.imaging.dicomweb.qido import Level, parse
 
-router = APIRouter(prefix="/med/qido", tags=["DICOMweb QIDO-RS"])
+router = APIRouter(prefix="/med/qido", tags=["DICOMweb QIDO-RS"], dependencies=[AuditRefusals])
 
 DICOM_JSON = "application/dicom+json"
 CUT_WARNING = (

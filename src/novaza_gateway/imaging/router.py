@@ -7,10 +7,10 @@ from fastapi import APIRouter
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import service
-from novaza_gateway.imaging.deps import AreaDep, BaseUrlDep
+from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep
 from novaza_gateway.imaging.schemas import SignedUrlOut, SignedUrlRequest, StudySummary
 
-router = APIRouter(prefix="/med/imaging", tags=["medical imaging"])
+router = APIRouter(prefix="/med/imaging", tags=["medical imaging"], dependencies=[AuditRefusals])
 
 READ = policy(
     "imaging:read",

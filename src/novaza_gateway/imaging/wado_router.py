@@ -15,12 +15,14 @@ from starlette.responses import Response, StreamingResponse
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import retrieve
-from novaza_gateway.imaging.deps import AreaDep, BaseUrlDep
+from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep
 from novaza_gateway.imaging.dicomweb import wado
 from novaza_gateway.imaging.dicomweb.multipart import closing, new_boundary, part_header
 from novaza_gateway.imaging.retrieve import Target
 
-router = APIRouter(prefix="/med/wado/studies", tags=["DICOMweb WADO-RS"])
+router = APIRouter(
+    prefix="/med/wado/studies", tags=["DICOMweb WADO-RS"], dependencies=[AuditRefusals]
+)
 
 DICOM_JSON = "application/dicom+json"
 DICOM = "application/dicom"
