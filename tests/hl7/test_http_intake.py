@@ -202,3 +202,38 @@ async def test_a_processing_bug_keeps_the_message_answers_ae_and_logs_no_content
     assert [(r.status, r.ack_code) for r in rows] == [("failed", "AE")]
     assert "hl7 processing failed" in caplog.text
     assert "Brien" not in caplog.text
+
+
+async def test_concurrent_twins_are_processed_once(gateway: Gateway) -> None:
+    import asyncio
+
+    auth = await hl7_tenant(gateway)
+    raw = fixture("adt_a01_v251_epic.hl7")
+    bare = {"Accept": "application/hl7-v2"}
+    answers = await asyncio.gather(*(post(gateway, "adt", auth, raw, **bare) for _ in range(4)))
+    assert {a.status_code for a in answers} <= {200, 409}
+    acks = {a.content for a in answers if a.status_code == 200}
+    assert len(acks) == 1  # whoever got an ACK got the same one
+    again = await post(gateway, "adt", auth, raw, **bare)
+    assert again.content in acks
+    assert len(await stored(gateway)) == 1
+    async with gateway.app.state.db.sessionmaker() as session:
+        audits = await session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "hl7.adt.a01")
+        )
+    assert audits == 1
+
+
+async def test_concurrent_messages_for_one_new_patient_make_one_patient(gateway: Gateway) -> None:
+    import asyncio
+
+    from novaza_gateway.clinical.models import Patient
+
+    auth = await hl7_tenant(gateway)
+    raw = fixture("adt_a28_v231_allscripts.hl7")
+    bodies = [raw.replace(b"AS-000123", f"AS-9{n}".encode()) for n in range(4)]
+    answers = await asyncio.gather(*(post(gateway, "adt", auth, b) for b in bodies))
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    async with gateway.app.state.db.sessionmaker() as session:
+        patients = await session.scalar(select(func.count()).select_from(Patient))
+    assert patients == 1

@@ -72,10 +72,13 @@ async def _lookup(
     """The patient and which of ``identifiers`` are already stored (to any patient)."""
     keys = [(i.authority, i.value) for i in identifiers]
     rows = await repository.identifiers_matching(session, tenant_id, keys)
-    owners = {(r.assigning_authority, r.value): r.patient_id for r in rows}
+    owners = {(ident.assigning_authority, ident.value): patient for ident, patient in rows}
     for key in keys:
         if key in owners:
-            return await resolve(session, tenant_id, owners[key]), set(owners)
+            patient = owners[key]
+            if patient.merged_into_id:
+                return await resolve(session, tenant_id, patient.id), set(owners)
+            return patient, set(owners)
     return None, set(owners)
 
 

@@ -36,23 +36,29 @@ async def identifier(
 
 async def identifiers_matching(
     session: AsyncSession, tenant_id: str, keys: Sequence[tuple[str, str]]
-) -> Sequence[PatientIdentifier]:
-    """The stored identifiers among ``keys`` ((assigning authority, value) pairs), one query."""
+) -> Sequence[tuple[PatientIdentifier, Patient]]:
+    """The stored identifiers among ``keys`` ((assigning authority, value) pairs), each with
+    its patient: one query."""
     if not keys:
         return []
-    query = select(PatientIdentifier).where(
-        PatientIdentifier.tenant_id == tenant_id,
-        or_(
-            *(
-                and_(
-                    PatientIdentifier.assigning_authority == authority,
-                    PatientIdentifier.value == value,
+    query = (
+        select(PatientIdentifier, Patient)
+        .join(Patient, Patient.id == PatientIdentifier.patient_id)
+        .where(
+            PatientIdentifier.tenant_id == tenant_id,
+            Patient.tenant_id == tenant_id,
+            or_(
+                *(
+                    and_(
+                        PatientIdentifier.assigning_authority == authority,
+                        PatientIdentifier.value == value,
+                    )
+                    for authority, value in keys
                 )
-                for authority, value in keys
-            )
-        ),
+            ),
+        )
     )
-    return (await session.execute(query)).scalars().all()
+    return [(row[0], row[1]) for row in (await session.execute(query)).all()]
 
 
 async def identifiers_of(

@@ -137,6 +137,8 @@ async def receive(
         raw=data,
         status="received",
     )
+    # The row goes first: its unique key makes a concurrent twin wait here (then 409/retry)
+    # instead of racing through processing; and pysqlite needs a DML before the SAVEPOINT.
     session.add(row)
     try:
         await session.flush()
@@ -152,11 +154,7 @@ async def _process(
     error: Hl7Error | None = None
     patient_id: str | None = None
     try:
-        async with session.begin_nested():
-            if header.message_type.code == "ADT":
-                patient_id = await process_adt(session, ctx, message)
-            else:
-                patient_id = await process_order(session, ctx, message)
+        patient_id = await _apply(session, ctx, message)
     except Hl7Error as exc:
         error = exc
     except (OrderNotFound, PatientNotFound) as exc:
@@ -192,6 +190,21 @@ async def _process(
         after={"ack": code, "controlId": header.control_id[:64]},
     )
     return Outcome(ack=ack, header=header, message_id=row.id, error=error)
+
+
+async def _apply(session: AsyncSession, ctx: Hl7Context, message: Message) -> str | None:
+    """Process in a SAVEPOINT. A unique conflict means a concurrent message created the same
+    patient, visit or order and has committed (the database made us wait for it): once more."""
+    for attempt in range(2):
+        try:
+            async with session.begin_nested():
+                if message.header.message_type.code == "ADT":
+                    return await process_adt(session, ctx, message)
+                return await process_order(session, ctx, message)
+        except IntegrityError:
+            if attempt:
+                raise
+    return None  # pragma: no cover
 
 
 def _repeat(existing: InboundMessage, fingerprint: str, header: Header) -> Outcome:
