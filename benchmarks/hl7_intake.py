@@ -84,7 +84,10 @@ async def drive_mllp(port: int, batch: list[bytes], concurrency: int) -> tuple[f
             await writer.drain()
             acks: list[bytes] = []
             while not acks:
-                acks = decoder.feed(await reader.read(65536))
+                chunk = await reader.read(65536)
+                if not chunk:  # the gateway hung up without an ACK: not measurable, stop
+                    raise ConnectionError("connection closed without an ACK")
+                acks = decoder.feed(chunk)
             latencies.append(time.perf_counter() - started)
             assert b"MSA|AA|" in acks[0], acks[0][:200]
         writer.close()
