@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import pydicom
 from sqlalchemy import func, select
 
+from novaza_gateway.config import Settings
 from novaza_gateway.core.audit import AuditEvent
+from novaza_gateway.imaging.area import ImagingArea
 from novaza_gateway.imaging.models import ImagingInstance, ImagingSeries, ImagingStudy
 from tests.conftest import Gateway
 from tests.imaging.conftest import STOW, imaging_tenant
-from tests.imaging.dicom import make_instance, multipart, shipped_bytes, uid
+from tests.imaging.dicom import make_instance, multipart, shipped, shipped_bytes, uid
 
 REFERENCED = "00081199"
 FAILED = "00081198"
@@ -53,8 +57,6 @@ async def test_store_shipped_files_and_index_them(gateway: Gateway) -> None:
 
 
 def _path(name: str) -> str:
-    from tests.imaging.dicom import shipped
-
     return str(shipped(name))
 
 
@@ -143,8 +145,6 @@ async def test_stow_needs_write_scope_and_addon(gw: Gateway) -> None:
 
 async def test_concurrent_stores_into_one_new_study_all_land(gateway: Gateway) -> None:
     """Racing requests create the same study and series; the loser retries its savepoint."""
-    import asyncio
-
     auth = await imaging_tenant(gateway, "stow-race")
     study, series = uid(), uid()
     bodies = [
@@ -163,3 +163,14 @@ async def test_concurrent_stores_into_one_new_study_all_land(gateway: Gateway) -
         row = (await session.execute(select(ImagingStudy))).scalar_one()
         assert (row.num_series, row.num_instances) == (1, 6)
         assert len((await session.execute(select(ImagingInstance))).scalars().all()) == 6
+
+
+def test_staging_leftovers_are_swept_at_start(tmp_path: Path) -> None:
+    staging = tmp_path / "imaging" / ".staging"
+    staging.mkdir(parents=True)
+    old, fresh = staging / "old.part", staging / "fresh.part"
+    old.write_bytes(b"half an upload")
+    fresh.write_bytes(b"an upload in flight")
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    ImagingArea(Settings(data_dir=tmp_path).imaging, tmp_path)
+    assert sorted(p.name for p in staging.iterdir()) == ["fresh.part"]

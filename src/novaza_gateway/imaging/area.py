@@ -13,11 +13,15 @@ from novaza_gateway.imaging.signing import (
 )
 from novaza_gateway.imaging.storage import ArchiveStorage, FileSystemStorage
 
+STAGING_MAX_AGE_SECONDS = 6 * 3600  # no upload in flight is older than this
+
 
 class ImagingArea:
     def __init__(self, config: ImagingConfig, data_dir: Path) -> None:
         self.config = config
-        self.storage: ArchiveStorage = FileSystemStorage(data_dir / "imaging")
+        storage = FileSystemStorage(data_dir / "imaging")
+        storage.sweep_staging(STAGING_MAX_AGE_SECONDS)  # leftovers of a crash mid-upload
+        self.storage: ArchiveStorage = storage
         keys = (
             parse_keys(config.signing_keys.get_secret_value())
             if config.signing_keys

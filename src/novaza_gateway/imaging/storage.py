@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,6 +78,19 @@ class FileSystemStorage:
 
     def stage(self) -> StagedFile:
         return StagedFile(self.staging / f"{uuid.uuid4().hex}.part")
+
+    def sweep_staging(self, older_than_seconds: float) -> int:
+        """Remove staged files a crash left behind (older than any upload in flight)."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for leftover in self.staging.glob("*.part"):
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     async def commit(self, staged: StagedFile, key: str) -> None:
         await anyio.to_thread.run_sync(self._commit, staged, key)
