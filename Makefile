@@ -7,8 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and benchmarks drive: wrk (load), promtool (metrics format check),
-# chromium (the billing portal, driven headless by Playwright).
-DEBIAN_PACKAGES := wrk prometheus chromium
+# chromium (the billing portal, driven headless by Playwright), dcmtk (findscu -W against the MWL SCP).
+DEBIAN_PACKAGES := wrk prometheus chromium dcmtk
 export NOVAZA_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: run test check lint typecheck pytest system-deps bench clean demo
