@@ -36,7 +36,7 @@ admin_router = APIRouter(prefix="/admin/tenants", tags=["billing administration"
 READ = policy("billing:read")
 
 
-def get_billing(request: Request) -> BillingArea:
+async def get_billing(request: Request) -> BillingArea:
     billing: BillingArea = request.app.state.billing
     return billing
 

@@ -20,7 +20,7 @@ ADMIN = policy(
 )
 
 
-def get_admin(request: Request, actor: ActorDep) -> TenantAdmin:
+async def get_admin(request: Request, actor: ActorDep) -> TenantAdmin:
     state = request.app.state
     return TenantAdmin(
         actor=actor,
