@@ -109,7 +109,7 @@ def build_runtime(settings: Settings) -> Runtime:
         redis_pubsub=redis_pubsub,
         keys=keys,
         tenants=tenants,
-        invalidator=TenantInvalidator(tenants, redis_pubsub),
+        invalidator=TenantInvalidator(tenants, redis_pubsub, publisher=redis_fast),
         limiter=limiter,
         billing=billing,
     )
@@ -207,14 +207,17 @@ def guard_routes(app: FastAPI, routers: tuple[APIRouter, ...], gate: Gatekeeper)
     """Put each area's routes on the app, each behind a guard holding its declared policy."""
     for area in routers:
         for route in area.routes:
-            if isinstance(route, APIRoute):
-                described = (route.openapi_extra or {}).get(POLICY_KEY)
-                if described is None:
-                    raise RuntimeError(f"route {route.path} declares no policy")
-                # The area's router is module state shared by every app: guard a copy.
-                route = copy.copy(route)
-                route.app = RouteGuard(route.app, Policy.from_description(described), gate)
-            app.router.routes.append(route)
+            if not isinstance(route, APIRoute):
+                # A mount, websocket or included sub-app would bypass the guard: refuse it
+                # at start-up rather than serve it unauthenticated.
+                raise RuntimeError(f"{type(route).__name__} {route!r} cannot be guarded")
+            described = (route.openapi_extra or {}).get(POLICY_KEY)
+            if described is None:
+                raise RuntimeError(f"route {route.path} declares no policy")
+            # The area's router is module state shared by every app: guard a copy.
+            guarded = copy.copy(route)
+            guarded.app = RouteGuard(route.app, Policy.from_description(described), gate)
+            app.router.routes.append(guarded)
 
 
 def _watch_pool(db: Database, size: int) -> None:

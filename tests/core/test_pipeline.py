@@ -207,3 +207,25 @@ async def test_whoami_answers_from_token_and_tenant(pgw: Gateway) -> None:
     assert body["addons"] == ["medical_imaging"]
     assert body["rateLimit"] == {"ratePerSecond": 10.0, "burst": 20}
     assert "imaging:read" in body["scopes"]
+
+
+def test_a_route_the_guard_cannot_wrap_stops_the_start(tmp_path: Path, sqlite_url: str) -> None:
+    """A mount or websocket would be served past authentication: refused when the app is built."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount
+
+    from novaza_gateway.app import create_app
+
+    sneaky = APIRouter()
+    sneaky.routes.append(Mount("/files", app=PlainTextResponse("open")))
+    with pytest.raises(RuntimeError, match="cannot be guarded"):
+        create_app(gateway_settings(tmp_path / "data", sqlite_url), extra_routers=(sneaky,))
+
+    undeclared = APIRouter()
+
+    @undeclared.get("/nopolicy")
+    async def nopolicy() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="declares no policy"):
+        create_app(gateway_settings(tmp_path / "data2", sqlite_url), extra_routers=(undeclared,))
