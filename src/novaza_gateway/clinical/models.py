@@ -108,6 +108,7 @@ class WorklistItem(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "accession_number", name="uq_clinical_worklist_accession"),
         Index("ix_clinical_worklist_items_schedule", "tenant_id", "status", "scheduled_start"),
+        Index("ix_clinical_worklist_items_study", "tenant_id", "study_instance_uid"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -117,6 +118,8 @@ class WorklistItem(Base):
         String(32), ForeignKey("clinical_patients.id"), index=True
     )
     accession_number: Mapped[str] = mapped_column(String(64))
+    # The Study Instance UID the modality is to use (MWL answers it), set when the order is placed.
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
     placer_order_number: Mapped[str] = mapped_column(String(128))
     filler_order_number: Mapped[str] = mapped_column(String(128), default="")
     requested_procedure_id: Mapped[str] = mapped_column(String(64), default="")

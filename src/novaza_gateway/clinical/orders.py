@@ -51,6 +51,12 @@ class ProcedureRequest:
     ordering_provider: str = ""
 
 
+def study_uid_for(item_id: str) -> str:
+    """The Study Instance UID a worklist item hands the modality: a UUID-derived UID
+    (``2.25.<the item id as an integer>``, PS3.5 B.2), unique without a registered root."""
+    return f"2.25.{int(item_id, 16)}"
+
+
 def next_status(current: str, target: str) -> str:
     if target not in WORKLIST_STATUSES:
         raise InvalidTransition(f"'{target}' is not a worklist status.")
@@ -114,6 +120,7 @@ async def place(
     )
     _copy(item, request, every=True)
     item.accession_number = accession
+    item.study_instance_uid = study_uid_for(item.id)
     item.scheduled_start = request.scheduled_start or now  # no requested time: as soon as possible
     session.add(order)
     session.add(item)

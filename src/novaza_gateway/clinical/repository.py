@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from novaza_gateway.clinical.models import (
     Encounter,
@@ -109,7 +110,11 @@ async def worklist_item(
 
 @dataclass(frozen=True, slots=True)
 class WorklistQuery:
-    """What a worklist reader (REST worklist, DICOM MWL C-FIND) filters on."""
+    """What a worklist reader (REST worklist, DICOM MWL C-FIND) filters on.
+
+    Text values with ``*`` or ``?`` match as DICOM wildcards, case-insensitively; others
+    match exactly. ``patient_ids`` keeps the items of any of these patients.
+    """
 
     statuses: Sequence[str] = ("scheduled", "in_progress")
     modality: str | None = None
@@ -118,6 +123,28 @@ class WorklistQuery:
     start_to: datetime | None = None
     accession_number: str | None = None
     patient_id: str | None = None
+    patient_ids: Sequence[str] | None = None
+    study_instance_uid: str | None = None
+
+
+def _like(value: str) -> str | None:
+    """A DICOM wildcard value (``*`` any run, ``?`` one character) as an upper-case LIKE
+    pattern; None when the value has no wildcard."""
+    if "*" not in value and "?" not in value:
+        return None
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_").upper()
+
+
+def matches(
+    column: ColumnElement[str] | InstrumentedAttribute[str], value: str
+) -> ColumnElement[bool]:
+    """``column`` equals ``value``; a value with wildcards matches as a pattern, ignoring
+    case alike on SQLite and PostgreSQL."""
+    pattern = _like(value)
+    if pattern is None:
+        return column == value
+    return func.upper(column).like(pattern, escape="\\")
 
 
 async def worklist(
@@ -138,10 +165,14 @@ async def worklist(
         (WorklistItem.modality, q.modality),
         (WorklistItem.station_ae_title, q.station_ae_title),
         (WorklistItem.accession_number, q.accession_number),
-        (WorklistItem.patient_id, q.patient_id),
+        (WorklistItem.study_instance_uid, q.study_instance_uid),
     ):
         if value is not None:
-            conditions.append(column == value)
+            conditions.append(matches(column, value))
+    if q.patient_id is not None:
+        conditions.append(WorklistItem.patient_id == q.patient_id)
+    if q.patient_ids is not None:
+        conditions.append(WorklistItem.patient_id.in_(q.patient_ids))
     if q.start_from is not None:
         conditions.append(WorklistItem.scheduled_start >= q.start_from)
     if q.start_to is not None:
@@ -159,6 +190,68 @@ async def worklist(
         .limit(limit)
     )
     return (await session.execute(statement)).scalars().all()
+
+
+async def worklist_item_by_study(
+    session: AsyncSession, tenant_id: str, study_instance_uid: str
+) -> WorklistItem | None:
+    query = select(WorklistItem).where(
+        WorklistItem.tenant_id == tenant_id, WorklistItem.study_instance_uid == study_instance_uid
+    )
+    return (await session.execute(query)).scalars().first()
+
+
+async def patients_by_id(
+    session: AsyncSession, tenant_id: str, patient_ids: Sequence[str]
+) -> Sequence[Patient]:
+    if not patient_ids:
+        return []
+    query = select(Patient).where(Patient.tenant_id == tenant_id, Patient.id.in_(patient_ids))
+    return (await session.execute(query)).scalars().all()
+
+
+async def identifiers_of_patients(
+    session: AsyncSession, tenant_id: str, patient_ids: Sequence[str]
+) -> Sequence[PatientIdentifier]:
+    if not patient_ids:
+        return []
+    query = (
+        select(PatientIdentifier)
+        .where(
+            PatientIdentifier.tenant_id == tenant_id,
+            PatientIdentifier.patient_id.in_(patient_ids),
+        )
+        .order_by(PatientIdentifier.assigning_authority, PatientIdentifier.value)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def identifiers_with_value(
+    session: AsyncSession, tenant_id: str, value: str, authority: str | None = None
+) -> Sequence[PatientIdentifier]:
+    """The identifiers with this value (under any assigning authority unless one is given)."""
+    query = select(PatientIdentifier).where(
+        PatientIdentifier.tenant_id == tenant_id, PatientIdentifier.value == value
+    )
+    if authority is not None:
+        query = query.where(PatientIdentifier.assigning_authority == authority)
+    return (await session.execute(query)).scalars().all()
+
+
+async def patients_named(
+    session: AsyncSession, tenant_id: str, family: str, given: str, *, limit: int
+) -> Sequence[str]:
+    """Ids of unmerged patients whose family and given names match (``""``: any)."""
+    conditions = [Patient.tenant_id == tenant_id, Patient.merged_into_id.is_(None)]
+    for column, value in ((Patient.family_name, family), (Patient.given_name, given)):
+        if value.strip("*"):
+            pattern = _like(value)
+            upper = func.upper(column)
+            conditions.append(
+                upper == value.upper() if pattern is None else upper.like(pattern, escape="\\")
+            )
+    query = select(Patient.id).where(*conditions).order_by(Patient.id).limit(limit)
+    return (await session.execute(query)).scalars().all()
 
 
 async def move_patient_records(

@@ -11,7 +11,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from novaza_gateway.core.db import Base, UtcDateTime
@@ -64,7 +73,10 @@ class ImagingStudy(Base):
     modalities: Mapped[str] = mapped_column(String(255), default="")  # "|CT|MR|"
     num_series: Mapped[int] = mapped_column(Integer, default=0)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
-    qc_status: Mapped[str] = mapped_column(String(16), default="pending")
+    qc_status: Mapped[str] = mapped_column(String(16), default="pending")  # passed, failed
+    qc_confirmed_by: Mapped[str | None] = mapped_column(String(255))
+    qc_confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    qc_notes: Mapped[str | None] = mapped_column(Text)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
