@@ -156,7 +156,7 @@ def test_tenant_lifecycle_from_the_shell_is_audited(tmp_path: Path, sqlite_url: 
         assert tenant_id == created["id"]
         assert outcome == "success"
     create_event, suspend_event, _ = events
-    assert json.loads(create_event[5]) is None  # stored as JSON null
+    assert create_event[5] is None  # no before-image: SQL NULL, not the JSON text null
     assert json.loads(create_event[6])["status"] == "active"
     assert json.loads(suspend_event[5])["status"] == "active"
     assert json.loads(suspend_event[6])["status"] == "suspended"

@@ -7,6 +7,7 @@ import getpass
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -14,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import redis.asyncio as redis
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from novaza_gateway.app import settings_sections
 from novaza_gateway.billing.area import BillingArea
@@ -23,6 +25,7 @@ from novaza_gateway.core import devkeys
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import ApiError
+from novaza_gateway.core.logging import configure_logging
 from novaza_gateway.core.policy import ADMIN_SCOPE, TENANT_SCOPES
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 from novaza_gateway.imaging.cli import build_dicom_cli
@@ -45,12 +48,38 @@ app.add_typer(billing_cli, name="billing")
 T = TypeVar("T")
 
 
+def describe_configuration_error(exc: ConfigurationError) -> str:
+    """The problem in the operator's terms, without echoing the values read.
+
+    pydantic's own message repeats the input (every ``NOVAZA_*`` value, secrets included).
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, ValidationError):
+        return str(exc)
+    problems = []
+    for error in cause.errors(include_url=False, include_input=False, include_context=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        problems.append(f"NOVAZA_{field.upper()}: {message}" if field else message)
+    return "; ".join(problems)
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigurationError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
+        typer.echo(f"configuration error: {describe_configuration_error(exc)}", err=True)
         raise typer.Exit(2) from None
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM outside uvicorn's own handling: stop without a traceback, status 0.
+
+    uvicorn drains on SIGTERM, then restores this handler and raises the signal again; with
+    the default handler the process would then die by the signal (status -15) after a clean
+    shutdown, which supervisors report as a crash.
+    """
+    raise SystemExit(0)
 
 
 @app.command()
@@ -65,12 +94,14 @@ def serve(
     if port:
         os.environ["NOVAZA_PORT"] = str(port)
     settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)  # the supervisor's lines too
     if workers > 1:
         # Workers import prometheus_client fresh and write their samples here.
         metrics_dir = settings.data_dir.resolve() / "prometheus-multiproc"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(
         "novaza_gateway.asgi:create",
         factory=True,
@@ -128,7 +159,13 @@ def _run_admin(action: Callable[[Any, TenantAdmin], Awaitable[T]]) -> T:
 
     async def main() -> T:
         db = Database(create_engine(settings.sqlalchemy_url))
-        client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        client = (
+            # The announcement is best effort (replicas converge through the cache TTL): a
+            # hung Redis must not hold the shell for redis-py's default timeout, or forever.
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+            if settings.redis_url
+            else None
+        )
         invalidator = TenantInvalidator(TenantCache(_NoSource(), 0), client)
         billing = BillingArea.build(settings.billing).entitlements  # subscriptions follow
         actor = Actor(f"cli:{getpass.getuser()}")
@@ -235,5 +272,5 @@ def main() -> None:
     try:
         app()
     except ConfigurationError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
+        typer.echo(f"configuration error: {describe_configuration_error(exc)}", err=True)
         sys.exit(2)
