@@ -7,8 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and benchmarks drive: wrk (load), promtool (metrics format check),
-# chromium (the billing portal, driven headless by Playwright), dcmtk (findscu -W against the MWL SCP).
-DEBIAN_PACKAGES := wrk prometheus chromium dcmtk
+# chromium (the billing portal, driven headless by Playwright), dcmtk (findscu -W against the MWL SCP),
+# orthanc + orthanc-dicomweb (the upstream DICOMweb server imaging's proxy mode is tested against).
+DEBIAN_PACKAGES := wrk prometheus chromium dcmtk orthanc orthanc-dicomweb
 export NOVAZA_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: run test check lint typecheck pytest system-deps bench clean demo
