@@ -52,13 +52,15 @@ async def audit_refusals(request: Request, actor: ActorDep) -> AsyncIterator[Non
         params = request.path_params
         database: Database = request.app.state.db
         async with database.session_scope() as session:
+            patient = params.get("patient_id")
             audit.record(
                 session,
                 actor,
                 f"imaging.{getattr(route, 'name', 'request')}",
-                "study",
-                params.get("study") or params.get("study_uid"),
+                "patient" if patient else "study",
+                patient or params.get("study") or params.get("study_uid"),
                 tenant_id=tenant.id if tenant else None,
+                patient_id=patient,
                 outcome=error.code.lower()[:32],
             )
         raise

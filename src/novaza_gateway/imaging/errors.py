@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from novaza_gateway.core.errors import ApiError, NotFound, UnsupportedMediaType, ValidationFailed
+from novaza_gateway.core.errors import (
+    ApiError,
+    Conflict,
+    NotFound,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 
 class StudyNotFound(NotFound):
@@ -74,3 +80,13 @@ class SignedUrlScope(ApiError):
     status = 403
     code = "FORBIDDEN"
     default_message = "The signed URL does not grant access to this resource."
+
+
+class QcConflict(Conflict):
+    code = "QC_CONFLICT"
+    default_message = "QC of this study was already confirmed with another result."
+
+
+class PatientNotFound(NotFound):
+    code = "PATIENT_NOT_FOUND"
+    default_message = "No patient with this id or identifier in this tenant."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -261,3 +262,74 @@ async def count_study_instances(session: AsyncSession, tenant_id: str, study_pk:
         ImagingInstance.tenant_id == tenant_id, ImagingInstance.study_pk == study_pk
     )
     return int((await session.execute(query)).scalar_one())
+
+
+# ----------------------------------------------------------------------------- QC, patients
+
+
+async def confirm_qc(
+    session: AsyncSession,
+    tenant_id: str,
+    study_pk: str,
+    *,
+    result: str,
+    confirmed_by: str,
+    confirmed_at: datetime,
+    notes: str | None,
+) -> bool:
+    """Record the QC outcome if none is recorded yet; False when one already is. One
+    conditional UPDATE: of two racing confirmations exactly one wins."""
+    outcome = await session.execute(
+        update(ImagingStudy)
+        .where(
+            ImagingStudy.tenant_id == tenant_id,
+            ImagingStudy.id == study_pk,
+            ImagingStudy.qc_status == "pending",
+        )
+        .values(
+            qc_status=result,
+            qc_confirmed_by=confirmed_by,
+            qc_confirmed_at=confirmed_at,
+            qc_notes=notes,
+            updated_at=confirmed_at,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(outcome, "rowcount", 0) == 1)
+
+
+async def has_patient(session: AsyncSession, tenant_id: str, patient_id: str) -> bool:
+    query = select(ImagingPatient.id).where(
+        ImagingPatient.tenant_id == tenant_id, ImagingPatient.patient_id == patient_id
+    )
+    return (await session.execute(query.limit(1))).first() is not None
+
+
+async def studies_of_patients(
+    session: AsyncSession,
+    tenant_id: str,
+    patient_ids: Sequence[str],
+    *,
+    after: tuple[str, str, str] | None,
+    limit: int,
+) -> Sequence[ImagingStudy]:
+    """Studies whose DICOM Patient ID is one of ``patient_ids``, newest first (study date,
+    time, then id descending); ``after`` is the last (date, time, id) of the previous page."""
+    query = select(ImagingStudy).where(
+        ImagingStudy.tenant_id == tenant_id, ImagingStudy.patient_id.in_(patient_ids)
+    )
+    if after is not None:
+        day, time, pk = after
+        query = query.where(
+            (ImagingStudy.study_date < day)
+            | ((ImagingStudy.study_date == day) & (ImagingStudy.study_time < time))
+            | (
+                (ImagingStudy.study_date == day)
+                & (ImagingStudy.study_time == time)
+                & (ImagingStudy.id < pk)
+            )
+        )
+    query = query.order_by(
+        ImagingStudy.study_date.desc(), ImagingStudy.study_time.desc(), ImagingStudy.id.desc()
+    )
+    return (await session.execute(query.limit(limit))).scalars().all()

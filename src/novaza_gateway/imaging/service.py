@@ -10,7 +10,7 @@ from novaza_gateway.config import ImagingConfig
 from novaza_gateway.core import audit
 from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.imaging import repository as repo
-from novaza_gateway.imaging import search
+from novaza_gateway.imaging import search, workflow
 from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, first_value, tags
 from novaza_gateway.imaging.dicomweb.qido import QidoQuery
 from novaza_gateway.imaging.errors import SeriesNotFound, StudyNotFound
@@ -115,6 +115,7 @@ async def study_summary(
     if study is None:
         raise StudyNotFound()
     series = await repo.list_series(session, tenant_id, study.id)
+    link = await workflow.study_worklist_link(session, tenant_id, study)
     patient = study.attributes or {}
     audit.record(
         session,
@@ -152,4 +153,6 @@ async def study_summary(
             for s in series
         ],
         qc_status=study.qc_status,
+        qc=workflow.qc_out(study),
+        worklist_item=link,
     )
