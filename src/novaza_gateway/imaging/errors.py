@@ -90,3 +90,48 @@ class QcConflict(Conflict):
 class PatientNotFound(NotFound):
     code = "PATIENT_NOT_FOUND"
     default_message = "No patient with this id or identifier in this tenant."
+
+
+# -- proxy mode (the tenant's images live on an upstream DICOMweb server)
+
+
+class UpstreamUnavailable(ApiError):
+    """The tenant's upstream archive failed: 502 (refused, broken, 5xx, bad credentials),
+    503 (busy), 504 (timed out). ``details.reason`` says which; never the upstream's body."""
+
+    status = 502
+    code = "UPSTREAM_UNAVAILABLE"
+    default_message = "The imaging archive upstream of the gateway did not answer."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int = 502,
+        reason: str,
+        upstream_status: int | None = None,
+    ) -> None:
+        details: dict[str, object] = {"reason": reason}
+        if upstream_status is not None:
+            details["upstreamStatus"] = upstream_status
+        super().__init__(message, details=details)
+        self.status = status  # type: ignore[misc]
+
+
+class UpstreamShared(ApiError):
+    status = 409
+    code = "IMAGING_UPSTREAM_SHARED"
+    default_message = (
+        "This tenant's imaging upstream is also configured for another tenant; the gateway "
+        "does not use an archive shared by two tenants. An operator must correct the "
+        "tenant settings."
+    )
+
+
+class UpstreamMisconfigured(ApiError):
+    status = 503
+    code = "UPSTREAM_UNAVAILABLE"
+    default_message = "The tenant's imaging settings name no usable upstream archive."
+
+    def __init__(self) -> None:
+        super().__init__(details={"reason": "misconfigured"})
