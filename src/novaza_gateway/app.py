@@ -46,6 +46,7 @@ from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.router import router as hl7_router
 from novaza_gateway.hl7.settings import Hl7Settings
 from novaza_gateway.imaging.area import ImagingArea
+from novaza_gateway.imaging.patient_router import router as patient_router
 from novaza_gateway.imaging.qido_router import router as qido_router
 from novaza_gateway.imaging.router import router as imaging_router
 from novaza_gateway.imaging.settings import ImagingSettings
@@ -65,6 +66,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     qido_router,
     wado_router,
     imaging_router,
+    patient_router,
 )
 
 
