@@ -76,30 +76,82 @@ async def select(
     return Selection(study, items)
 
 
-async def stream_instances(
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """Bytes of an archived file: ``size`` of them from ``offset``."""
+
+    key: str
+    offset: int
+    size: int
+
+
+class MultipartBody:
+    """A ``multipart/related`` answer: its parts (bytes in hand, or archive file ranges
+    streamed chunk by chunk) framed with ``boundary``.
+
+    ``length`` is the exact size of the body, known before the first byte from the index's
+    file sizes, so the answer carries ``Content-Length`` rather than chunked encoding (no
+    per-chunk framing, and the client sees a short file as a truncated answer).
+    """
+
+    def __init__(
+        self,
+        storage: ArchiveStorage | None,  # None when every part is bytes in hand
+        boundary: str,
+        parts: Sequence[tuple[str, bytes | FileRange]],
+    ) -> None:
+        self.storage = storage
+        self.parts = parts
+        self.heads = [
+            (PART_SEPARATOR if index else b"") + part_header(boundary, media)
+            for index, (media, _) in enumerate(parts)
+        ]
+        self.tail = closing(boundary)
+        self.length = sum(map(len, self.heads)) + len(self.tail)
+        for _, content in parts:
+            self.length += content.size if isinstance(content, FileRange) else len(content)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for head, (_, content) in zip(self.heads, self.parts, strict=True):
+            if isinstance(content, bytes):
+                yield head + content
+                continue
+            assert self.storage is not None
+            yield head
+            async for chunk in self.storage.read(content.key, content.offset, content.size):
+                yield chunk
+        yield self.tail
+
+    def headers(self) -> dict[str, str]:
+        return {"content-length": str(self.length)}
+
+
+def stream_instances(
     storage: ArchiveStorage, items: Sequence[ImagingInstance], boundary: str
-) -> AsyncIterator[bytes]:
-    """``multipart/related; type="application/dicom"``: each file as stored, chunk by chunk."""
-    for index, instance in enumerate(items):
-        media = f"application/dicom; transfer-syntax={instance.transfer_syntax_uid}"
-        yield (PART_SEPARATOR if index else b"") + part_header(boundary, media)
-        async for chunk in storage.read(instance.storage_key):
-            yield chunk
-    yield closing(boundary)
+) -> MultipartBody:
+    """``multipart/related; type="application/dicom"``: each file as stored."""
+    parts: list[tuple[str, bytes | FileRange]] = [
+        (
+            f"application/dicom; transfer-syntax={instance.transfer_syntax_uid}",
+            FileRange(instance.storage_key, 0, instance.size_bytes),
+        )
+        for instance in items
+    ]
+    return MultipartBody(storage, boundary, parts)
 
 
-async def stream_frames(
+def stream_frames(
     storage: ArchiveStorage, instance: ImagingInstance, frames: list[int], boundary: str
-) -> AsyncIterator[bytes]:
+) -> MultipartBody:
     """Native frames as ``application/octet-stream`` parts, read at their file offsets."""
     assert instance.pixel_offset is not None and instance.frame_bytes is not None
     media = f"application/octet-stream; transfer-syntax={instance.transfer_syntax_uid}"
-    for index, number in enumerate(frames):
-        yield (PART_SEPARATOR if index else b"") + part_header(boundary, media)
-        offset = instance.pixel_offset + (number - 1) * instance.frame_bytes
-        async for chunk in storage.read(instance.storage_key, offset, instance.frame_bytes):
-            yield chunk
-    yield closing(boundary)
+    size = instance.frame_bytes
+    parts: list[tuple[str, bytes | FileRange]] = [
+        (media, FileRange(instance.storage_key, instance.pixel_offset + (n - 1) * size, size))
+        for n in frames
+    ]
+    return MultipartBody(storage, boundary, parts)
 
 
 def is_native(instance: ImagingInstance) -> bool:
@@ -118,10 +170,8 @@ async def compressed_frames(
     )
 
 
-async def stream_parts(parts: list[bytes], media: str, boundary: str) -> AsyncIterator[bytes]:
-    for index, data in enumerate(parts):
-        yield (PART_SEPARATOR if index else b"") + part_header(boundary, media) + data
-    yield closing(boundary)
+def stream_parts(parts: list[bytes], media: str, boundary: str) -> MultipartBody:
+    return MultipartBody(None, boundary, [(media, data) for data in parts])
 
 
 async def metadata(storage: ArchiveStorage, selection: Selection, base: str) -> list[JsonDataset]:

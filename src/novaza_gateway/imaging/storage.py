@@ -9,6 +9,7 @@ An object store can implement the same interface later (stage locally, upload on
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -114,19 +115,63 @@ class FileSystemStorage:
     async def read(
         self, key: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The file's bytes in chunks; memory stays at one chunk however large the file."""
-        remaining = length
-        async with await anyio.open_file(self.local_path(key), "rb") as handle:
-            if offset:
-                await handle.seek(offset)
-            while remaining is None or remaining > 0:
-                size = CHUNK_BYTES if remaining is None else min(CHUNK_BYTES, remaining)
-                chunk = await handle.read(size)
+        """The file's bytes (``length`` of them from ``offset``, else to the end) in chunks.
+
+        Each chunk is read in a worker thread while the caller sends the one before: the disk
+        and the socket overlap, and memory stays at two chunks however large the file. A file
+        that ends before ``length`` raises ``ArchiveFileTruncated`` (an answer that announced
+        its Content-Length must not end early in silence).
+        """
+        path = self.local_path(key)
+        loop = asyncio.get_running_loop()
+        if length is None:
+            stat = await loop.run_in_executor(None, os.stat, path)
+            length = max(0, stat.st_size - offset)
+        position, end = offset, offset + length
+        pending = _read_ahead(loop, path, position, end)
+        try:
+            while pending is not None:
+                chunk = await pending
                 if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
+                    raise ArchiveFileTruncated(f"{key} ends at byte {position}, not {end}")
+                position += len(chunk)
+                pending = _read_ahead(loop, path, position, end)
                 yield chunk
+        finally:
+            if pending is not None:  # the caller stopped early: drop the read in flight
+                pending.cancel()
+                pending.add_done_callback(_consume)
+
+
+class ArchiveFileTruncated(OSError):
+    """An archived file is shorter than its index says."""
+
+
+def _read_ahead(
+    loop: asyncio.AbstractEventLoop, path: Path, position: int, end: int
+) -> asyncio.Future[bytes] | None:
+    """The next chunk, being read in the loop's default thread pool (None past the end).
+
+    The cheapest hand-off measured: about half the CPU of ``anyio.to_thread.run_sync`` per
+    call, and far cheaper than an ``anyio.open_file`` read per chunk."""
+    if position >= end:
+        return None
+    return loop.run_in_executor(None, _pread, path, position, min(CHUNK_BYTES, end - position))
+
+
+def _pread(path: Path, position: int, size: int) -> bytes:
+    # Opened per chunk (a few microseconds): no descriptor outlives a read that an early
+    # stop abandoned in its thread. Archive files never change once committed.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, position)
+    finally:
+        os.close(fd)
+
+
+def _consume(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 def _fsync_dir(path: Path) -> None:

@@ -53,9 +53,11 @@ async def _retrieve(
     selection = await retrieve.select(session, actor, tenant.id, target, "retrieve")
     boundary = new_boundary()
     instances = [instance for _, instance in selection.items]
+    body = retrieve.stream_instances(area.storage, instances, boundary)
     return StreamingResponse(
-        retrieve.stream_instances(area.storage, instances, boundary),
+        body,
         media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
+        headers=body.headers(),
     )
 
 
@@ -179,7 +181,9 @@ async def retrieve_frames(
         media = f"{part_type}; transfer-syntax={row.transfer_syntax_uid}"
         body = retrieve.stream_parts(found, media, boundary)
     return StreamingResponse(
-        body, media_type=f'multipart/related; type="{part_type}"; boundary={boundary}'
+        body,
+        media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
+        headers=body.headers(),
     )
 
 
