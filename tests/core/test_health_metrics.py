@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from novaza_gateway.core.health import HealthRegistry, Probe
 from tests.conftest import Gateway, free_port, gateway_settings, start_gateway
 
@@ -111,3 +113,37 @@ async def test_openapi_documents_scopes_and_error_codes(gw: Gateway) -> None:
     assert "security" not in doc["paths"]["/health"]["get"]
     docs_page = await gw.client.get("/docs")
     assert docs_page.status_code == 200
+
+
+async def test_state_routes_answer_and_document_like_fastapi_routes(gw: Gateway) -> None:
+    """whoami and /health skip FastAPI's per-request machinery; nothing a client sees changes."""
+    await gw.create_tenant("acme", addons=["emr"])
+    answer = await gw.client.get("/api/v1/whoami", headers=gw.auth("acme"))
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    body = answer.json()
+    assert body["tenant"] == "acme" and body["addons"] == ["emr"]
+    assert set(body["rateLimit"]) == {"ratePerSecond", "burst"}  # by alias, as FastAPI sends
+    assert answer.headers["x-request-id"] and answer.headers["ratelimit-policy"]
+    assert (await gw.client.get("/health")).json() == {"status": "ok"}
+
+    doc = (await gw.client.get("/openapi.json")).json()
+    ok = doc["paths"]["/api/v1/whoami"]["get"]["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/WhoAmI"}
+    assert "parameters" not in doc["paths"]["/api/v1/whoami"]["get"]  # the Request is not one
+    assert "rateLimit" in doc["components"]["schemas"]["WhoAmI"]["properties"]
+
+
+def test_a_state_route_takes_only_the_request() -> None:
+    from fastapi import APIRouter
+
+    from novaza_gateway.core.stateroute import StateRoute
+
+    router = APIRouter(route_class=StateRoute)
+
+    async def wants_more(slug: str) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="takes only the Request"):
+        router.add_api_route("/x/{slug}", wants_more)

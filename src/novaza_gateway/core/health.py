@@ -12,13 +12,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from novaza_gateway.core.metrics import render_metrics
 from novaza_gateway.core.policy import policy
+from novaza_gateway.core.stateroute import StateRoute
 
 Check = Callable[[], Awaitable[str | None]]
 """A probe: raises when the dependency fails; may return a note (e.g. 'degraded: ...')."""
@@ -71,9 +73,25 @@ class HealthRegistry:
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", **policy(public=True), summary="Liveness: the process answers")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+_ALIVE = Liveness()
+
+
+async def health(request: Request) -> Liveness:
+    return _ALIVE
+
+
+router.add_api_route(
+    "/health",
+    health,
+    methods=["GET"],
+    **policy(public=True),
+    summary="Liveness: the process answers",
+    route_class_override=StateRoute,  # probed every few seconds by every balancer
+)
 
 
 @router.get(

@@ -59,3 +59,9 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root.setLevel(level.upper())
     # uvicorn's access log prints raw paths and query strings (signed tokens live there).
     logging.getLogger("uvicorn.access").disabled = True
+    # The lines carry none of these, and gathering them is most of the cost of a log call
+    # (findCaller walks the stack): see "Optimization" in the logging HOWTO.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
