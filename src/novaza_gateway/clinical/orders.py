@@ -43,6 +43,7 @@ class ProcedureRequest:
     requested_procedure_scheme: str = ""
     requested_procedure_description: str = ""
     scheduled_procedure_step_id: str = ""
+    study_instance_uid: str = ""  # IPC-3 when the order names it; else one is made up
     modality: str = ""
     scheduled_start: datetime | None = None
     station_ae_title: str = ""
@@ -120,7 +121,7 @@ async def place(
     )
     _copy(item, request, every=True)
     item.accession_number = accession
-    item.study_instance_uid = study_uid_for(item.id)
+    item.study_instance_uid = request.study_instance_uid or study_uid_for(item.id)
     item.scheduled_start = request.scheduled_start or now  # no requested time: as soon as possible
     session.add(order)
     session.add(item)

@@ -5,6 +5,7 @@ Each reader raises ``Hl7Error`` (answered AE) with the segment and field at faul
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 
 from novaza_gateway.clinical.encounters import Visit
@@ -19,6 +20,8 @@ from novaza_gateway.hl7.parser import (
     parse_timestamp,
 )
 from novaza_gateway.hl7.settings import Hl7Settings
+
+DICOM_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
 
 
 def required_segment(message: Message, name: str) -> Segment:
@@ -120,6 +123,11 @@ def visit(pv1: Segment) -> Visit | None:
     )
 
 
+def dicom_uid(value: str) -> str:
+    """A DICOM UID (IPC-3 Study Instance UID) if the value is one, else ``""``."""
+    return value if len(value) <= 64 and DICOM_UID.fullmatch(value) else ""
+
+
 def procedure(
     orc: Segment,
     obr: Segment | None,
@@ -157,6 +165,7 @@ def procedure(
         requested_procedure_scheme=pick((obr, 4, 3))[:64],
         requested_procedure_description=pick((obr, 4, 2))[:255],
         scheduled_procedure_step_id=pick((ipc, 4, 1), (obr, 20, 1))[:64],
+        study_instance_uid=dicom_uid(pick((ipc, 3, 1))),
         modality=modality,
         scheduled_start=scheduled,
         station_ae_title=settings.station_for(modality),
