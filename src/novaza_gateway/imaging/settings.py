@@ -26,6 +26,7 @@ class ImagingSettings(BaseModel):
     def _proxy_needs_upstream(self) -> ImagingSettings:
         if self.mode == "proxy" and self.upstream_url is None:
             raise ValueError("mode 'proxy' needs upstreamUrl")
-        if self.upstream_url is not None and (self.upstream_url.query or self.upstream_url.fragment):
+        url = self.upstream_url
+        if url is not None and (url.query or url.fragment):
             raise ValueError("upstreamUrl is a DICOMweb root: no query or fragment")
         return self

@@ -1,0 +1,456 @@
+"""Proxy mode: a tenant's ``/med/qido``, ``/med/wado`` and ``/med/stow`` forwarded upstream.
+
+The DICOMweb routers declare ``route_class=ProxiedRoute``: each route's app is wrapped in
+``ProxySwitch``, which runs after the RouteGuard (so auth, scopes, the add-on gate, rate
+limits and the body limit are the same in both modes) and before FastAPI resolves anything.
+A tenant whose ``imaging`` settings say ``mode: proxy`` goes to ``ImagingProxy``; every
+other request goes on to the embedded archive's handler untouched.
+
+Bodies stream both ways: a STOW body goes from the ASGI receive channel straight into the
+upstream request, a WADO answer from the upstream socket straight to the caller. Only the
+small answers are read whole: QIDO pages (capped as in embedded mode) and STOW responses.
+Every read is audited before the first byte of patient data leaves; refusals are audited
+with the error code as outcome, as in embedded mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import orjson
+from fastapi.routing import APIRoute
+from prometheus_client import Counter
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from novaza_gateway.core import audit
+from novaza_gateway.core.db import Database
+from novaza_gateway.core.errors import ApiError, send_error
+from novaza_gateway.imaging.deps import base_url
+from novaza_gateway.imaging.dicomweb.qido import MAX_LIMIT
+from novaza_gateway.imaging.errors import UpstreamUnavailable
+from novaza_gateway.imaging.proxy_audit import (
+    MAX_AUDITED_STUDIES,
+    StudyPatients,
+    first_string,
+    search_summary,
+    stored_studies,
+)
+from novaza_gateway.imaging.proxy_errors import status_error, transport_error
+from novaza_gateway.imaging.proxy_rewrite import (
+    StreamRewriter,
+    UrlRewriter,
+    forwarded_query,
+    is_text,
+    request_headers,
+    response_headers,
+    upstream_path,
+)
+from novaza_gateway.imaging.upstream import Upstream, UpstreamClients, UpstreamDirectory
+
+log = logging.getLogger("novaza.imaging.proxy")
+
+DICOM_JSON = "application/dicom+json"
+SMALL_ANSWER_BYTES = 64 * 1024 * 1024  # a QIDO page or a STOW response, read whole
+LOOKUP_TIMEOUT_SECONDS = 2.0
+CUT_WARNING = (
+    '299 novaza: "The number of results exceeded the maximum supported by the server or '
+    'the limit asked for. Additional results can be requested."'
+)
+SEARCH_LEVELS = {
+    "search_studies": "study",
+    "search_series": "series",
+    "search_study_series": "series",
+    "search_instances": "instance",
+    "search_study_instances": "instance",
+    "search_series_instances": "instance",
+}
+READ_ACTIONS = {
+    "retrieve_frames": "frames",
+    "retrieve_bulkdata": "bulkdata",
+    "rendered_instance": "rendered",
+    "rendered_frame": "rendered",
+    "thumbnail": "rendered",
+}
+UPSTREAM_REQUESTS = Counter(
+    "novaza_imaging_upstream_requests_total",
+    "Requests proxied to tenants' upstream DICOMweb servers, by kind and outcome.",
+    ["kind", "outcome"],
+)
+
+
+class ProxiedRoute(APIRoute):
+    """A DICOMweb route whose requests go upstream for a tenant in proxy mode."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = ProxySwitch(self.app)
+
+
+class ProxySwitch:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        proxy: ImagingProxy | None = getattr(scope["app"].state, "imaging_proxy", None)
+        tenant = scope.get("state", {}).get("tenant")
+        if proxy is None or tenant is None:
+            await self.app(scope, receive, send)
+            return
+        call = Call.of(scope)
+        try:
+            upstream = await proxy.directory.for_tenant(tenant.id)
+        except ApiError as error:
+            await proxy.refused(call, error)
+            await send_error(send, error)
+            return
+        if upstream is None:
+            await self.app(scope, receive, send)  # embedded archive
+            return
+        await proxy.forward(call, upstream, receive, send)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One proxied request: who, for which tenant, which route, with what."""
+
+    scope: Scope
+    tenant_id: str
+    actor: audit.Actor
+    route: str
+    kind: str  # qido | wado | stow
+    params: dict[str, str]
+    query: list[tuple[str, str]]
+
+    @classmethod
+    def of(cls, scope: Scope) -> Call:
+        state = scope["state"]
+        tenant_id = state["tenant"].id
+        route = getattr(scope.get("route"), "name", "") or ""
+        kind = scope["path"].split("/", 3)[2] if scope["path"].count("/") >= 2 else ""
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        return cls(
+            scope=scope,
+            tenant_id=tenant_id,
+            actor=audit.Actor(state["principal"].subject, tenant_id),
+            route=route,
+            kind=kind,
+            params={k: str(v) for k, v in scope.get("path_params", {}).items()},
+            query=query,
+        )
+
+    @property
+    def study(self) -> str | None:
+        return self.params.get("study")
+
+    def resource(self) -> tuple[str, str | None]:
+        for level, name in (("instance", "instance"), ("series", "series"), ("study", "study")):
+            if name in self.params:
+                return level, self.params[name]
+        return "study", None
+
+
+@dataclass
+class ImagingProxy:
+    directory: UpstreamDirectory
+    clients: UpstreamClients
+    database: Database
+    patients: StudyPatients = field(default_factory=StudyPatients)
+
+    async def forward(self, call: Call, upstream: Upstream, receive: Receive, send: Send) -> None:
+        try:
+            if call.kind == "qido":
+                response = await self._search(call, upstream)
+            elif call.kind == "stow":
+                response = await self._store(call, upstream, receive)
+            else:
+                await self._retrieve(call, upstream, receive, send)
+                return
+        except ClientDisconnect:
+            UPSTREAM_REQUESTS.labels(call.kind, "client_gone").inc()
+            return  # nobody left to answer (or the body limit already answered 413)
+        except httpx.HTTPError as exc:
+            await self._fail(call, transport_error(exc), send)
+            return
+        except ApiError as error:
+            await self._fail(call, error, send)
+            return
+        UPSTREAM_REQUESTS.labels(call.kind, str(response.status_code)).inc()
+        await response(call.scope, receive, send)
+
+    async def _fail(self, call: Call, error: ApiError, send: Send) -> None:
+        reason = (error.details or {}).get("reason") or error.code.lower()
+        UPSTREAM_REQUESTS.labels(call.kind, str(reason)).inc()
+        await self.refused(call, error)
+        await send_error(send, error)
+
+    async def refused(self, call: Call, error: ApiError) -> None:
+        """A read refused (by the upstream or for the upstream) is audited, as embedded."""
+        if call.kind == "stow":
+            return
+        try:
+            await self._audit(
+                call, f"imaging.{call.route or 'request'}", "study", call.study,
+                patient=None, outcome=error.code.lower()[:32],
+            )  # fmt: skip
+        except Exception as exc:  # the caller still gets the error it is owed
+            log.error("audit of a refused read failed", extra={"error": type(exc).__name__})
+
+    # ------------------------------------------------------------------ the three kinds
+
+    async def _search(self, call: Call, upstream: Upstream) -> Response:
+        query, page = forwarded_query(call.query, qido_limit=MAX_LIMIT)
+        assert page is not None
+        headers = request_headers(call.scope["headers"])
+        headers["accept"] = DICOM_JSON  # QIDO answers DICOM JSON, as in embedded mode
+        response = await self._send(upstream, "GET", call, query, headers)
+        try:
+            if response.status_code >= 300:
+                raise status_error(response.status_code, call.kind)
+            body = await _read_small(response)
+        finally:
+            await response.aclose()
+        urls = self._urls(call, upstream)
+        body = StreamRewriter(urls).rewrite_all(body)
+        results = _json_list(body)
+        cut = len(results) > page
+        if cut or response.status_code == 204:
+            results = results[:page]
+            body = orjson.dumps(results)
+        studies, count = search_summary(results)
+        self.patients.remember(call.tenant_id, studies)
+        patient = self.patients.one_patient(call.tenant_id, studies)
+        if patient is None and call.study is not None:
+            patient = await self._patient(upstream, call)
+        await self._audit(
+            call, f"imaging.search.{SEARCH_LEVELS.get(call.route, 'study')}",
+            SEARCH_LEVELS.get(call.route, "study"), call.study, patient=patient,
+            after={"results": count, "studies": sorted(studies)[:MAX_AUDITED_STUDIES],
+                   "mode": "proxy"},
+        )  # fmt: skip
+        warning = {"Warning": CUT_WARNING} if cut else None
+        return Response(body, status_code=200, media_type=DICOM_JSON, headers=warning)
+
+    async def _store(self, call: Call, upstream: Upstream, receive: Receive) -> Response:
+        query, _ = forwarded_query(call.query)
+        headers = request_headers(call.scope["headers"])
+        headers["accept"] = DICOM_JSON
+        body = _receive_body(receive)
+        response = await self._send(upstream, "POST", call, query, headers, body)
+        try:
+            if response.status_code not in (200, 202, 409) or not is_text(
+                response.headers.get("content-type", "")
+            ):
+                raise status_error(response.status_code, call.kind)
+            answer = await _read_small(response)
+        finally:
+            await response.aclose()
+        urls = self._urls(call, upstream)
+        answer = StreamRewriter(urls).rewrite_all(answer)
+        studies, stored, failed = stored_studies(_json_any(answer))
+        for study in studies:
+            patient = await self._patient(upstream, call, study)
+            await self._audit(
+                call, "imaging.store", "study", study, patient=patient,
+                after={"stored": stored, "failed": failed, "mode": "proxy"},
+            )  # fmt: skip
+        return Response(answer, status_code=response.status_code, media_type=DICOM_JSON)
+
+    async def _retrieve(self, call: Call, upstream: Upstream, receive: Receive, send: Send) -> None:
+        query, _ = forwarded_query(call.query)
+        headers = request_headers(call.scope["headers"])
+        lookup = asyncio.create_task(self._patient(upstream, call)) if call.study else None
+        try:
+            response = await self._send(upstream, "GET", call, query, headers)
+        except BaseException:
+            if lookup is not None:
+                lookup.cancel()
+            raise
+        try:
+            if response.status_code >= 300:
+                raise status_error(response.status_code, call.kind)
+            patient = await lookup if lookup is not None else None
+            level, resource = call.resource()
+            action = READ_ACTIONS.get(call.route) or (
+                "metadata" if call.route.endswith("metadata") else "retrieve"
+            )
+            await self._audit(
+                call, f"imaging.{action}", level, resource, patient=patient,
+                after={"study": call.study, "mode": "proxy"},
+            )  # fmt: skip
+            urls = self._urls(call, upstream)
+            text = is_text(response.headers.get("content-type", ""))
+            body = (
+                _rewritten(response.aiter_bytes(), StreamRewriter(urls))
+                if text
+                else _guarded(response.aiter_raw())
+            )
+            out = StreamingResponse(body, status_code=response.status_code)
+            out.raw_headers = response_headers(
+                response.headers.multi_items(), urls, body_rewritten=text
+            )
+            UPSTREAM_REQUESTS.labels(call.kind, str(response.status_code)).inc()
+        except BaseException:
+            if lookup is not None:
+                lookup.cancel()
+            await response.aclose()
+            raise
+        try:
+            await out(call.scope, receive, send)
+        finally:
+            await response.aclose()
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _send(
+        self,
+        upstream: Upstream,
+        method: str,
+        call: Call,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: AsyncIterator[bytes] | None = None,
+    ) -> httpx.Response:
+        client = self.clients.client(upstream)
+        url = upstream.base_url + upstream_path(call.scope["path"])
+        auth = upstream.auth or httpx.USE_CLIENT_DEFAULT
+        params = tuple(query)  # a tuple: list is invariant in httpx's annotation
+        request = client.build_request(method, url, params=params, headers=headers, content=body)
+        try:
+            return await client.send(request, stream=True, auth=auth)
+        except httpx.RemoteProtocolError:
+            if body is not None:
+                raise
+            # A pooled connection the upstream had closed (Orthanc keeps them 1 s): once more.
+            return await client.send(request, stream=True, auth=auth)
+
+    def _urls(self, call: Call, upstream: Upstream) -> UrlRewriter:
+        gateway = base_url(Request(call.scope))
+        return UrlRewriter(upstream.base_url, f"{gateway}/med/wado")
+
+    async def _patient(
+        self, upstream: Upstream, call: Call, study: str | None = None
+    ) -> str | None:
+        study = study or call.study
+        if study is None:
+            return None
+
+        async def lookup(uid: str) -> str | None:
+            client = self.clients.client(upstream)
+            try:
+                response = await client.get(
+                    f"{upstream.base_url}/studies",
+                    params={"StudyInstanceUID": uid, "includefield": "00100020", "limit": "1"},
+                    headers={"accept": DICOM_JSON, "accept-encoding": "identity"},
+                    auth=upstream.auth or httpx.USE_CLIENT_DEFAULT,
+                    timeout=LOOKUP_TIMEOUT_SECONDS,
+                )
+                found = response.json() if response.status_code == 200 else []
+            except (httpx.HTTPError, ValueError):
+                return None
+            if isinstance(found, list) and found and isinstance(found[0], dict):
+                return first_string(found[0], "00100020")
+            return None
+
+        return await self.patients.of_study(call.tenant_id, study, lookup)
+
+    async def _audit(
+        self,
+        call: Call,
+        action: str,
+        resource_type: str,
+        resource_id: str | None,
+        *,
+        patient: str | None,
+        outcome: str = "success",
+        after: dict[str, Any] | None = None,
+    ) -> None:
+        async with self.database.session_scope() as session:
+            audit.record(
+                session,
+                call.actor,
+                action,
+                resource_type,
+                resource_id,
+                tenant_id=call.tenant_id,
+                patient_id=patient,
+                outcome=outcome,
+                after=after,
+            )
+
+
+async def _receive_body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives on the ASGI channel, never held whole."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def _read_small(response: httpx.Response) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > SMALL_ANSWER_BYTES:
+            raise UpstreamUnavailable(
+                "The imaging archive's answer is larger than the gateway accepts.",
+                reason="answer_too_large",
+            )
+    return bytes(body)
+
+
+async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Upstream bytes to the caller. When the upstream breaks mid-answer the status is
+    already sent: the caller's connection is cut, so a truncated body is never mistaken
+    for a whole one (logged by name only; no body, no trace to the caller)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except httpx.HTTPError as exc:
+        log.warning("imaging upstream broke mid-answer", extra={"error": type(exc).__name__})
+        raise ConnectionError("imaging upstream broke mid-answer") from None
+
+
+async def _rewritten(
+    chunks: AsyncIterator[bytes], rewriter: StreamRewriter
+) -> AsyncIterator[bytes]:
+    async for chunk in _guarded(chunks):
+        out = rewriter.feed(chunk)
+        if out:
+            yield out
+    tail = rewriter.flush()
+    if tail:
+        yield tail
+
+
+def _json_any(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError:
+        raise UpstreamUnavailable(
+            "The imaging archive answered with malformed JSON.", reason="malformed_answer"
+        ) from None
+
+
+def _json_list(body: bytes) -> list[Any]:
+    found = _json_any(body)
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        raise UpstreamUnavailable(
+            "The imaging archive answered a search with something else than a list.",
+            reason="malformed_answer",
+        )
+    return found
