@@ -11,8 +11,14 @@ from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import service
 from novaza_gateway.imaging.deps import AuditRefusals, BaseUrlDep, GrantDep
 from novaza_gateway.imaging.dicomweb.qido import Level, parse
+from novaza_gateway.imaging.proxy import ProxiedRoute
 
-router = APIRouter(prefix="/med/qido", tags=["DICOMweb QIDO-RS"], dependencies=[AuditRefusals])
+router = APIRouter(
+    prefix="/med/qido",
+    tags=["DICOMweb QIDO-RS"],
+    dependencies=[AuditRefusals],
+    route_class=ProxiedRoute,  # a tenant in proxy mode is answered by its upstream
+)
 
 DICOM_JSON = "application/dicom+json"
 CUT_WARNING = (

@@ -13,8 +13,13 @@ from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import ingest
 from novaza_gateway.imaging.deps import AreaDep, BaseUrlDep
 from novaza_gateway.imaging.dicomweb.stow import response_json, status_for
+from novaza_gateway.imaging.proxy import ProxiedRoute
 
-router = APIRouter(prefix="/med/stow", tags=["DICOMweb STOW-RS"])
+router = APIRouter(
+    prefix="/med/stow",
+    tags=["DICOMweb STOW-RS"],
+    route_class=ProxiedRoute,  # a tenant in proxy mode is answered by its upstream
+)
 
 DICOM_JSON = "application/dicom+json"
 MAX_STOW_BYTES = 4 * 1024 * 1024 * 1024

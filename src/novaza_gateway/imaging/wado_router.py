@@ -18,10 +18,14 @@ from novaza_gateway.imaging import retrieve
 from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep
 from novaza_gateway.imaging.dicomweb import wado
 from novaza_gateway.imaging.dicomweb.multipart import closing, new_boundary, part_header
+from novaza_gateway.imaging.proxy import ProxiedRoute
 from novaza_gateway.imaging.retrieve import Target
 
 router = APIRouter(
-    prefix="/med/wado/studies", tags=["DICOMweb WADO-RS"], dependencies=[AuditRefusals]
+    prefix="/med/wado/studies",
+    tags=["DICOMweb WADO-RS"],
+    dependencies=[AuditRefusals],
+    route_class=ProxiedRoute,  # a tenant in proxy mode is answered by its upstream
 )
 
 DICOM_JSON = "application/dicom+json"
