@@ -62,6 +62,17 @@ class Hl7Config:
 
 
 @dataclass(frozen=True, slots=True)
+class MwlConfig:
+    """The DICOM Modality Worklist SCP (C-FIND): off unless a port is set."""
+
+    host: str
+    port: int | None
+    ae_title: str
+    max_results: int
+    query_timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ImagingConfig:
     signing_keys: SecretStr | None  # "kid:secret,kid2:secret2": the first signs, all verify
     url_ttl_seconds: int
@@ -133,6 +144,13 @@ class Settings(BaseSettings):
     imaging_url_ttl_seconds: int = Field(default=900, ge=10, le=86400)
     imaging_url_max_ttl_seconds: int = Field(default=86400, ge=10, le=86400)
 
+    # -- imaging: DICOM Modality Worklist SCP (off unless a port is set; 0 picks a free one)
+    mwl_host: str = "127.0.0.1"
+    mwl_port: int | None = Field(default=None, ge=0, le=65535)
+    mwl_ae_title: str = Field(default="NOVAZA_MWL", pattern=r"^[!-~][ -~]{0,15}$")
+    mwl_max_results: int = Field(default=1000, ge=1, le=100_000)
+    mwl_query_timeout_seconds: float = Field(default=30.0, gt=0)
+
     # -- billing
     billing_catalog: Path | None = None
     billing_flush_interval_seconds: float = Field(default=1.0, gt=0)
@@ -187,6 +205,16 @@ class Settings(BaseSettings):
             signing_keys=self.imaging_signing_keys,
             url_ttl_seconds=self.imaging_url_ttl_seconds,
             url_max_ttl_seconds=self.imaging_url_max_ttl_seconds,
+        )
+
+    @property
+    def mwl(self) -> MwlConfig:
+        return MwlConfig(
+            host=self.mwl_host,
+            port=self.mwl_port,
+            ae_title=self.mwl_ae_title,
+            max_results=self.mwl_max_results,
+            query_timeout_seconds=self.mwl_query_timeout_seconds,
         )
 
     @property
