@@ -47,10 +47,12 @@ from novaza_gateway.hl7.router import router as hl7_router
 from novaza_gateway.hl7.settings import Hl7Settings
 from novaza_gateway.imaging.area import ImagingArea
 from novaza_gateway.imaging.patient_router import router as patient_router
+from novaza_gateway.imaging.proxy import ImagingProxy
 from novaza_gateway.imaging.qido_router import router as qido_router
 from novaza_gateway.imaging.router import router as imaging_router
 from novaza_gateway.imaging.settings import ImagingSettings
 from novaza_gateway.imaging.stow_router import router as stow_router
+from novaza_gateway.imaging.upstream import clash as imaging_upstream_clash
 from novaza_gateway.imaging.wado_router import router as wado_router
 from novaza_gateway.tenants.directory import TenantSettingsDirectory
 from novaza_gateway.tenants.entitlements import DatabaseTenantSource
@@ -199,7 +201,7 @@ def health_registry(rt: Runtime) -> HealthRegistry:
 
 def settings_sections() -> SettingsSections:
     sections = SettingsSections()
-    sections.register("imaging", ImagingSettings)
+    sections.register("imaging", ImagingSettings, clash=imaging_upstream_clash)
     sections.register("hl7", Hl7Settings)
     sections.register("billing", BillingTenantSettings)
     return sections
@@ -268,6 +270,11 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.health = health_registry(rt)
     for probe in hl7.probes():
         app.state.health.register(probe)
+    app.state.imaging_proxy = proxy = ImagingProxy.build(  # tenants in proxy mode
+        TenantSettingsDirectory(rt.db), rt.db, settings.imaging, settings.tenant_cache_ttl_seconds
+    )
+    rt.lifecycle.on_shutdown(proxy.clients.aclose)
+    app.state.health.register(proxy.probe())
     install_handlers(app)
     gate = Gatekeeper(
         verifier=TokenVerifier(settings.auth, rt.keys),

@@ -77,6 +77,10 @@ class ImagingConfig:
     signing_keys: SecretStr | None  # "kid:secret,kid2:secret2": the first signs, all verify
     url_ttl_seconds: int
     url_max_ttl_seconds: int
+    # proxy mode: the tenants' upstream DICOMweb servers
+    proxy_connect_timeout_seconds: float = 5.0
+    proxy_read_timeout_seconds: float = 60.0
+    proxy_max_connections: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,10 @@ class Settings(BaseSettings):
     imaging_signing_keys: SecretStr | None = None
     imaging_url_ttl_seconds: int = Field(default=900, ge=10, le=86400)
     imaging_url_max_ttl_seconds: int = Field(default=86400, ge=10, le=86400)
+    # -- imaging proxy mode: per upstream archive (timeouts: 504; pool full: 503)
+    imaging_proxy_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    imaging_proxy_read_timeout_seconds: float = Field(default=60.0, gt=0)
+    imaging_proxy_max_connections: int = Field(default=50, ge=1)
 
     # -- imaging: DICOM Modality Worklist SCP (off unless a port is set; 0 picks a free one)
     mwl_host: str = "127.0.0.1"
@@ -205,6 +213,9 @@ class Settings(BaseSettings):
             signing_keys=self.imaging_signing_keys,
             url_ttl_seconds=self.imaging_url_ttl_seconds,
             url_max_ttl_seconds=self.imaging_url_max_ttl_seconds,
+            proxy_connect_timeout_seconds=self.imaging_proxy_connect_timeout_seconds,
+            proxy_read_timeout_seconds=self.imaging_proxy_read_timeout_seconds,
+            proxy_max_connections=self.imaging_proxy_max_connections,
         )
 
     @property

@@ -1,28 +1,58 @@
 """Tenant settings: one validated section per product area, each area owning its schema.
 
 Areas register their section model at wiring time (``app.py``). Fields typed ``SecretStr``
-are write-only: stored, never returned, and kept when an update omits them.
+are write-only: stored, never returned, and kept when an update omits them. A section may
+also name a ``Clash``: a rule over two tenants' sections that must not both hold (imaging:
+two tenants proxying to one upstream archive); saving a clashing section is 409.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from novaza_gateway.core.errors import ValidationFailed
+from novaza_gateway.core.errors import Conflict, ValidationFailed
+
+Clash = Callable[[dict[str, Any], dict[str, Any]], str | None]
+"""(this tenant's stored section, another tenant's) -> the field they collide on, or None."""
 
 
 class SettingsSections:
     def __init__(self) -> None:
         self._sections: dict[str, type[BaseModel]] = {}
+        self._clashes: dict[str, Clash] = {}
 
-    def register(self, name: str, model: type[BaseModel]) -> None:
+    def register(self, name: str, model: type[BaseModel], clash: Clash | None = None) -> None:
         self._sections[name] = model
+        if clash is not None:
+            self._clashes[name] = clash
 
     @property
     def names(self) -> list[str]:
         return sorted(self._sections)
+
+    def exclusive(self, update: dict[str, Any]) -> bool:
+        """Whether saving ``update`` needs the other tenants' settings (``check_clashes``)."""
+        return any(name in self._clashes and update[name] is not None for name in update)
+
+    def check_clashes(
+        self, stored: dict[str, Any], others: Iterable[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """409 when a section of ``stored`` clashes with another tenant's (slug, settings)."""
+        for slug, settings in others:
+            for name, clash in self._clashes.items():
+                mine, theirs = stored.get(name), (settings or {}).get(name)
+                if not isinstance(mine, dict) or not isinstance(theirs, dict):
+                    continue
+                field = clash(mine, theirs)
+                if field is not None:
+                    path = f"settings.{name}.{field}"
+                    raise Conflict(
+                        f"{path}: already used by tenant '{slug}'; it cannot serve two tenants.",
+                        details={"path": path, "tenant": slug},
+                    )
 
     def merge(self, stored: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         """Validate ``update`` section by section over ``stored``; answer the document to store."""

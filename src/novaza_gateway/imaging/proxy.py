@@ -30,9 +30,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from novaza_gateway.config import ImagingConfig
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.errors import ApiError, send_error
+from novaza_gateway.core.health import Probe
 from novaza_gateway.imaging.deps import base_url
 from novaza_gateway.imaging.dicomweb.qido import MAX_LIMIT
 from novaza_gateway.imaging.errors import UpstreamUnavailable
@@ -53,7 +55,14 @@ from novaza_gateway.imaging.proxy_rewrite import (
     response_headers,
     upstream_path,
 )
-from novaza_gateway.imaging.upstream import Upstream, UpstreamClients, UpstreamDirectory
+from novaza_gateway.imaging.upstream import (
+    ClientLimits,
+    SettingsSource,
+    Upstream,
+    UpstreamClients,
+    UpstreamDirectory,
+    UpstreamProbe,
+)
 
 log = logging.getLogger("novaza.imaging.proxy")
 
@@ -163,6 +172,23 @@ class ImagingProxy:
     clients: UpstreamClients
     database: Database
     patients: StudyPatients = field(default_factory=StudyPatients)
+
+    @classmethod
+    def build(
+        cls, source: SettingsSource, database: Database, config: ImagingConfig, ttl: float
+    ) -> ImagingProxy:
+        """``app.py`` wires it: tenant settings from the tenants area, TTL-cached for ``ttl``.
+        The owner closes ``clients`` at shutdown and may register ``probe()``."""
+        limits = ClientLimits(
+            connect_timeout_seconds=config.proxy_connect_timeout_seconds,
+            read_timeout_seconds=config.proxy_read_timeout_seconds,
+            max_connections=config.proxy_max_connections,
+        )
+        return cls(UpstreamDirectory(source, ttl), UpstreamClients(limits), database)
+
+    def probe(self) -> Probe:
+        check = UpstreamProbe(self.directory, self.clients)
+        return Probe("imaging-upstreams", check, critical=False, timeout_seconds=2.0)
 
     async def forward(self, call: Call, upstream: Upstream, receive: Receive, send: Send) -> None:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.tenants.models import Tenant
@@ -38,3 +40,17 @@ async def list_page(
     if after_slug is not None:
         query = query.where(Tenant.slug > after_slug)
     return (await session.execute(query)).scalars().all()
+
+
+async def settings_of_others(
+    session: AsyncSession, tenant_id: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """(slug, settings) of every tenant but this one that is not deleted, read after taking
+    a transaction-scoped lock (PostgreSQL) so that two saves checking for clashes queue."""
+    if session.get_bind().dialect.name == "postgresql":
+        lock = zlib.crc32(b"novaza:tenant-settings:exclusive")
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
+    query = select(Tenant.slug, Tenant.settings).where(
+        Tenant.status != "deleted", Tenant.id != tenant_id
+    )
+    return [(slug, dict(settings or {})) for slug, settings in (await session.execute(query)).all()]

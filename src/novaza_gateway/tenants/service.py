@@ -114,6 +114,9 @@ async def create_tenant(session: AsyncSession, admin: TenantAdmin, body: TenantC
         updated_at=now,
         activated_at=now if body.status == "active" else None,
     )
+    if admin.sections.exclusive(body.settings):
+        others = await repository.settings_of_others(session, tenant.id)
+        admin.sections.check_clashes(tenant.settings, others)
     session.add(tenant)
     try:
         await session.flush()
@@ -160,6 +163,9 @@ async def update_tenant(
         tenant.contact = body.contact.model_dump(mode="json", by_alias=True, exclude_none=True)
     if body.settings is not None:
         tenant.settings = admin.sections.merge(tenant.settings or {}, body.settings)
+        if admin.sections.exclusive(body.settings):
+            others = await repository.settings_of_others(session, tenant.id)
+            admin.sections.check_clashes(tenant.settings, others)
     tenant.updated_at = utcnow()
     if body.plan is not None or body.addons is not None:
         await admin.subscriptions.follow(session, plan_choice(tenant))
