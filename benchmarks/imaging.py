@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
-import shutil
+import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -98,90 +101,218 @@ def setup_tenant(base: str, data_dir: Path, slug: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ WADO
 
+BENCH_DIR = Path(__file__).resolve().parent
+CHUNK = 1024 * 1024
 
-def bench_wado(megabytes: int) -> None:
+
+@dataclass
+class Server:
+    """A process answering the study, and what it costs."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    path: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
+    rates: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+
+def pull(port: int, path: str, headers: dict[str, str]) -> tuple[int, float]:
+    """One GET over a raw socket (HTTP/1.1, then close): body bytes and seconds. The
+    client copies each read into one reused buffer, so it costs far less than the server."""
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    request = "\r\n".join([*lines, *(f"{k}: {v}" for k, v in headers.items()), "", ""])
+    buffer = bytearray(CHUNK)
+    view, received, head = memoryview(buffer), 0, b""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        began = time.perf_counter()
+        conn.sendall(request.encode())
+        while got := conn.recv_into(view):
+            if len(head) < 4096 and b"\r\n\r\n" not in head:
+                head += bytes(buffer[:got])
+            received += got
+        elapsed = time.perf_counter() - began
+    status, _, rest = head.partition(b"\r\n")
+    header_bytes, _, _ = rest.partition(b"\r\n\r\n")
+    if b" 200 " not in status:
+        raise RuntimeError(f"{status.decode()} from port {port}")
+    body = received - len(status) - len(header_bytes) - 6
+    declared = re.search(rb"(?im)^content-length:\s*(\d+)", header_bytes)
+    if declared is None or int(declared.group(1)) != body:
+        raise RuntimeError(f"port {port}: body of {body} bytes, header {declared}")
+    return body, elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy (user, nice, system)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[0]) + int(fields[1]) + int(fields[2])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin(pid: int, cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        for task in Path(f"/proc/{pid}/task").iterdir():  # the threads started so far too
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def start_baseline(kind: str, files: list[Path]) -> Server:
+    port = free_port()
+    command = [sys.executable, str(BENCH_DIR / "wado_servers.py"), kind, str(port)]
+    proc = subprocess.Popen([*command, *map(str, files)], stderr=subprocess.DEVNULL)
+    wait_ready(port, proc)
+    return Server(kind, port, proc)
+
+
+def load_study(base: str, auth: dict[str, str], count: int) -> str:
+    """``count`` instances of 2 MiB (1024 x 1024, 16 bits) stored by STOW, five per request."""
+    study, series = uid(), uid()
+    for start in range(0, count, 5):
+        parts = [
+            make_instance(study=study, series=series, rows=1024, columns=1024, instance_number=i)
+            for i in range(start, min(count, start + 5))
+        ]
+        body, ctype = multipart(parts)
+        response = httpx.post(
+            f"{base}/med/stow/studies",
+            content=body,
+            headers={**auth, "Content-Type": ctype},
+            timeout=120,
+        )
+        response.raise_for_status()
+    return study
+
+
+def read_direct(files: list[Path]) -> float:
+    """Seconds to read the files in this process, 1 MiB at a time (page cache warm)."""
+    buffer = bytearray(CHUNK)
+    began = time.perf_counter()
+    for path in files:
+        with path.open("rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+    return time.perf_counter() - began
+
+
+@dataclass
+class WadoRun:
+    files: list[Path]
+    total: int
+    servers: list[Server]
+    direct: list[float] = field(default_factory=list)
+    others: list[float] = field(default_factory=list)  # other processes' CPU, in CPUs
+
+
+def measure(run: WadoRun, rounds: int, pinned: bool) -> None:
+    """Rounds interleave the servers and the direct read, so each ratio compares neighbours."""
+    if pinned:
+        for server in run.servers:
+            pin(server.proc.pid, 0)
+        pin(os.getpid(), 1)
+    for server in run.servers:  # warm-up: page cache, connections, the tenant cache
+        pull(server.port, server.path, server.headers)
+    mine = [os.getpid(), *(s.proc.pid for s in run.servers)]
+    for _ in range(rounds):
+        busy0, own0, began = busy_seconds(), sum(map(cpu_seconds, mine)), time.perf_counter()
+        for server in run.servers:
+            cpu0 = cpu_seconds(server.proc.pid)
+            size, seconds = pull(server.port, server.path, server.headers)
+            server.cpu_ms.append((cpu_seconds(server.proc.pid) - cpu0) * 1000)
+            server.rates.append(size / seconds)
+        run.direct.append(run.total / read_direct(run.files))
+        others = busy_seconds() - busy0 - (sum(map(cpu_seconds, mine)) - own0)
+        run.others.append(max(0.0, others) / (time.perf_counter() - began))
+
+
+def bench_wado(megabytes: int, rounds: int, pinned: bool, gateway_src: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, port = Path(tmp) / "data", free_port()
         env = env_for(data_dir, None, port)
+        if gateway_src:  # e.g. an older commit's src/, for a before/after on one machine
+            env["PYTHONPATH"] = gateway_src
         cli(env, "migrate")
-        cli(
-            env,
-            "tenants",
-            "create",
-            "bench",
-            "--name",
-            "Bench",
-            "--addon",
-            "medical_imaging",
-            "--activate",
-        )
-        study, series = uid(), uid()
-        side = 1024  # 1024 x 1024 x 16 bit = 2 MiB per instance
-        count = max(1, megabytes // 2)
+        tenant = ["--name", "Bench", "--addon", "medical_imaging", "--activate"]
+        cli(env, "tenants", "create", "bench", *tenant)
         with serve(env, port) as proc:
             base = f"http://127.0.0.1:{port}"
             auth = setup_tenant(base, data_dir, "bench")
-            for start in range(0, count, 5):
-                parts = [
-                    make_instance(
-                        study=study, series=series, rows=side, columns=side, instance_number=i
-                    )
-                    for i in range(start, min(count, start + 5))
-                ]
-                body, ctype = multipart(parts)
-                response = httpx.post(
-                    f"{base}/med/stow/studies",
-                    content=body,
-                    headers={**auth, "Content-Type": ctype},
-                    timeout=120,
-                )
-                response.raise_for_status()
+            study = load_study(base, auth, max(1, megabytes // 2))
             files = sorted((data_dir / "imaging").rglob("*.dcm"))
-            total = sum(f.stat().st_size for f in files)
-            rss_before = rss_kib(proc.pid, "VmRSS")
-            gateway_rates, direct_rates = [], []
-            for _ in range(5):
-                began, seen = time.perf_counter(), 0
-                with httpx.stream(
-                    "GET", f"{base}/med/wado/studies/{study}", headers=auth, timeout=120
-                ) as response:
-                    for chunk in response.iter_raw(256 * 1024):
-                        seen += len(chunk)
-                gateway_rates.append(seen / (time.perf_counter() - began))
-                began, read = time.perf_counter(), 0
-                for path in files:
-                    with path.open("rb") as handle:
-                        while chunk := handle.read(256 * 1024):
-                            read += len(chunk)
-                direct_rates.append(read / (time.perf_counter() - began))
-            curl_rates = []
-            token = auth["Authorization"]
-            for _ in range(5 if shutil.which("curl") else 0):
-                began = time.perf_counter()
-                subprocess.run(
-                    [
-                        "curl",
-                        "-sf",
-                        "-o",
-                        "/dev/null",
-                        "-H",
-                        f"Authorization: {token}",
-                        f"{base}/med/wado/studies/{study}",
-                    ],
-                    check=True,
-                )
-                curl_rates.append(total / (time.perf_counter() - began))
-            peak = rss_kib(proc.pid)
-        gw, direct = statistics.median(gateway_rates), statistics.median(direct_rates)
-        print(f"WADO study retrieve: {count} instances, {total / 1e6:.1f} MB")
-        print(f"  gateway  {gw / 1e6:8.1f} MB/s (median of 5, one client over loopback)")
-        if curl_rates:
-            print(f"  curl     {statistics.median(curl_rates) / 1e6:8.1f} MB/s (curl client)")
-        print(f"  direct   {direct / 1e6:8.1f} MB/s (same files, page cache warm)")
-        print(f"  ratio    {gw / direct:8.2f}")
+            gateway = Server("gateway", port, proc, f"/med/wado/studies/{study}", auth)
+            baselines = [start_baseline(kind, files) for kind in ("bare", "raw")]
+            try:
+                run = WadoRun(files, sum(f.stat().st_size for f in files), [gateway, *baselines])
+                rss_before = {s.name: rss_kib(s.proc.pid, "VmRSS") for s in run.servers}
+                measure(run, rounds, pinned)
+                peaks = {s.name: rss_kib(s.proc.pid) for s in run.servers}
+            finally:
+                for baseline in baselines:
+                    baseline.proc.terminate()
+                    baseline.proc.wait(timeout=10)
+        report_wado(run, rss_before, peaks, pinned)
+
+
+LABELS = {
+    "gateway": "gateway  (novaza serve: auth, tenant, audit, middlewares)",
+    "bare": "bare     (Starlette on the same uvicorn, same files)",
+    "raw": "raw      (socket + os.sendfile, no HTTP stack: loopback ceiling)",
+}
+
+
+def report_wado(
+    run: WadoRun, rss_before: dict[str, int], peaks: dict[str, int], pinned: bool
+) -> None:
+    direct = statistics.median(run.direct)
+    rates = {s.name: statistics.median(s.rates) for s in run.servers}
+    print(
+        f"WADO study retrieve: {len(run.files)} instances, {run.total / 1e6:.1f} MB, "
+        f"median of {len(run.direct)} interleaved rounds, one client over loopback "
+        f"({'servers on CPU 0, client and direct read on CPU 1' if pinned else 'not pinned'})"
+    )
+    print(
+        f"  {'':62s} {'MB/s':>7s} {'÷ direct':>9s} {'÷ bare':>7s} {'CPU ms':>7s} {'RSS MiB':>12s}"
+    )
+    for server in run.servers:
+        name, rate = server.name, rates[server.name]
         print(
-            f"  server RSS {rss_before / 1024:.0f} MiB before retrieves, peak {peak / 1024:.0f} MiB"
+            f"  {LABELS[name]:62s} {rate / 1e6:7.0f} {rate / direct:9.2f} "
+            f"{rate / rates['bare']:7.2f} {statistics.median(server.cpu_ms):7.1f} "
+            f"{rss_before[name] / 1024:5.0f} -> {peaks[name] / 1024:4.0f}"
         )
+    print(
+        f"  {'direct   (the same files read in this process, page cache warm)':62s} "
+        f"{direct / 1e6:7.0f} {1:9.2f}"
+    )
+    print(
+        f"  ratio gateway / direct {rates['gateway'] / direct:.3f} (issue target >= 0.7); "
+        f"gateway / bare {rates['gateway'] / rates['bare']:.2f}; "
+        f"bare / direct {rates['bare'] / direct:.3f}"
+    )
+    print(
+        "  CPU ms: the server process's CPU time per retrieve (median); RSS: before the "
+        "retrieves -> peak (VmHWM)"
+    )
+    busy = max(run.others)
+    print(
+        f"  other processes used up to {busy:.2f} CPUs during a round"
+        + ("  ** busy machine: rates are unreliable, compare CPU ms **" if busy > 0.25 else "")
+    )
 
 
 # ------------------------------------------------------------------------------ QIDO
@@ -368,10 +499,13 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--only", choices=["wado", "qido"])
+    parser.add_argument("--rounds", type=int, default=7, help="WADO rounds (median reported)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--gateway-src", help="PYTHONPATH for the gateway (e.g. an old src/)")
     args = parser.parse_args()
     random.seed(4)
     if args.only in (None, "wado"):
-        bench_wado(args.mb)
+        bench_wado(args.mb, args.rounds, not args.no_pin, args.gateway_src)
     if args.only in (None, "qido"):
         bench_qido(args.studies)
 
