@@ -116,19 +116,22 @@ class Server:
     headers: dict[str, str] = field(default_factory=dict)
     rates: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
+    ttfb_ms: list[float] = field(default_factory=list)
 
 
-def pull(port: int, path: str, headers: dict[str, str]) -> tuple[int, float]:
-    """One GET over a raw socket (HTTP/1.1, then close): body bytes and seconds. The
-    client copies each read into one reused buffer, so it costs far less than the server."""
+def pull(port: int, path: str, headers: dict[str, str]) -> tuple[int, float, float]:
+    """One GET over a raw socket (HTTP/1.1, then close): body bytes, seconds to the first byte
+    and to the last. Each read lands in one reused buffer: the client costs far less than the
+    server."""
     lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
     request = "\r\n".join([*lines, *(f"{k}: {v}" for k, v in headers.items()), "", ""])
     buffer = bytearray(CHUNK)
-    view, received, head = memoryview(buffer), 0, b""
+    view, received, head, first = memoryview(buffer), 0, b"", 0.0
     with socket.create_connection(("127.0.0.1", port)) as conn:
         began = time.perf_counter()
         conn.sendall(request.encode())
         while got := conn.recv_into(view):
+            first = first or time.perf_counter() - began
             if len(head) < 4096 and b"\r\n\r\n" not in head:
                 head += bytes(buffer[:got])
             received += got
@@ -143,7 +146,7 @@ def pull(port: int, path: str, headers: dict[str, str]) -> tuple[int, float]:
         raise RuntimeError(f"port {port}: {body} bytes, Content-Length {declared.group(1)!r}")
     if declared is None and not re.search(rb"(?im)^transfer-encoding:\s*chunked", header_bytes):
         raise RuntimeError(f"port {port}: neither Content-Length nor chunked")
-    return body, elapsed  # chunked: framing included (a few bytes per MiB)
+    return body, first, elapsed  # chunked: framing included (a few bytes per MiB)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -187,13 +190,18 @@ def start_baseline(kind: str, files: list[Path]) -> Server:
     return Server(kind, port, proc)
 
 
-def load_study(base: str, auth: dict[str, str], count: int) -> str:
-    """``count`` instances of 2 MiB (1024 x 1024, 16 bits) stored by STOW, five per request."""
+def load_study(base: str, auth: dict[str, str], megabytes: int, side: int) -> str:
+    """About ``megabytes`` of ``side`` x ``side`` 16-bit instances (1024: 2 MiB each, 512: a
+    CT slice's 0.5 MiB), stored by STOW about 10 MB per request."""
     study, series = uid(), uid()
-    for start in range(0, count, 5):
+    count, per_request = (
+        max(1, megabytes * 10**6 // (2 * side * side)),
+        max(1, 10**7 // (2 * side * side)),
+    )
+    for start in range(0, count, per_request):
         parts = [
-            make_instance(study=study, series=series, rows=1024, columns=1024, instance_number=i)
-            for i in range(start, min(count, start + 5))
+            make_instance(study=study, series=series, rows=side, columns=side, instance_number=i)
+            for i in range(start, min(count, start + per_request))
         ]
         body, ctype = multipart(parts)
         response = httpx.post(
@@ -239,15 +247,18 @@ def measure(run: WadoRun, rounds: int, pinned: bool) -> None:
         busy0, own0, began = busy_seconds(), sum(map(cpu_seconds, mine)), time.perf_counter()
         for server in run.servers:
             cpu0 = cpu_seconds(server.proc.pid)
-            size, seconds = pull(server.port, server.path, server.headers)
+            size, first, seconds = pull(server.port, server.path, server.headers)
             server.cpu_ms.append((cpu_seconds(server.proc.pid) - cpu0) * 1000)
             server.rates.append(size / seconds)
+            server.ttfb_ms.append(first * 1000)
         run.direct.append(run.total / read_direct(run.files))
         others = busy_seconds() - busy0 - (sum(map(cpu_seconds, mine)) - own0)
         run.others.append(max(0.0, others) / (time.perf_counter() - began))
 
 
-def bench_wado(megabytes: int, rounds: int, pinned: bool, gateway_src: str | None) -> None:
+def bench_wado(
+    megabytes: int, side: int, rounds: int, pinned: bool, gateway_src: str | None
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, port = Path(tmp) / "data", free_port()
         env = env_for(data_dir, None, port)
@@ -259,7 +270,7 @@ def bench_wado(megabytes: int, rounds: int, pinned: bool, gateway_src: str | Non
         with serve(env, port) as proc:
             base = f"http://127.0.0.1:{port}"
             auth = setup_tenant(base, data_dir, "bench")
-            study = load_study(base, auth, max(1, megabytes // 2))
+            study = load_study(base, auth, megabytes, side)
             files = sorted((data_dir / "imaging").rglob("*.dcm"))
             gateway = Server("gateway", port, proc, f"/med/wado/studies/{study}", auth)
             baselines = [start_baseline(kind, files) for kind in ("bare", "raw")]
@@ -293,13 +304,15 @@ def report_wado(
         f"({'servers on CPU 0, client and direct read on CPU 1' if pinned else 'not pinned'})"
     )
     print(
-        f"  {'':62s} {'MB/s':>7s} {'÷ direct':>9s} {'÷ bare':>7s} {'CPU ms':>7s} {'RSS MiB':>12s}"
+        f"  {'':62s} {'MB/s':>7s} {'÷ direct':>9s} {'÷ bare':>7s} {'CPU ms':>7s} "
+        f"{'TTFB ms':>7s} {'RSS MiB':>12s}"
     )
     for server in run.servers:
         name, rate = server.name, rates[server.name]
         print(
             f"  {LABELS[name]:62s} {rate / 1e6:7.0f} {rate / direct:9.2f} "
             f"{rate / rates['bare']:7.2f} {statistics.median(server.cpu_ms):7.1f} "
+            f"{statistics.median(server.ttfb_ms):7.1f} "
             f"{rss_before[name] / 1024:5.0f} -> {peaks[name] / 1024:4.0f}"
         )
     print(
@@ -312,8 +325,8 @@ def report_wado(
         f"bare / direct {rates['bare'] / direct:.3f}"
     )
     print(
-        "  CPU ms: the server process's CPU time per retrieve (median); RSS: before the "
-        "retrieves -> peak (VmHWM)"
+        "  CPU ms: the server process's CPU time per retrieve; TTFB: request sent to first "
+        "byte back (medians); RSS: before the retrieves -> peak (VmHWM)"
     )
     busy = max(run.others)
     print(
@@ -506,13 +519,14 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--only", choices=["wado", "qido"])
+    parser.add_argument("--side", type=int, default=1024, help="WADO instance rows=columns")
     parser.add_argument("--rounds", type=int, default=7, help="WADO rounds (median reported)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--gateway-src", help="PYTHONPATH for the gateway (e.g. an old src/)")
     args = parser.parse_args()
     random.seed(4)
     if args.only in (None, "wado"):
-        bench_wado(args.mb, args.rounds, not args.no_pin, args.gateway_src)
+        bench_wado(args.mb, args.side, args.rounds, not args.no_pin, args.gateway_src)
     if args.only in (None, "qido"):
         bench_qido(args.studies)
 
