@@ -46,6 +46,7 @@ from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.router import router as hl7_router
 from novaza_gateway.hl7.settings import Hl7Settings
 from novaza_gateway.imaging.area import ImagingArea
+from novaza_gateway.imaging.mwl_scp import MwlServer
 from novaza_gateway.imaging.patient_router import router as patient_router
 from novaza_gateway.imaging.proxy import ImagingProxy
 from novaza_gateway.imaging.qido_router import router as qido_router
@@ -224,6 +225,22 @@ def guard_routes(app: FastAPI, routers: tuple[APIRouter, ...], gate: Gatekeeper)
             app.router.routes.append(guarded)
 
 
+def wire_mwl(rt: Runtime) -> MwlServer | None:
+    """The DICOM Modality Worklist SCP, when NOVAZA_MWL_PORT is set; stopped before the
+    database closes (it queries through the app's engine on the app's loop)."""
+    if rt.settings.mwl.port is None:
+        return None
+    mwl = MwlServer(
+        rt.settings.mwl,
+        rt.db,
+        TenantSettingsDirectory(rt.db),
+        rt.tenants,
+        rt.settings.tenant_cache_ttl_seconds,
+    )
+    mwl.wire(rt.lifecycle)
+    return mwl
+
+
 def _watch_pool(db: Database, size: int) -> None:
     DB_POOL_SIZE.set(size)
     pool = db.engine.sync_engine.pool
@@ -238,6 +255,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     hl7 = Hl7Area(settings.hl7, rt.db, TenantSettingsDirectory(rt.db), rt.tenants)
     hl7.wire(rt.lifecycle)
     wire_billing(rt)
+    mwl = wire_mwl(rt)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -269,6 +287,9 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.settings_sections = settings_sections()
     app.state.health = health_registry(rt)
     for probe in hl7.probes():
+        app.state.health.register(probe)
+    app.state.mwl = mwl
+    for probe in mwl.probes() if mwl else []:
         app.state.health.register(probe)
     app.state.imaging_proxy = proxy = ImagingProxy.build(  # tenants in proxy mode
         TenantSettingsDirectory(rt.db), rt.db, settings.imaging, settings.tenant_cache_ttl_seconds
