@@ -39,6 +39,7 @@ from novaza_gateway.core.metrics import DB_POOL_CHECKED_OUT, DB_POOL_SIZE, Metri
 from novaza_gateway.core.policy import POLICY_KEY, Gatekeeper, Policy, RouteGuard
 from novaza_gateway.core.ratelimit import RateLimiter, RedisLimiter
 from novaza_gateway.core.requestid import RequestContextMiddleware
+from novaza_gateway.core.resp import PipelinedRedis
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 from novaza_gateway.core.tenant_settings import SettingsSections
 from novaza_gateway.core.whoami import router as whoami_router
@@ -105,7 +106,14 @@ def build_runtime(settings: Settings) -> Runtime:
     billing = BillingArea.build(settings.billing)
     source = DatabaseTenantSource(db, billing.entitlements)  # billing resolves entitlements
     tenants = TenantCache(source, settings.tenant_cache_ttl_seconds)
-    limiter = RateLimiter(RedisLimiter(redis_fast) if redis_fast else None, settings.ratelimit)
+    shared = (
+        RedisLimiter(
+            PipelinedRedis.from_url(settings.redis_url, settings.ratelimit.redis_timeout_seconds)
+        )
+        if settings.redis_url
+        else None
+    )
+    limiter = RateLimiter(shared, settings.ratelimit)
     return Runtime(
         settings=settings,
         db=db,
@@ -127,6 +135,7 @@ def wire_core(rt: Runtime) -> None:
         for client in (rt.redis_fast, rt.redis_pubsub):
             if client is not None:
                 await client.aclose()
+        await rt.limiter.aclose()
         await rt.http.aclose()
         await rt.db.dispose()
 

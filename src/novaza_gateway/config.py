@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     # -- storage
     database_url: str | None = None
     db_pool_size: int = 10
-    redis_url: str | None = None
+    redis_url: str | None = Field(default=None, pattern=r"^rediss?://[^/]")
 
     # -- auth
     jwks_url: str | None = None

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from novaza_gateway.config import RateLimitSettings
 from novaza_gateway.core.ratelimit import (
@@ -17,6 +16,7 @@ from novaza_gateway.core.ratelimit import (
     RedisLimiter,
     gcra,
 )
+from novaza_gateway.core.resp import PipelinedRedis
 from novaza_gateway.core.tenancy import RateLimitPolicy
 from tests.conftest import Gateway, free_port, gateway_settings, start_gateway
 
@@ -68,8 +68,8 @@ def test_headers_follow_the_ietf_draft_and_x_ratelimit() -> None:
 
 async def test_redis_backend_shares_state_between_limiters(redis_url: str) -> None:
     key = uuid.uuid4().hex
-    a = aioredis.Redis.from_url(redis_url)
-    b = aioredis.Redis.from_url(redis_url)
+    a = PipelinedRedis.from_url(redis_url, timeout=1.0)
+    b = PipelinedRedis.from_url(redis_url, timeout=1.0)
     try:
         first, second = RedisLimiter(a), RedisLimiter(b)
         answers = []
@@ -78,6 +78,11 @@ async def test_redis_backend_shares_state_between_limiters(redis_url: str) -> No
             answers.append((await limiter.decide(key, POLICY)).allowed)
         assert answers.count(True) == 5
         assert answers[:5] == [True] * 5
+        # many requests in one loop turn share one write; replies still go to their callers
+        burst_key = uuid.uuid4().hex
+        together = await asyncio.gather(*(first.decide(burst_key, POLICY) for _ in range(50)))
+        assert [d.allowed for d in together] == [True] * 5 + [False] * 45
+        assert [d.remaining for d in together[:5]] == [4, 3, 2, 1, 0]
     finally:
         await a.aclose()
         await b.aclose()
@@ -85,9 +90,7 @@ async def test_redis_backend_shares_state_between_limiters(redis_url: str) -> No
 
 async def test_redis_backend_down_falls_back_to_local_quickly() -> None:
     port = free_port()  # nothing listens here
-    client = aioredis.Redis.from_url(
-        f"redis://127.0.0.1:{port}/0", socket_timeout=0.025, socket_connect_timeout=0.025
-    )
+    client = PipelinedRedis.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.025)
     limiter = RateLimiter(RedisLimiter(client), FAST_FAIL)
     try:
         loop = asyncio.get_running_loop()
@@ -108,9 +111,7 @@ async def test_redis_that_never_answers_times_out_at_the_short_timeout() -> None
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis.from_url(
-        f"redis://127.0.0.1:{port}/0", socket_timeout=0.025, socket_connect_timeout=0.025
-    )
+    client = PipelinedRedis.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.025)
     limiter = RateLimiter(RedisLimiter(client), FAST_FAIL)
     try:
         loop = asyncio.get_running_loop()

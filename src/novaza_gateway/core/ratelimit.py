@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as redis
-
 from novaza_gateway.config import RateLimitSettings
 from novaza_gateway.core.metrics import RATELIMIT_DECISIONS, RATELIMIT_FALLBACKS
+from novaza_gateway.core.resp import PipelinedRedis, Script
 from novaza_gateway.core.tenancy import RateLimitPolicy
 
 log = logging.getLogger("novaza.ratelimit")
@@ -114,22 +113,27 @@ return {1, remaining, math.ceil((new_tat - now) * 1000), 0}
 """
 
 
+_GCRA = Script(_GCRA_LUA)
+
+
 class RedisLimiter:
     name = "redis"
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: PipelinedRedis) -> None:
         self._client = client
-        self._script = client.register_script(_GCRA_LUA)
 
     async def decide(self, key: str, policy: RateLimitPolicy) -> Decision:
         interval = 1.0 / policy.rate_per_second
-        result = await self._script(
-            keys=[f"novaza:rl:{key}"], args=[repr(interval), repr(policy.burst * interval)]
+        result = await self._client.eval_script(
+            _GCRA, [f"novaza:rl:{key}"], [repr(interval), repr(policy.burst * interval)]
         )
         allowed, remaining, reset_ms, retry_ms = (int(x) for x in result)
         return Decision(
             bool(allowed), policy.burst, remaining, reset_ms / 1000.0, retry_ms / 1000.0
         )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 class CircuitBreaker:
@@ -199,6 +203,10 @@ class RateLimiter:
         decision = await self._local.decide(key, policy)
         self._count(decision, "memory")
         return decision
+
+    async def aclose(self) -> None:
+        if self._shared is not None:
+            await self._shared.aclose()
 
     def _note_fallback(self, reason: str) -> None:
         if not self.fallback_active:
