@@ -20,7 +20,6 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 import httpx
 import orjson
@@ -35,7 +34,6 @@ from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.errors import ApiError, send_error
 from novaza_gateway.core.health import Probe
-from novaza_gateway.imaging.deps import base_url
 from novaza_gateway.imaging.dicomweb.qido import MAX_LIMIT
 from novaza_gateway.imaging.errors import UpstreamUnavailable
 from novaza_gateway.imaging.proxy_audit import (
@@ -136,7 +134,7 @@ class Call:
     route: str
     kind: str  # qido | wado | stow
     params: dict[str, str]
-    query: list[tuple[str, str]]
+    query: str  # the raw query string, as the caller encoded it
 
     @classmethod
     def of(cls, scope: Scope) -> Call:
@@ -144,7 +142,7 @@ class Call:
         tenant_id = state["tenant"].id
         route = getattr(scope.get("route"), "name", "") or ""
         kind = scope["path"].split("/", 3)[2] if scope["path"].count("/") >= 2 else ""
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        query = scope.get("query_string", b"").decode("latin-1")
         return cls(
             scope=scope,
             tenant_id=tenant_id,
@@ -340,15 +338,16 @@ class ImagingProxy:
         upstream: Upstream,
         method: str,
         call: Call,
-        query: list[tuple[str, str]],
+        query: str,
         headers: dict[str, str],
         body: AsyncIterator[bytes] | None = None,
     ) -> httpx.Response:
         client = self.clients.client(upstream)
         url = upstream.base_url + upstream_path(call.scope["path"])
+        if query:
+            url = f"{url}?{query}"
         auth = upstream.auth or httpx.USE_CLIENT_DEFAULT
-        params = tuple(query)  # a tuple: list is invariant in httpx's annotation
-        request = client.build_request(method, url, params=params, headers=headers, content=body)
+        request = client.build_request(method, url, headers=headers, content=body)
         try:
             return await client.send(request, stream=True, auth=auth)
         except httpx.RemoteProtocolError:
@@ -358,7 +357,10 @@ class ImagingProxy:
             return await client.send(request, stream=True, auth=auth)
 
     def _urls(self, call: Call, upstream: Upstream) -> UrlRewriter:
-        gateway = base_url(Request(call.scope))
+        """Links point where the caller reaches the gateway: NOVAZA_PUBLIC_URL, else the
+        URL the caller used (as ``deps.base_url`` for embedded answers)."""
+        public: str | None = call.scope["app"].state.settings.public_url
+        gateway = public.rstrip("/") if public else str(Request(call.scope).base_url).rstrip("/")
         return UrlRewriter(upstream.base_url, f"{gateway}/med/wado")
 
     async def _patient(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from novaza_gateway.imaging.errors import InvalidQuery
 
@@ -79,31 +79,32 @@ def upstream_path(gateway_path: str) -> str:
     raise ValueError(f"not a DICOMweb path: {gateway_path!r}")
 
 
-def forwarded_query(
-    params: Iterable[tuple[str, str]], *, qido_limit: int | None = None
-) -> tuple[list[tuple[str, str]], int | None]:
-    """The query the upstream gets: never the signed-URL ``token``.
+def forwarded_query(query_string: str, *, qido_limit: int | None = None) -> tuple[str, int | None]:
+    """The query the upstream gets, as the caller encoded it (servers differ in what they
+    decode: Orthanc matches ``*`` but not ``%2A``) - without the signed-URL ``token``.
 
     For a QIDO search (``qido_limit`` set) the page is capped as in embedded mode: at most
     ``qido_limit`` results, asked as one more so that a cut can be told (``Warning: 299``).
-    Answers the query and the page size the caller gets (None: not a search).
+    Answers the raw query and the page size the caller gets (None: not a search).
     """
-    kept: list[tuple[str, str]] = []
+    kept: list[str] = []
     asked: int | None = None
-    for name, value in params:
+    for pair in filter(None, query_string.split("&")):
+        name = unquote_plus(pair.split("=", 1)[0])
         if name == "token":
             continue
         if qido_limit is not None and name == "limit":
+            value = unquote_plus(pair.partition("=")[2])
             if not value.isdigit():
                 raise InvalidQuery.field("limit", "a non-negative integer")
             asked = int(value)
             continue
-        kept.append((name, value))
+        kept.append(pair)
     if qido_limit is None:
-        return kept, None
+        return "&".join(kept), None
     page = min(asked if asked is not None else qido_limit, qido_limit)
-    kept.append(("limit", str(page + 1)))
-    return kept, page
+    kept.append(f"limit={page + 1}")
+    return "&".join(kept), page
 
 
 def request_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
