@@ -191,13 +191,11 @@ def start_baseline(kind: str, files: list[Path]) -> Server:
 
 
 def load_study(base: str, auth: dict[str, str], megabytes: int, side: int) -> str:
-    """About ``megabytes`` of ``side`` x ``side`` 16-bit instances (1024: 2 MiB each, 512: a
-    CT slice's 0.5 MiB), stored by STOW about 10 MB per request."""
+    """At least ``megabytes`` of ``side`` x ``side`` 16-bit instances (1024: 2 MiB each, 512:
+    a CT slice's 0.5 MiB), stored by STOW about 10 MB per request."""
     study, series = uid(), uid()
-    count, per_request = (
-        max(1, megabytes * 10**6 // (2 * side * side)),
-        max(1, 10**7 // (2 * side * side)),
-    )
+    pixels = 2 * side * side
+    count, per_request = -(-megabytes * 10**6 // pixels), max(1, 10**7 // pixels)
     for start in range(0, count, per_request):
         parts = [
             make_instance(study=study, series=series, rows=side, columns=side, instance_number=i)
