@@ -184,7 +184,9 @@ def serve(
     raise RuntimeError("gateway did not start")
 
 
-async def backend(name: str, database_url: str | None, count: int, concurrency: int) -> None:
+async def backend(
+    name: str, database_url: str | None, count: int, concurrency: int, args: argparse.Namespace
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         _, token = await prepare(data_dir, database_url)
@@ -192,8 +194,8 @@ async def backend(name: str, database_url: str | None, count: int, concurrency: 
         process = serve(data_dir, database_url, http, mllp)
         try:
             run = uuid.uuid4().hex[:4].upper()
-            for kind in ("A08", "ORM"):
-                for channel in ("mllp", "http"):
+            for kind in args.kinds:
+                for channel in args.channels:
                     batch = messages(kind, count, f"{run}{channel[0]}")
                     if channel == "mllp":
                         took, lat = await drive_mllp(mllp, batch, concurrency)
@@ -237,15 +239,21 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--stores", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--channels", nargs="+", default=["mllp", "http"])
+    parser.add_argument("--kinds", nargs="+", default=["A08", "ORM"])
     args = parser.parse_args()
     print(f"{args.messages} messages per row, {args.concurrency} concurrent senders\n")
     print("| store | channel | message | msgs/s | ACK p50 ms | ACK p99 ms | python-hl7 parse/s |")
     print("|---|---|---|---|---|---|---|")
-    await backend("SQLite", None, args.messages, args.concurrency)
+    if "sqlite" in args.stores:
+        await backend("SQLite", None, args.messages, args.concurrency, args)
+    if "postgresql" not in args.stores:
+        return
     url, name = await pg_database()
     if url and name:
         try:
-            await backend("PostgreSQL", url, args.messages, args.concurrency)
+            await backend("PostgreSQL", url, args.messages, args.concurrency, args)
         finally:
             await drop(name)
     else:

@@ -80,6 +80,15 @@ class Visit:
     discharged_at: datetime | None = None
 
 
+async def check_event(
+    session: AsyncSession, tenant_id: str, visit: Visit, event: EncounterEvent
+) -> None:
+    """Raise ``InvalidTransition`` if the visit cannot take ``event``; changes nothing, so a
+    caller can check every step of a message before the first change."""
+    encounter = await repository.encounter(session, tenant_id, visit.visit_number)
+    next_status(encounter.status if encounter else None, event)
+
+
 async def apply_event(
     session: AsyncSession,
     actor: audit.Actor,
@@ -102,7 +111,7 @@ async def apply_event(
             created_at=now,
             updated_at=now,
         )
-        session.add(encounter)
+        repository.add(session, encounter)
     _update(encounter, visit, event)
     encounter.patient_id = patient.id
     encounter.status = status

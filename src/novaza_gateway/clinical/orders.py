@@ -93,10 +93,7 @@ async def place(
     found = await find(session, tenant_id, request.placer_order_number)
     if found is not None:
         return found[1], False
-    accession = request.accession_number or request.filler_order_number
-    accession = accession or request.placer_order_number
-    if await repository.worklist_item(session, tenant_id, accession) is not None:
-        raise InvalidTransition("Another order already uses this accession number.")
+    accession = await _free_accession(session, tenant_id, request)
     now = utcnow()
     order = Order(
         id=uuid.uuid4().hex,
@@ -123,11 +120,25 @@ async def place(
     item.accession_number = accession
     item.study_instance_uid = request.study_instance_uid or study_uid_for(item.id)
     item.scheduled_start = request.scheduled_start or now  # no requested time: as soon as possible
-    session.add(order)
-    session.add(item)
-    await session.flush()
+    repository.add(session, order)
+    repository.add(session, item)
     _audit(session, actor, tenant_id, item, "order.place", None)
     return item, True
+
+
+async def check_place(session: AsyncSession, tenant_id: str, request: ProcedureRequest) -> None:
+    """Raise what ``place`` would raise, changing nothing (a caller checks before it changes
+    anything else, e.g. registers the order's patient)."""
+    if await find(session, tenant_id, request.placer_order_number) is None:
+        await _free_accession(session, tenant_id, request)
+
+
+async def _free_accession(session: AsyncSession, tenant_id: str, request: ProcedureRequest) -> str:
+    accession = request.accession_number or request.filler_order_number
+    accession = accession or request.placer_order_number
+    if await repository.worklist_item(session, tenant_id, accession) is not None:
+        raise InvalidTransition("Another order already uses this accession number.")
+    return accession
 
 
 async def change(

@@ -99,7 +99,7 @@ async def register(
     if patient is None:
         patient = Patient(id=uuid.uuid4().hex, tenant_id=tenant_id, created_at=now, updated_at=now)
         _apply(patient, data.demographics, creating=True)
-        session.add(patient)
+        repository.add(session, patient)
         _add_identifiers(session, tenant_id, patient, data.identifiers, known)
         audit.record(
             session,
@@ -176,7 +176,8 @@ def _add_identifiers(
         if key in known:
             continue
         known.add(key)
-        session.add(
+        repository.add(
+            session,
             PatientIdentifier(
                 id=uuid.uuid4().hex,
                 tenant_id=tenant_id,
@@ -184,7 +185,7 @@ def _add_identifiers(
                 value=ident.value,
                 assigning_authority=ident.authority,
                 type_code=ident.type_code,
-            )
+            ),
         )
 
 

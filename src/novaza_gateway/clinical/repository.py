@@ -1,4 +1,9 @@
-"""Clinical queries; each takes the tenant id."""
+"""Clinical queries; each takes the tenant id.
+
+The lookups by key (identifier, visit, order number, accession) answer from the rows a group
+prefetched into the session when they cover the key (``prefetch``); records are added with
+``add()`` so such a group sees them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from novaza_gateway.clinical import prefetch
 from novaza_gateway.clinical.models import (
     Encounter,
     Order,
@@ -18,8 +24,19 @@ from novaza_gateway.clinical.models import (
     WorklistItem,
 )
 
+ClinicalRecord = Patient | PatientIdentifier | Encounter | Order | WorklistItem
+
+
+def add(session: AsyncSession, record: ClinicalRecord) -> None:
+    """A new record into the session, where the group's lookups will find it."""
+    session.add(record)
+    prefetch.remember(session, record.tenant_id, record)
+
 
 async def patient(session: AsyncSession, tenant_id: str, patient_id: str) -> Patient | None:
+    snap = prefetch.snapshot(session, tenant_id)
+    if snap is not None and patient_id in snap.patients:
+        return snap.patients[patient_id]
     query = select(Patient).where(Patient.tenant_id == tenant_id, Patient.id == patient_id)
     return (await session.execute(query)).scalar_one_or_none()
 
@@ -42,6 +59,11 @@ async def identifiers_matching(
     its patient: one query."""
     if not keys:
         return []
+    snap = prefetch.snapshot(session, tenant_id)
+    if snap is not None:
+        found = snap.identifiers_matching(keys)
+        if found is not None:
+            return found
     query = (
         select(PatientIdentifier, Patient)
         .join(Patient, Patient.id == PatientIdentifier.patient_id)
@@ -72,6 +94,9 @@ async def identifiers_of(
 
 
 async def encounter(session: AsyncSession, tenant_id: str, visit_number: str) -> Encounter | None:
+    snap = prefetch.snapshot(session, tenant_id)
+    if snap is not None and visit_number in snap.encounters:
+        return snap.encounters[visit_number]
     query = select(Encounter).where(
         Encounter.tenant_id == tenant_id, Encounter.visit_number == visit_number
     )
@@ -79,6 +104,9 @@ async def encounter(session: AsyncSession, tenant_id: str, visit_number: str) ->
 
 
 async def order(session: AsyncSession, tenant_id: str, placer_number: str) -> Order | None:
+    snap = prefetch.snapshot(session, tenant_id)
+    if snap is not None and placer_number in snap.placers:
+        return snap.placers[placer_number]
     query = select(Order).where(
         Order.tenant_id == tenant_id, Order.placer_order_number == placer_number
     )
@@ -86,6 +114,9 @@ async def order(session: AsyncSession, tenant_id: str, placer_number: str) -> Or
 
 
 async def order_by_filler(session: AsyncSession, tenant_id: str, filler: str) -> Order | None:
+    snap = prefetch.snapshot(session, tenant_id)
+    if snap is not None and filler in snap.fillers:
+        return snap.fillers[filler]
     query = select(Order).where(Order.tenant_id == tenant_id, Order.filler_order_number == filler)
     return (await session.execute(query)).scalars().first()
 
@@ -93,6 +124,10 @@ async def order_by_filler(session: AsyncSession, tenant_id: str, filler: str) ->
 async def worklist_item_for_order(
     session: AsyncSession, tenant_id: str, order_id: str
 ) -> WorklistItem | None:
+    snap = prefetch.snapshot(session, tenant_id)
+    if snap is not None and order_id in snap.items_of_order:
+        items = snap.items_of_order[order_id]
+        return items[0] if items else None
     query = select(WorklistItem).where(
         WorklistItem.tenant_id == tenant_id, WorklistItem.order_id == order_id
     )
@@ -102,6 +137,9 @@ async def worklist_item_for_order(
 async def worklist_item(
     session: AsyncSession, tenant_id: str, accession_number: str
 ) -> WorklistItem | None:
+    snap = prefetch.snapshot(session, tenant_id)
+    if snap is not None and accession_number in snap.accessions:
+        return snap.accessions[accession_number]
     query = select(WorklistItem).where(
         WorklistItem.tenant_id == tenant_id, WorklistItem.accession_number == accession_number
     )
@@ -258,6 +296,7 @@ async def move_patient_records(
     session: AsyncSession, tenant_id: str, prior_id: str, survivor_id: str
 ) -> None:
     """A merge: identifiers, encounters, orders and worklist items follow the survivor."""
+    prefetch.forget(session)  # rows move under the remembered objects
     for table in (PatientIdentifier, Encounter, Order, WorklistItem):
         await session.execute(
             update(table)

@@ -1,9 +1,20 @@
-"""Intake, shared by HTTP and MLLP: one message in, stored and processed, one ACK out.
+"""Intake, shared by HTTP and MLLP: messages in, stored and processed, one ACK each.
 
-The message row is written first; processing runs in a SAVEPOINT, so an AE keeps the raw
-message (and the ACK sent) while undoing whatever the message had half done. The caller's
-transaction commits the row, the clinical changes and the audit record together, and only
-then is the ACK sent: an AA always means "on disk and applied".
+A group of messages (one for HTTP; for MLLP whatever the connections queued meanwhile, see
+``batcher``) is stored and processed in the caller's one transaction; the caller commits and
+only then sends the ACKs, so an AA always means "on disk and applied" (ADR 0010, 0012).
+
+1. Keys already stored are answered from the store: the original ACK, byte for byte.
+2. The message rows go first (INSERT ... ON CONFLICT DO NOTHING, one statement): a key a
+   concurrent transaction holds waits for its commit and is then answered from the store.
+3. What the group will look up is read in a few queries (``clinical.prefetch``).
+4. Each message is processed in order. With ``isolate=False`` a message runs without a
+   SAVEPOINT: processing checks everything before its first change, so an AE leaves nothing
+   to undo. A message that fails after a change all the same (``clinical.changes`` counts),
+   or a group whose writes the database refuses, raises ``Redo``: the caller rolls back and
+   runs the group again with ``isolate=True``, a SAVEPOINT per message. A message that may
+   fail midway (a merge, several order controls) always gets its SAVEPOINT.
+5. The outcomes and ACKs go to the rows (one statement), with an audit record per message.
 """
 
 from __future__ import annotations
@@ -11,21 +22,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from novaza_gateway.clinical import changes, prefetch
 from novaza_gateway.clinical.errors import InvalidTransition, OrderNotFound, PatientNotFound
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import utcnow
 from novaza_gateway.hl7 import repository
-from novaza_gateway.hl7.ack import Ack, build_ack
 from novaza_gateway.hl7.errors import MessageInFlight
-from novaza_gateway.hl7.models import InboundMessage
+from novaza_gateway.hl7.outcome import Outcome, answered, reject, repeat
 from novaza_gateway.hl7.parser import (
     APPLICATION_INTERNAL_ERROR,
-    DUPLICATE_KEY_IDENTIFIER,
     UNKNOWN_KEY_IDENTIFIER,
     UNSUPPORTED_EVENT_CODE,
     UNSUPPORTED_MESSAGE_TYPE,
@@ -33,43 +46,51 @@ from novaza_gateway.hl7.parser import (
     Hl7Error,
     Message,
     ParseError,
-    codec_for,
     parse,
-    peek,
 )
 from novaza_gateway.hl7.processing import (
     ADT_EVENTS,
     ORDER_TRIGGERS,
     Hl7Context,
+    lookups,
+    needs_savepoint,
     process_adt,
     process_order,
 )
+from novaza_gateway.hl7.repository import MessageKey, Processed, StoredMessage
 
 log = logging.getLogger("novaza.hl7")
 
 ADT = frozenset({"ADT"})
 ORDERS = frozenset(ORDER_TRIGGERS)
 ANY = ADT | ORDERS
+# What processing raises for a message the gateway answers AE (nothing else is expected).
+ANSWERED_AE = (Hl7Error, OrderNotFound, PatientNotFound, InvalidTransition)
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    ack: Ack
-    header: Header | None
-    message_id: str | None = None
-    duplicate: bool = False
-    error: Hl7Error | None = None
+class Received:
+    """A message taken for storing: parsed, of a type the channel accepts, tenant known."""
+
+    ctx: Hl7Context
+    data: bytes
+    message: Message
+    channel: str
+
+    @property
+    def key(self) -> MessageKey:
+        header = self.message.header
+        return (
+            self.ctx.tenant_id,
+            header.sending_application[:180],
+            header.sending_facility[:180],
+            header.control_id[:199],
+        )
 
 
-def new_control_id() -> str:
-    return uuid.uuid4().hex[:20]
-
-
-def reject(data: bytes, error: Hl7Error, header: Header | None = None) -> Outcome:
-    """AR for a message that is not taken at all (nothing stored)."""
-    header = header or peek(data)
-    ack = build_ack(header, "AR", control_id=new_control_id(), now=utcnow(), error=error)
-    return Outcome(ack=ack, header=header, error=error)
+class Redo(Exception):
+    """The group cannot be finished without a SAVEPOINT per message: roll the transaction
+    back and run the group again with ``isolate=True``."""
 
 
 def check_type(header: Header, accepts: frozenset[str]) -> None:
@@ -108,120 +129,213 @@ async def receive(
     accepts: frozenset[str] = ANY,
     parsed: Message | None = None,
 ) -> Outcome:
-    """``parsed``: the message already parsed (and type-checked) by the caller."""
+    """One message in the caller's transaction (HTTP). ``parsed``: already parsed."""
     try:
         message = parsed or parse(data)
         check_type(message.header, accepts)
     except ParseError as error:
         return reject(data, error)
-    header = message.header
-    fingerprint = digest(message)
-    key = (header.sending_application[:180], header.sending_facility[:180], header.control_id[:199])
-    existing = await repository.inbound_by_key(session, ctx.tenant_id, *key)
-    if existing is not None:
-        return _repeat(existing, fingerprint, header)
-    row = InboundMessage(
-        id=uuid.uuid4().hex,
-        tenant_id=ctx.tenant_id,
-        channel=channel,
-        received_at=utcnow(),
-        sending_application=key[0],
-        sending_facility=key[1],
-        receiving_application=header.receiving_application[:180],
-        receiving_facility=header.receiving_facility[:180],
-        message_type=header.message_type.code[:8],
-        trigger_event=header.message_type.trigger[:8],
-        version=header.version,
-        control_id=key[2],
-        content_sha256=fingerprint,
-        raw=data,
-        status="received",
-    )
-    # The row goes first: its unique key makes a concurrent twin wait here (then 409/retry)
-    # instead of racing through processing; and pysqlite needs a DML before the SAVEPOINT.
-    session.add(row)
-    try:
-        await session.flush()
-    except IntegrityError:  # the same key committed by a concurrent request
-        raise MessageInFlight() from None
-    return await _process(session, ctx, message, row)
+    group = [Received(ctx, data, message, channel)]
+    return (await receive_group(session, group, isolate=True))[0]
 
 
-async def _process(
-    session: AsyncSession, ctx: Hl7Context, message: Message, row: InboundMessage
-) -> Outcome:
-    header = message.header
-    error: Hl7Error | None = None
-    patient_id: str | None = None
-    try:
-        patient_id = await _apply(session, ctx, message)
-    except Hl7Error as exc:
-        error = exc
-    except (OrderNotFound, PatientNotFound) as exc:
-        error = Hl7Error(exc.message, code=UNKNOWN_KEY_IDENTIFIER)
-    except InvalidTransition as exc:
-        error = Hl7Error(exc.message, code=APPLICATION_INTERNAL_ERROR)
-    except DBAPIError:
-        raise
-    except Exception as exc:  # a bug: keep the message, answer AE, never its content in logs
-        log.error(
-            "hl7 processing failed",
-            extra={"error": type(exc).__name__, "tenant": ctx.tenant_id, "messageId": row.id},
+async def receive_group(
+    session: AsyncSession, group: Sequence[Received], *, isolate: bool
+) -> list[Outcome]:
+    """Store and process ``group`` in the session's transaction; one outcome per message, in
+    order. Raises ``Redo`` (only when ``isolate`` is False) or a database error."""
+    keys = [received.key for received in group]
+    fingerprints = [digest(received.message) for received in group]
+    stored = await repository.inbound_by_keys(session, keys)
+    outcomes: dict[int, Outcome] = {}
+    rows: dict[int, dict[str, Any]] = {}
+    firsts: set[MessageKey] = set()
+    now = utcnow()
+    for i, received in enumerate(group):
+        if keys[i] in stored:
+            outcomes[i] = repeat(stored[keys[i]], fingerprints[i], received.message.header)
+        elif keys[i] not in firsts:  # a twin later in the group is answered like a repeat
+            firsts.add(keys[i])
+            rows[i] = _row(received, fingerprints[i], now)
+    inserted = await repository.insert_inbound(session, list(rows.values()))
+    taken = [i for i in rows if rows[i]["id"] in inserted]
+    lost = [i for i in rows if rows[i]["id"] not in inserted]
+    if lost:  # committed meanwhile by a concurrent transaction: answered from the store
+        stored.update(await repository.inbound_by_keys(session, [keys[i] for i in lost]))
+        for i in lost:
+            if keys[i] not in stored:
+                raise MessageInFlight()
+            outcomes[i] = repeat(stored[keys[i]], fingerprints[i], group[i].message.header)
+    done = await _process_all(session, group, taken, [rows[i]["id"] for i in taken], isolate)
+    await repository.record_outcomes(session, [processed for _, processed in done.values()])
+    for i, (outcome, processed) in done.items():
+        outcomes[i] = outcome
+        stored[keys[i]] = StoredMessage(
+            processed.message_id,
+            fingerprints[i],
+            processed.ack,
+            processed.ack_code,
+            processed.error_code,
+            processed.error_text,
         )
-        error = Hl7Error("The gateway failed to process the message.")
+    for i, received in enumerate(group):
+        if i not in outcomes:
+            outcomes[i] = repeat(stored[keys[i]], fingerprints[i], received.message.header)
+    return [outcomes[i] for i in range(len(group))]
+
+
+def _row(received: Received, fingerprint: str, now: datetime) -> dict[str, Any]:
+    header = received.message.header
+    tenant_id, sending_application, sending_facility, control_id = received.key
+    return {
+        "id": uuid.uuid4().hex,
+        "tenant_id": tenant_id,
+        "channel": received.channel,
+        "received_at": now,
+        "sending_application": sending_application,
+        "sending_facility": sending_facility,
+        "receiving_application": header.receiving_application[:180],
+        "receiving_facility": header.receiving_facility[:180],
+        "message_type": header.message_type.code[:8],
+        "trigger_event": header.message_type.trigger[:8],
+        "version": header.version,
+        "control_id": control_id,
+        "content_sha256": fingerprint,
+        "raw": received.data,
+        "status": "received",
+    }
+
+
+async def _process_all(
+    session: AsyncSession,
+    group: Sequence[Received],
+    taken: list[int],
+    message_ids: list[str],
+    isolate: bool,
+) -> dict[int, tuple[Outcome, Processed]]:
+    done: dict[int, tuple[Outcome, Processed]] = {}
+    await _prefetch(session, [group[i] for i in taken])
+    for n, (i, message_id) in enumerate(zip(taken, message_ids, strict=True)):
+        received = group[i]
+        if isolate or needs_savepoint(received.message):
+            patient_id, error = await _isolated(session, received, message_id)
+        else:
+            if prefetch.snapshot(session, received.ctx.tenant_id) is None:  # forgotten
+                await _prefetch(session, [group[j] for j in taken[n:]])
+            patient_id, error = await _unisolated(session, received)
+        done[i] = _conclude(session, received, message_id, patient_id, error)
+    if not isolate:
+        try:
+            await session.flush()
+        except IntegrityError as exc:  # a concurrent transaction inserted what we did
+            raise Redo() from exc
+    return done
+
+
+async def _prefetch(session: AsyncSession, group: Sequence[Received]) -> None:
+    by_tenant: dict[str, prefetch.Keys] = {}
+    for received in group:
+        keys = by_tenant.setdefault(received.ctx.tenant_id, prefetch.Keys())
+        lookups(received.message, received.ctx.settings, keys)
+    for tenant_id, keys in by_tenant.items():
+        await prefetch.load(session, tenant_id, keys)
+
+
+async def _process(session: AsyncSession, received: Received) -> str | None:
+    if received.message.header.message_type.code == "ADT":
+        return await process_adt(session, received.ctx, received.message)
+    return await process_order(session, received.ctx, received.message)
+
+
+async def _unisolated(
+    session: AsyncSession, received: Received
+) -> tuple[str | None, Hl7Error | None]:
+    new_before = len(session.new)
+    with changes.watch() as writes:
+        try:
+            return await _process(session, received), None
+        except ANSWERED_AE as exc:
+            if writes.count or len(session.new) != new_before:
+                raise Redo() from exc  # it failed after a change: only a SAVEPOINT undoes it
+            return None, _as_hl7(exc)
+        except IntegrityError as exc:
+            raise Redo() from exc
+        except DBAPIError:
+            raise
+        except Exception as exc:  # a bug: the isolated run answers AE and logs it
+            raise Redo() from exc
+
+
+async def _isolated(
+    session: AsyncSession, received: Received, message_id: str
+) -> tuple[str | None, Hl7Error | None]:
+    """In a SAVEPOINT. A unique conflict means a concurrent message created the same patient,
+    visit or order and has committed (the database made us wait for it): once more."""
+    for attempt in range(2):
+        try:
+            async with session.begin_nested():
+                return await _process(session, received), None
+        except IntegrityError:
+            prefetch.forget(session)
+            if attempt:
+                _log_failure("IntegrityError", received, message_id)
+                return None, Hl7Error("The message conflicts with records stored meanwhile.")
+        except ANSWERED_AE as exc:
+            prefetch.forget(session)
+            return None, _as_hl7(exc)
+        except DBAPIError:
+            raise
+        except Exception as exc:  # a bug: keep the message, answer AE, never its content in logs
+            prefetch.forget(session)
+            _log_failure(type(exc).__name__, received, message_id)
+            return None, Hl7Error("The gateway failed to process the message.")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _log_failure(error: str, received: Received, message_id: str) -> None:
+    log.error(
+        "hl7 processing failed",
+        extra={"error": error, "tenant": received.ctx.tenant_id, "messageId": message_id},
+    )
+
+
+def _as_hl7(exc: Hl7Error | OrderNotFound | PatientNotFound | InvalidTransition) -> Hl7Error:
+    if isinstance(exc, Hl7Error):
+        return exc
+    if isinstance(exc, OrderNotFound | PatientNotFound):
+        return Hl7Error(exc.message, code=UNKNOWN_KEY_IDENTIFIER)
+    return Hl7Error(exc.message, code=APPLICATION_INTERNAL_ERROR)
+
+
+def _conclude(
+    session: AsyncSession,
+    received: Received,
+    message_id: str,
+    patient_id: str | None,
+    error: Hl7Error | None,
+) -> tuple[Outcome, Processed]:
+    header = received.message.header
     code = "AE" if error else "AA"
-    ack = build_ack(header, code, control_id=new_control_id(), now=utcnow(), error=error)
-    row.status = "failed" if error else "processed"
-    row.ack_code = code
-    row.ack = ack.data
-    row.error_code = error.code if error else None
-    row.error_text = error.text[:255] if error else None
-    row.patient_id = patient_id
-    row.processed_at = utcnow()
+    outcome = answered(header, code, message_id, error)
+    processed = Processed(
+        message_id=message_id,
+        status="failed" if error else "processed",
+        ack_code=code,
+        ack=outcome.ack.data,
+        error_code=error.code if error else None,
+        error_text=error.text[:255] if error else None,
+        patient_id=patient_id,
+        processed_at=utcnow(),
+    )
     audit.record(
         session,
-        ctx.actor,
+        received.ctx.actor,
         f"hl7.{header.message_type.code}.{header.message_type.trigger}".lower(),
         "hl7_message",
-        row.id,
-        tenant_id=ctx.tenant_id,
+        message_id,
+        tenant_id=received.ctx.tenant_id,
         patient_id=patient_id,
         outcome="success" if error is None else "error",
         after={"ack": code, "controlId": header.control_id[:64]},
     )
-    return Outcome(ack=ack, header=header, message_id=row.id, error=error)
-
-
-async def _apply(session: AsyncSession, ctx: Hl7Context, message: Message) -> str | None:
-    """Process in a SAVEPOINT. A unique conflict means a concurrent message created the same
-    patient, visit or order and has committed (the database made us wait for it): once more."""
-    for attempt in range(2):
-        try:
-            async with session.begin_nested():
-                if message.header.message_type.code == "ADT":
-                    return await process_adt(session, ctx, message)
-                return await process_order(session, ctx, message)
-        except IntegrityError:
-            if attempt:
-                raise
-    return None  # pragma: no cover
-
-
-def _repeat(existing: InboundMessage, fingerprint: str, header: Header) -> Outcome:
-    if existing.content_sha256 == fingerprint and existing.ack is not None:
-        code = existing.ack_code or "AA"
-        error = None
-        if code != "AA":
-            error = Hl7Error(existing.error_text or "", code=existing.error_code or "207", ack=code)
-        text = existing.ack.decode(codec_for(header.charset), errors="replace")
-        ack = Ack(code=code, text=text, data=existing.ack)
-        return Outcome(ack=ack, header=header, message_id=existing.id, duplicate=True, error=error)
-    error = Hl7Error(
-        "A different message with this sender and control id was already received.",
-        code=DUPLICATE_KEY_IDENTIFIER,
-        segment="MSH",
-        sequence=1,
-        field=10,
-    )
-    ack = build_ack(header, "AE", control_id=new_control_id(), now=utcnow(), error=error)
-    return Outcome(ack=ack, header=header, message_id=existing.id, error=error)
+    return outcome, processed

@@ -1,9 +1,11 @@
 """The MLLP listener: asyncio TCP server, many messages per connection, one ACK each.
 
 The tenant of a message comes from the tenants' ``hl7.mllpRoutes`` (MSH-5/6, MSH-4); an
-unrouted message, a suspended tenant or one without the ``hl7_fhir`` add-on gets AR. The
-ACK is written only after the message's transaction committed; if the store fails, the
-connection is closed without an ACK so the sender resends.
+unrouted message, a suspended tenant or one without the ``hl7_fhir`` add-on gets AR. Routed
+messages go to the ``IntakeBatcher`` (group commit); the ACK is written only after the
+message's transaction committed. A connection may pipeline: the next frames are read and
+queued while earlier ones are processed, and the ACKs go back in the order of the frames.
+If the store fails, the connection is closed without an ACK, so the sender resends.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core.audit import Actor
@@ -19,14 +23,14 @@ from novaza_gateway.core.db import Database
 from novaza_gateway.core.tenancy import TenantCache
 from novaza_gateway.hl7 import intake, metrics
 from novaza_gateway.hl7.ack import ack_wanted
-from novaza_gateway.hl7.errors import MessageInFlight
-from novaza_gateway.hl7.intake import Outcome
+from novaza_gateway.hl7.batcher import IntakeBatcher
+from novaza_gateway.hl7.intake import Received
 from novaza_gateway.hl7.metrics import MLLP_ACK_SECONDS
 from novaza_gateway.hl7.mllp import FrameTooLarge, MllpDecoder, frame
+from novaza_gateway.hl7.outcome import Outcome, reject
 from novaza_gateway.hl7.parser import (
     APPLICATION_INTERNAL_ERROR,
     UNKNOWN_KEY_IDENTIFIER,
-    Message,
     ParseError,
     parse,
 )
@@ -36,10 +40,20 @@ from novaza_gateway.hl7.routing import TenantHl7Settings
 log = logging.getLogger("novaza.hl7.mllp")
 ADDON = "hl7_fhir"
 READ_SIZE = 64 * 1024
+PIPELINE = 64  # frames read ahead of their ACKs, per connection
 
 
 class _Drop(Exception):
     """Close the connection without an ACK: the sender must resend."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A frame read, waiting for its outcome; ``always``: answered even if MSH-15 says not."""
+
+    started: float
+    outcome: asyncio.Future[Outcome]
+    always: bool
 
 
 class MllpListener:
@@ -57,10 +71,10 @@ class MllpListener:
         self.port: int | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        # SQLite has one writer: queueing here beats its busy-timeout polling (p99 latency).
-        self._writer_lock = asyncio.Lock() if db.engine.dialect.name == "sqlite" else None
+        self._batcher = IntakeBatcher(db)
 
     async def start(self) -> None:
+        self._batcher.start()
         self._server = await asyncio.start_server(
             self._connection, self.config.mllp_host, self.config.mllp_port or 0
         )
@@ -78,6 +92,7 @@ class MllpListener:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._batcher.stop()
         await self._server.wait_closed()
         self._server = None
 
@@ -86,13 +101,16 @@ class MllpListener:
         if task is not None:
             self._connections.add(task)
         decoder = MllpDecoder(self.config.max_frame_bytes)
+        pending: deque[_Pending] = deque()
         try:
-            await self._serve(reader, writer, decoder)
+            await self._serve(reader, writer, decoder, pending)
         except (TimeoutError, ConnectionError, _Drop):
             pass
         except Exception as exc:  # never a traceback: SQL errors carry message data
             log.error("mllp connection failed", extra={"error": type(exc).__name__})
         finally:
+            for entry in pending:  # not yet in a group: never processed; else answered by resend
+                entry.outcome.cancel()
             if task is not None:
                 self._connections.discard(task)
             writer.close()
@@ -100,35 +118,88 @@ class MllpListener:
                 await writer.wait_closed()
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: MllpDecoder
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: MllpDecoder,
+        pending: deque[_Pending],
     ) -> None:
-        while True:
-            data = await asyncio.wait_for(reader.read(READ_SIZE), self.config.idle_timeout_seconds)
-            if not data:
-                return
-            try:
-                frames = decoder.feed(data)
-            except FrameTooLarge:
-                error = ParseError(f"The frame is larger than {self.config.max_frame_bytes} bytes.")
-                writer.write(frame(intake.reject(b"", error).ack.data))
-                await writer.drain()
-                return
-            for payload in frames:
-                started = time.perf_counter()
-                ack = await self.handle(payload)
-                if ack is not None:
-                    MLLP_ACK_SECONDS.observe(time.perf_counter() - started)
-                    writer.write(frame(ack))
-                    await writer.drain()
+        """Read frames while earlier ones are processed; write ACKs in frame order."""
+        reading: asyncio.Task[bytes] | None = None
+        ended = False
+        try:
+            while True:
+                if reading is None and not ended and len(pending) < PIPELINE:
+                    reading = asyncio.ensure_future(reader.read(READ_SIZE))
+                waiting: set[asyncio.Future[bytes] | asyncio.Future[Outcome]] = set()
+                if reading is not None:
+                    waiting.add(reading)
+                if pending:
+                    waiting.add(pending[0].outcome)
+                if not waiting:
+                    return
+                idle = None if pending else self.config.idle_timeout_seconds
+                done, _ = await asyncio.wait(
+                    waiting, timeout=idle, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    raise TimeoutError()
+                if reading is not None and reading in done:
+                    data, reading = reading.result(), None
+                    ended = not data or not await self._frames(data, decoder, pending)
+                await self._answer(writer, pending)
+        finally:
+            if reading is not None:
+                reading.cancel()
 
-    async def handle(self, payload: bytes) -> bytes | None:
-        """One framed message -> the ACK bytes to send (None: the sender asked for none)."""
+    async def _frames(self, data: bytes, decoder: MllpDecoder, pending: deque[_Pending]) -> bool:
+        """Queue the frames in ``data``; False when the connection must end after them."""
+        try:
+            frames = decoder.feed(data)
+        except FrameTooLarge:
+            error = ParseError(f"The frame is larger than {self.config.max_frame_bytes} bytes.")
+            pending.append(_Pending(time.perf_counter(), _done(reject(b"", error)), True))
+            return False
+        for payload in frames:
+            pending.append(await self._submit(payload))
+        return True
+
+    async def _answer(self, writer: asyncio.StreamWriter, pending: deque[_Pending]) -> None:
+        """Write the ACKs that are ready, in order; a store failure drops the connection."""
+        wrote = False
+        while pending and pending[0].outcome.done():
+            entry = pending.popleft()
+            try:
+                outcome = entry.outcome.result()
+            except Exception as exc:
+                raise _Drop() from exc
+            wanted = entry.always or ack_wanted(outcome.header, outcome.ack.code)
+            metrics.count("mllp", outcome, acked=wanted)
+            if wanted:
+                MLLP_ACK_SECONDS.observe(time.perf_counter() - entry.started)
+                writer.write(frame(outcome.ack.data))
+                wrote = True
+        if wrote:
+            await writer.drain()
+
+    async def _submit(self, payload: bytes) -> _Pending:
+        started = time.perf_counter()
+        taken = await self._take(payload)
+        if isinstance(taken, Received):
+            try:
+                return _Pending(started, self._batcher.submit(taken), False)
+            except RuntimeError as exc:  # shutting down
+                raise _Drop() from exc
+        return _Pending(started, _done(taken), True)
+
+    async def _take(self, payload: bytes) -> Received | Outcome:
+        """A routed message to store, or the AR for one that is not taken."""
         try:
             message = parse(payload)
             header = message.header
             intake.check_type(header, intake.ANY)
         except ParseError as exc:
-            return self._counted(intake.reject(payload, exc))
+            return reject(payload, exc)
         route = await self.settings.route(
             header.receiving_application, header.receiving_facility, header.sending_facility
         )
@@ -138,41 +209,26 @@ class MllpListener:
                 "No tenant receives messages for this receiving application/facility.",
                 code=UNKNOWN_KEY_IDENTIFIER,
             )
-            return self._counted(intake.reject(payload, refusal, header))
+            return reject(payload, refusal, header)
         if ADDON not in tenant.addons:
             refusal = ParseError(
                 "The tenant's subscription does not include HL7 messaging.",
                 code=APPLICATION_INTERNAL_ERROR,
             )
-            return self._counted(intake.reject(payload, refusal, header))
+            return reject(payload, refusal, header)
         actor = Actor(f"mllp:{header.sending_application}"[:255], tenant.id)
-        ctx = Hl7Context(tenant.id, actor, route.settings)
-        outcome = await self._receive(ctx, payload, message)
-        wanted = ack_wanted(outcome.header, outcome.ack.code)
+        return Received(Hl7Context(tenant.id, actor, route.settings), payload, message, "mllp")
+
+    async def handle(self, payload: bytes) -> bytes | None:
+        """One framed message -> the ACK bytes to send (None: the sender asked for none)."""
+        entry = await self._submit(payload)
+        outcome = await entry.outcome
+        wanted = entry.always or ack_wanted(outcome.header, outcome.ack.code)
         metrics.count("mllp", outcome, acked=wanted)
         return outcome.ack.data if wanted else None
 
-    @staticmethod
-    def _counted(outcome: Outcome) -> bytes:
-        metrics.count("mllp", outcome)
-        return outcome.ack.data
 
-    async def _receive(self, ctx: Hl7Context, payload: bytes, message: Message) -> Outcome:
-        for _ in range(2):  # a concurrent twin in flight: the second pass finds it stored
-            try:
-                async with contextlib.AsyncExitStack() as stack:
-                    if self._writer_lock is not None:
-                        await stack.enter_async_context(self._writer_lock)
-                    session = await stack.enter_async_context(self.db.session_scope())
-                    return await intake.receive(
-                        session, ctx, payload, channel="mllp", parsed=message
-                    )
-            except MessageInFlight:
-                continue
-            except Exception as exc:
-                log.error(
-                    "mllp message not stored",
-                    extra={"error": type(exc).__name__, "tenant": ctx.tenant_id},
-                )
-                raise _Drop() from exc
-        raise _Drop()
+def _done(outcome: Outcome) -> asyncio.Future[Outcome]:
+    future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    future.set_result(outcome)
+    return future

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from novaza_gateway.hl7.intake import ANY, Outcome
+from novaza_gateway.hl7.intake import ANY
+from novaza_gateway.hl7.outcome import Outcome
 
 MESSAGES = Counter(
     "novaza_hl7_messages_total",

@@ -7,13 +7,16 @@ record's state does not allow).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.clinical import encounters, orders, patients
-from novaza_gateway.clinical.encounters import EncounterEvent
+from novaza_gateway.clinical import encounters, orders, patients, prefetch
+from novaza_gateway.clinical.encounters import EncounterEvent, Visit
 from novaza_gateway.clinical.models import Patient
+from novaza_gateway.clinical.orders import ProcedureRequest
+from novaza_gateway.clinical.patients import Identifier
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.hl7 import segments
 from novaza_gateway.hl7.parser import (
@@ -62,67 +65,128 @@ ORDER_STATUS = {
 }
 
 
+def needs_savepoint(message: Message) -> bool:
+    """A message that may fail after its first change: a merge (bulk moves), or an order
+    message with several order controls (a later one may fail after an earlier one)."""
+    kind, trigger = message.header.message_type.code, message.header.message_type.trigger
+    if kind == "ADT":
+        return trigger == "A40"
+    return sum(1 for s in message.segments if s.name == "ORC") > 1
+
+
+def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> None:
+    """Add to ``keys`` what processing ``message`` will look up (best effort: a segment
+    that does not read is left out, and its message answered AE when processed)."""
+    with contextlib.suppress(Hl7Error):
+        pid = message.segment("PID")
+        if pid is not None:
+            keys.identifiers.update(
+                (i.authority, i.value) for i in segments.patient(pid).identifiers
+            )
+        if message.header.message_type.code == "ADT":
+            mrg = message.segment("MRG")
+            if mrg is not None:
+                keys.identifiers.update(
+                    (i.authority, i.value) for i in segments.identifiers(mrg, 1)
+                )
+            pv1 = message.segment("PV1")
+            visit = segments.visit(pv1) if pv1 is not None else None
+            if visit is not None:
+                keys.visits.add(visit.visit_number)
+            return
+        for group in _order_groups(message):
+            request = segments.procedure(group.orc, group.obr, group.tq1, group.ipc, settings)
+            if request.placer_order_number:
+                keys.placers.add(request.placer_order_number)
+            if request.filler_order_number:
+                keys.fillers.add(request.filler_order_number)
+            accession = request.accession_number or request.filler_order_number
+            keys.accessions.add(accession or request.placer_order_number)
+
+
 async def process_adt(session: AsyncSession, ctx: Hl7Context, message: Message) -> str:
+    """Everything is read and checked first; the first change comes after the last check."""
     trigger = message.header.message_type.trigger
     event = ADT_EVENTS[trigger]
     pid = segments.required_segment(message, "PID")
     data = segments.patient(pid)
-    patient, _ = await patients.register(session, ctx.actor, ctx.tenant_id, data)
+    prior: list[Identifier] | None = None
+    visit: Visit | None = None
     if trigger == "A40":
         mrg = segments.required_segment(message, "MRG")
         prior = segments.identifiers(mrg, 1)
         if not prior:
             raise segments.missing(mrg, 1, "prior patient identifier list")
+    elif event is not None:
+        pv1 = message.segment("PV1")
+        visit = segments.visit(pv1) if pv1 is not None else None
+        if visit is None and event not in _VISIT_OPTIONAL:
+            where = pv1 or Segment("PV1", [], message.header.separators, 0)
+            raise segments.missing(where, 19, "visit number")
+        if visit is not None:
+            await encounters.check_event(session, ctx.tenant_id, visit, event)
+    patient, _ = await patients.register(session, ctx.actor, ctx.tenant_id, data)
+    if prior is not None:
         await patients.merge(session, ctx.actor, ctx.tenant_id, patient, prior)
-        return patient.id
-    if event is None:
-        return patient.id
-    pv1 = message.segment("PV1")
-    visit = segments.visit(pv1) if pv1 is not None else None
-    if visit is None:
-        if event in _VISIT_OPTIONAL:
-            return patient.id
-        where = pv1 or Segment("PV1", [], message.header.separators, 0)
-        raise segments.missing(where, 19, "visit number")
-    await encounters.apply_event(session, ctx.actor, ctx.tenant_id, patient, visit, event)
+    elif visit is not None and event is not None:
+        await encounters.apply_event(session, ctx.actor, ctx.tenant_id, patient, visit, event)
     return patient.id
 
 
+@dataclass(frozen=True, slots=True)
+class OrderStep:
+    control: str
+    request: ProcedureRequest
+    status: str | None = None  # the target status of CA, DC, SC
+
+
 async def process_order(session: AsyncSession, ctx: Hl7Context, message: Message) -> str | None:
-    """ORM^O01 / OMI^O23: each ORC (with its OBR, TQ1, IPC) is one order control."""
+    """ORM^O01 / OMI^O23: each ORC (with its OBR, TQ1, IPC) is one order control. Every
+    control is read and checked before the first is applied."""
     pid = segments.required_segment(message, "PID")
+    steps = _order_steps(message, ctx.settings)
+    patient_id: str | None = None
+    for step in steps:
+        if step.control == "NW":
+            await orders.check_place(session, ctx.tenant_id, step.request)
+            patient = await _order_patient(session, ctx, pid)
+            item, _ = await orders.place(session, ctx.actor, ctx.tenant_id, patient, step.request)
+        elif step.control == "XO":
+            item = await orders.change(session, ctx.actor, ctx.tenant_id, step.request)
+        else:
+            assert step.status is not None
+            item = await orders.set_status(
+                session, ctx.actor, ctx.tenant_id, step.request, step.status
+            )
+        patient_id = item.patient_id
+    return patient_id
+
+
+def _order_steps(message: Message, settings: Hl7Settings) -> list[OrderStep]:
     groups = _order_groups(message)
     if not groups:
         raise Hl7Error(
             "The message has no ORC segment.", code=SEGMENT_SEQUENCE_ERROR, segment="ORC"
         )
-    patient_id: str | None = None
+    steps: list[OrderStep] = []
     for group in groups:
         orc = group.orc
-        request = segments.procedure(orc, group.obr, group.tq1, group.ipc, ctx.settings)
+        request = segments.procedure(orc, group.obr, group.tq1, group.ipc, settings)
         control = orc.get(1).upper()
-        if control == "NW":
-            patient = await _order_patient(session, ctx, pid)
-            item, _ = await orders.place(session, ctx.actor, ctx.tenant_id, patient, request)
+        if control in ("NW", "XO"):
+            steps.append(OrderStep(control, request))
         elif control in ("CA", "OC"):
-            item = await orders.set_status(
-                session, ctx.actor, ctx.tenant_id, request, orders.CANCELED
-            )
+            steps.append(OrderStep(control, request, orders.CANCELED))
         elif control in ("DC", "OD"):
-            item = await orders.set_status(
-                session, ctx.actor, ctx.tenant_id, request, orders.DISCONTINUED
-            )
-        elif control == "XO":
-            item = await orders.change(session, ctx.actor, ctx.tenant_id, request)
+            steps.append(OrderStep(control, request, orders.DISCONTINUED))
         elif control == "SC":
             status = ORDER_STATUS.get(orc.get(5).upper())
             if status is None:
                 raise _table_error(orc, 5, "order status")
-            item = await orders.set_status(session, ctx.actor, ctx.tenant_id, request, status)
+            steps.append(OrderStep(control, request, status))
         else:
             raise _table_error(orc, 1, "order control")
-        patient_id = item.patient_id
-    return patient_id
+    return steps
 
 
 async def _order_patient(session: AsyncSession, ctx: Hl7Context, pid: Segment) -> Patient:

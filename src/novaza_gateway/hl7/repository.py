@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -14,16 +17,101 @@ from novaza_gateway.hl7.models import DeliveryAttempt, InboundMessage, OutboundM
 QUEUED, SENDING, DELIVERED, DEAD = "queued", "sending", "delivered", "dead"
 
 
-async def inbound_by_key(
-    session: AsyncSession, tenant_id: str, sending_app: str, sending_facility: str, control_id: str
-) -> InboundMessage | None:
-    query = select(InboundMessage).where(
-        InboundMessage.tenant_id == tenant_id,
-        InboundMessage.sending_application == sending_app,
-        InboundMessage.sending_facility == sending_facility,
-        InboundMessage.control_id == control_id,
+INBOUND = cast(Table, InboundMessage.__table__)
+# (tenant, MSH-3 sending application, MSH-4 sending facility, MSH-10 control id): unique
+MessageKey = tuple[str, str, str, str]
+_KEY = (
+    INBOUND.c.tenant_id,
+    INBOUND.c.sending_application,
+    INBOUND.c.sending_facility,
+    INBOUND.c.control_id,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """What answering a repeat needs: the content fingerprint and the exact ACK sent."""
+
+    id: str
+    content_sha256: str
+    ack: bytes | None
+    ack_code: str | None
+    error_code: str | None
+    error_text: str | None
+
+
+async def inbound_by_keys(
+    session: AsyncSession, keys: Sequence[MessageKey]
+) -> dict[MessageKey, StoredMessage]:
+    """The stored messages with these keys (each key names its tenant): one query."""
+    if not keys:
+        return {}
+    query = select(
+        *_KEY,
+        INBOUND.c.id,
+        INBOUND.c.content_sha256,
+        INBOUND.c.ack,
+        INBOUND.c.ack_code,
+        INBOUND.c.error_code,
+        INBOUND.c.error_text,
+    ).where(tuple_(*_KEY).in_(sorted(set(keys))))
+    return {
+        (r.tenant_id, r.sending_application, r.sending_facility, r.control_id): StoredMessage(
+            r.id, r.content_sha256, r.ack, r.ack_code, r.error_code, r.error_text
+        )
+        for r in (await session.execute(query)).all()
+    }
+
+
+async def insert_inbound(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """INSERT the rows, skipping any whose key is taken; answers the ids inserted. On
+    PostgreSQL a key another transaction is inserting makes this wait for its outcome."""
+    if not rows:
+        return set()
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(INBOUND)
+        .on_conflict_do_nothing(index_elements=[c.name for c in _KEY])
+        .returning(INBOUND.c.id)
     )
-    return (await session.execute(query)).scalar_one_or_none()
+    result = await session.execute(statement, list(rows))
+    return set(result.scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """A stored message's outcome and the exact ACK answered."""
+
+    message_id: str
+    status: str
+    ack_code: str
+    ack: bytes
+    error_code: str | None
+    error_text: str | None
+    patient_id: str | None
+    processed_at: datetime
+
+
+_OUTCOME_COLUMNS = (
+    "status", "ack_code", "ack", "error_code", "error_text", "patient_id", "processed_at"
+)  # fmt: skip
+
+
+async def record_outcomes(session: AsyncSession, outcomes: Sequence[Processed]) -> None:
+    """One UPDATE executed for many rows (bound names differ from the column names)."""
+    if not outcomes:
+        return
+    statement = (
+        update(INBOUND)
+        .where(INBOUND.c.id == bindparam("b_id"))
+        .values({name: bindparam(f"b_{name}") for name in _OUTCOME_COLUMNS})
+    )
+    params = [
+        {"b_id": o.message_id, **{f"b_{n}": getattr(o, n) for n in _OUTCOME_COLUMNS}}
+        for o in outcomes
+    ]
+    await session.execute(statement, params)
 
 
 async def inbound(session: AsyncSession, tenant_id: str, message_id: str) -> InboundMessage | None:

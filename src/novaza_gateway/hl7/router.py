@@ -12,7 +12,8 @@ from novaza_gateway.core.errors import ApiError, render
 from novaza_gateway.core.policy import policy
 from novaza_gateway.hl7 import metrics, service
 from novaza_gateway.hl7.errors import Hl7ApplicationError, Hl7Rejected
-from novaza_gateway.hl7.intake import ADT, ORDERS, Outcome
+from novaza_gateway.hl7.intake import ADT, ORDERS
+from novaza_gateway.hl7.outcome import Outcome
 from novaza_gateway.hl7.schemas import AckOut, MessageOut, QueuedOut, SendOruIn
 
 MessageId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]

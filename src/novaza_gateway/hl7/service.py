@@ -13,7 +13,7 @@ from novaza_gateway.core.tenancy import TenantContext
 from novaza_gateway.hl7 import intake, outgoing, repository
 from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.errors import MessageNotFound
-from novaza_gateway.hl7.intake import Outcome
+from novaza_gateway.hl7.outcome import Outcome
 from novaza_gateway.hl7.parser import encode
 from novaza_gateway.hl7.processing import Hl7Context
 from novaza_gateway.hl7.repository import DEAD, QUEUED

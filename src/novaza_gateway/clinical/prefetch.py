@@ -1,0 +1,220 @@
+"""Rows a group of messages will look up, read in a few queries before the group runs.
+
+A group of HL7 messages processed in one transaction looks patients up by identifier, visits
+by number, orders by placer or filler number and items by accession. ``load()`` reads all of
+them at once and remembers, in the session, which keys it covered: found, or known to be
+absent. The repository's lookups answer a covered key from memory; records the clinical
+services add (``repository.add``) are remembered as they are added, so a later message of
+the group finds what an earlier one created. A key nothing covered is queried as before.
+
+What is remembered lives as long as the session's transaction and is dropped by
+``forget()`` whenever it may be stale: after a SAVEPOINT rollback (the ORM expunges what
+the savepoint added and expires what it changed) and after a bulk UPDATE (a merge moves
+rows under the objects' feet). A row another transaction inserts after ``load()`` is not
+seen: inserting it again fails on its unique key, and the caller redoes the group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from novaza_gateway.clinical.models import (
+    Encounter,
+    Order,
+    Patient,
+    PatientIdentifier,
+    WorklistItem,
+)
+
+INFO_KEY = "novaza.clinical.prefetch"
+IdentifierKey = tuple[str, str]  # (assigning authority, value)
+
+
+@dataclass(slots=True)
+class Keys:
+    """What a group will look up, for one tenant."""
+
+    identifiers: set[IdentifierKey] = field(default_factory=set)
+    visits: set[str] = field(default_factory=set)
+    placers: set[str] = field(default_factory=set)
+    fillers: set[str] = field(default_factory=set)
+    accessions: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One tenant's covered keys: a value of None means "known absent"."""
+
+    identifiers: dict[IdentifierKey, PatientIdentifier | None] = field(default_factory=dict)
+    patients: dict[str, Patient] = field(default_factory=dict)
+    encounters: dict[str, Encounter | None] = field(default_factory=dict)
+    placers: dict[str, Order | None] = field(default_factory=dict)
+    fillers: dict[str, Order | None] = field(default_factory=dict)
+    accessions: dict[str, WorklistItem | None] = field(default_factory=dict)
+    items_of_order: dict[str, list[WorklistItem]] = field(default_factory=dict)
+
+    def identifiers_matching(
+        self, keys: Sequence[IdentifierKey]
+    ) -> list[tuple[PatientIdentifier, Patient]] | None:
+        """The stored identifiers among ``keys`` with their patients; None if any key is not
+        covered (the caller queries)."""
+        found: list[tuple[PatientIdentifier, Patient]] = []
+        for key in keys:
+            if key not in self.identifiers:
+                return None
+            ident = self.identifiers[key]
+            if ident is not None:
+                patient = self.patients.get(ident.patient_id)
+                if patient is None:
+                    return None
+                found.append((ident, patient))
+        return found
+
+    def remember(self, row: object) -> None:
+        """A record just added to the session (or loaded): covered from now on."""
+        if isinstance(row, Patient):
+            self.patients[row.id] = row
+        elif isinstance(row, PatientIdentifier):
+            self.identifiers[(row.assigning_authority, row.value)] = row
+        elif isinstance(row, Encounter):
+            self.encounters[row.visit_number] = row
+        elif isinstance(row, Order):
+            self.placers[row.placer_order_number] = row
+            if row.filler_order_number and self.fillers.get(row.filler_order_number) is None:
+                self.fillers[row.filler_order_number] = row
+            self.items_of_order.setdefault(row.id, [])
+        elif isinstance(row, WorklistItem):
+            self.accessions[row.accession_number] = row
+            items = self.items_of_order.get(row.order_id)
+            if items is not None and row not in items:
+                items.append(row)
+
+
+def snapshot(session: AsyncSession, tenant_id: str) -> Snapshot | None:
+    snapshots: dict[str, Snapshot] | None = session.info.get(INFO_KEY)
+    return snapshots.get(tenant_id) if snapshots is not None else None
+
+
+def remember(session: AsyncSession, tenant_id: str, row: object) -> None:
+    snap = snapshot(session, tenant_id)
+    if snap is not None:
+        snap.remember(row)
+
+
+def forget(session: AsyncSession) -> None:
+    session.info.pop(INFO_KEY, None)
+
+
+async def load(session: AsyncSession, tenant_id: str, keys: Keys) -> Snapshot:
+    """Read every row ``keys`` names (at most four queries) and cover those keys."""
+    snapshots: dict[str, Snapshot] = session.info.setdefault(INFO_KEY, {})
+    snap = snapshots.setdefault(tenant_id, Snapshot())
+    await _identifiers(session, tenant_id, snap, keys.identifiers - snap.identifiers.keys())
+    await _encounters(session, tenant_id, snap, keys.visits - snap.encounters.keys())
+    await _orders(
+        session,
+        tenant_id,
+        snap,
+        keys.placers - snap.placers.keys(),
+        keys.fillers - snap.fillers.keys(),
+        keys.accessions - snap.accessions.keys(),
+    )
+    return snap
+
+
+async def _identifiers(
+    session: AsyncSession, tenant_id: str, snap: Snapshot, keys: set[IdentifierKey]
+) -> None:
+    if not keys:
+        return
+    query = (
+        select(PatientIdentifier, Patient)
+        .join(Patient, Patient.id == PatientIdentifier.patient_id)
+        .where(
+            PatientIdentifier.tenant_id == tenant_id,
+            Patient.tenant_id == tenant_id,
+            tuple_(PatientIdentifier.assigning_authority, PatientIdentifier.value).in_(
+                sorted(keys)
+            ),
+        )
+    )
+    for key in keys:
+        snap.identifiers[key] = None
+    for ident, patient in (await session.execute(query)).tuples():
+        snap.patients[patient.id] = patient
+        snap.identifiers[(ident.assigning_authority, ident.value)] = ident
+
+
+async def _encounters(
+    session: AsyncSession, tenant_id: str, snap: Snapshot, visits: set[str]
+) -> None:
+    if not visits:
+        return
+    query = select(Encounter).where(
+        Encounter.tenant_id == tenant_id, Encounter.visit_number.in_(sorted(visits))
+    )
+    for visit in visits:
+        snap.encounters[visit] = None
+    for encounter in (await session.execute(query)).scalars():
+        snap.encounters[encounter.visit_number] = encounter
+
+
+async def _orders(
+    session: AsyncSession,
+    tenant_id: str,
+    snap: Snapshot,
+    placers: set[str],
+    fillers: set[str],
+    accessions: set[str],
+) -> None:
+    """Orders by placer or filler number, with every item of theirs, and items by accession."""
+    orders: list[Order] = []
+    if placers or fillers:
+        query = select(Order).where(
+            Order.tenant_id == tenant_id,
+            or_(
+                Order.placer_order_number.in_(sorted(placers)),
+                Order.filler_order_number.in_(sorted(fillers)),
+            ),
+        )
+        orders = list((await session.execute(query)).scalars())
+    for placer in placers:
+        snap.placers[placer] = None
+    for filler in fillers:
+        snap.fillers[filler] = None
+    for order in orders:
+        snap.placers[order.placer_order_number] = order
+        if order.filler_order_number in fillers and snap.fillers[order.filler_order_number] is None:
+            snap.fillers[order.filler_order_number] = order
+    order_ids = {o.id for o in orders if o.id not in snap.items_of_order}
+    if not (order_ids or accessions):
+        return
+    query_items = (
+        select(WorklistItem)
+        .where(
+            WorklistItem.tenant_id == tenant_id,
+            or_(
+                WorklistItem.order_id.in_(sorted(order_ids)),
+                WorklistItem.accession_number.in_(sorted(accessions)),
+            ),
+        )
+        .order_by(WorklistItem.created_at, WorklistItem.id)
+    )
+    for order_id in order_ids:
+        snap.items_of_order[order_id] = []
+    for accession in accessions:
+        snap.accessions[accession] = None
+    for item in (await session.execute(query_items)).scalars():
+        _cover_item(snap, item, order_ids)
+
+
+def _cover_item(snap: Snapshot, item: WorklistItem, order_ids: set[str]) -> None:
+    snap.accessions[item.accession_number] = item
+    if item.order_id in order_ids:
+        items = snap.items_of_order[item.order_id]
+        if item not in items:
+            items.append(item)
