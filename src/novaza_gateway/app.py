@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,17 @@ ROUTERS: tuple[APIRouter, ...] = (
     imaging_router,
     patient_router,
 )
+# The product area each router's admitted requests are billed to (meter api_requests, by
+# area). Routes may declare their own ``meter=``; identity, admin and billing's own reads are
+# not billed.
+METERED_AREAS: dict[int, str] = {
+    id(hl7_router): "hl7",
+    id(stow_router): "imaging",
+    id(qido_router): "imaging",
+    id(wado_router): "imaging",
+    id(imaging_router): "imaging",
+    id(patient_router): "patients",
+}
 
 
 @dataclass
@@ -228,9 +240,14 @@ def guard_routes(app: FastAPI, routers: tuple[APIRouter, ...], gate: Gatekeeper)
             described = (route.openapi_extra or {}).get(POLICY_KEY)
             if described is None:
                 raise RuntimeError(f"route {route.path} declares no policy")
+            declared = Policy.from_description(described)
+            area_meter = METERED_AREAS.get(id(area))
+            if area_meter and declared.tenant and declared.meter is None:
+                declared = dataclasses.replace(declared, meter=area_meter)
             # The area's router is module state shared by every app: guard a copy.
             guarded = copy.copy(route)
-            guarded.app = RouteGuard(route.app, Policy.from_description(described), gate)
+            guarded.openapi_extra = {**(route.openapi_extra or {}), POLICY_KEY: declared.describe()}
+            guarded.app = RouteGuard(route.app, declared, gate)
             app.router.routes.append(guarded)
 
 

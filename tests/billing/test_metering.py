@@ -223,3 +223,32 @@ async def test_oversized_labels_never_block_a_flush(billed_lite: tuple[Gateway, 
     await meter.flush(gw.app.state.db)
     assert not meter.pending
     assert await stored(gw, tenant["id"], "ai_tokens") == 12
+
+
+async def test_product_area_routes_are_billed_to_their_area(
+    billed_lite: tuple[Gateway, Clock],
+) -> None:
+    """The real routes meter api_requests by area; identity and billing's own reads do not."""
+    gw, _ = billed_lite
+    tenant = await gw.create_tenant(
+        "area-site", plan="starter", addons=["medical_imaging", "emr", "hl7_fhir"]
+    )
+    headers = gw.auth("area-site")
+    for _ in range(3):
+        assert (await gw.client.get("/med/qido/studies", headers=headers)).status_code == 200
+    missing = await gw.client.get("/med/imaging/study/1.2.3", headers=headers)
+    assert missing.status_code == 404  # admitted, then not found: still a billed request
+    assert (await gw.client.get("/api/v1/whoami", headers=headers)).status_code == 200
+    assert (await gw.client.get("/api/v1/billing/wallet", headers=headers)).status_code == 200
+    refused = await gw.client.get("/med/qido/studies", headers=gw.auth("area-site", "emr:none"))
+    assert refused.status_code == 403  # refused by the guard: not billed
+
+    for _ in range(50):  # the flusher runs every second
+        if await stored(gw, tenant["id"]) >= 4:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # nothing else trickles in
+    assert await stored(gw, tenant["id"]) == 4
+    doc = (await gw.client.get("/openapi.json")).json()
+    assert doc["paths"]["/med/qido/studies"]["get"]["x-novaza-policy"]["meter"] == "imaging"
+    assert doc["paths"]["/api/v1/billing/wallet"]["get"]["x-novaza-policy"].get("meter") is None
