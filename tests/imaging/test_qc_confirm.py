@@ -7,7 +7,7 @@ from datetime import datetime
 
 from tests.conftest import Gateway
 from tests.imaging.dicom import make_instance, uid
-from tests.imaging.workflow import audit_events, schedule, store, workflow_tenant
+from tests.imaging.workflow import audit_events, hl7, schedule, store, workflow_tenant
 
 QC = "/med/imaging/qc-confirm"
 
@@ -139,8 +139,6 @@ async def test_matched_by_study_uid_and_failed_keeps_the_item_open(gateway: Gate
 
 
 async def test_a_canceled_item_stays_canceled(gw: Gateway) -> None:
-    from tests.imaging.workflow import hl7
-
     auth = await workflow_tenant(gw)
     await hl7(gw, auth, "adt", "adt_a04_v23_meditech.hl7")
     await hl7(gw, auth, "orm", "orm_o01_nw_v23_meditech.hl7", "orm_o01_ca_v23.hl7")
