@@ -1,8 +1,11 @@
 """worklist study UIDs, study QC confirmation
 
 Revision ID: 0005_worklist_qc
-Revises: 0004_imaging
-Depends on: 0002_hl7 (clinical_worklist_items)
+Revises: 0004_imaging, 0002_hl7
+
+It changes tables of both branches (imaging_studies; clinical_worklist_items, created by
+0002_hl7), so it joins them: a dependency alone would leave 0002_hl7 listed as a head
+that the version table never records.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_worklist_qc"
-down_revision = "0004_imaging"
+down_revision = ("0004_imaging", "0002_hl7")
 branch_labels = None
-depends_on = "0002_hl7"
+depends_on = None
 
 
 def upgrade() -> None:
