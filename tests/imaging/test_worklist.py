@@ -116,6 +116,8 @@ async def test_cursor_pages_cover_the_list_once(gateway: Gateway) -> None:
             break
     assert seen == ["ACC7001", "ACC7002", "ACC8001", "ACC9001"]
     assert pages == 4
+    audited = await audit_events(gateway, "imaging.worklist")
+    assert [(e.after or {})["accessionNumbers"] for e in audited] == [[a] for a in seen]
     page = await gateway.client.get(WORKLIST, params={"limit": 3}, headers=auth)
     assert len(page.json()["data"]) == 3 and page.json()["nextCursor"]
     forged = await gateway.client.get(WORKLIST, params={"cursor": "bm9wZQ"}, headers=auth)

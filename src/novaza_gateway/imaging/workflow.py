@@ -51,17 +51,15 @@ async def worklist_page(
     limit: int,
 ) -> Page[WorklistItemOut]:
     after = _worklist_position(cursor) if cursor else None
-    entries = await worklist.read(
-        session, actor, tenant_id, wanted, channel="rest", after=after, limit=limit + 1
-    )
+    found = await worklist.find(session, tenant_id, wanted, after=after, limit=limit + 1)
+    entries = found[:limit]  # the one past the page only says whether another page exists
+    worklist.record_read(session, actor, tenant_id, entries, channel="rest")
     next_cursor = None
-    if len(entries) > limit:
-        last = entries[limit - 1]
+    if len(found) > limit:
+        last = entries[-1]
         assert last.scheduled_start is not None  # set when the order is placed
         next_cursor = encode_cursor(last.scheduled_start.isoformat(), last.id)
-    return Page[WorklistItemOut](
-        data=[item_out(e) for e in entries[:limit]], next_cursor=next_cursor
-    )
+    return Page[WorklistItemOut](data=[item_out(e) for e in entries], next_cursor=next_cursor)
 
 
 def _worklist_position(cursor: str) -> tuple[datetime, str]:

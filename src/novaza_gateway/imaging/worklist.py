@@ -96,6 +96,19 @@ async def read(
 ) -> list[WorklistEntry]:
     """The items matching ``wanted`` by scheduled start, then id; the read is audited."""
     entries = await find(session, tenant_id, wanted, after=after, limit=limit)
+    record_read(session, actor, tenant_id, entries, channel=channel)
+    return entries
+
+
+def record_read(
+    session: AsyncSession,
+    actor: audit.Actor,
+    tenant_id: str,
+    entries: Sequence[WorklistEntry],
+    *,
+    channel: str,
+) -> None:
+    """``imaging.worklist``: who read which items (the patient when all share one)."""
     shown = {entry.patient.id for entry in entries}
     audit.record(
         session,
@@ -111,7 +124,6 @@ async def read(
             "accessionNumbers": [e.accession_number for e in entries[:MAX_AUDITED_ITEMS]],
         },
     )
-    return entries
 
 
 async def find(
