@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, select, tuple_
+from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.clinical.models import (
@@ -171,50 +171,45 @@ async def _orders(
     fillers: set[str],
     accessions: set[str],
 ) -> None:
-    """Orders by placer or filler number, with every item of theirs, and items by accession."""
-    orders: list[Order] = []
-    if placers or fillers:
-        query = select(Order).where(
-            Order.tenant_id == tenant_id,
-            or_(
-                Order.placer_order_number.in_(sorted(placers)),
-                Order.filler_order_number.in_(sorted(fillers)),
-            ),
+    """Orders by placer or filler number, or holding an item with one of ``accessions``,
+    each with all its items: one query."""
+    wanted = []
+    if placers:
+        wanted.append(Order.placer_order_number.in_(sorted(placers)))
+    if fillers:
+        wanted.append(Order.filler_order_number.in_(sorted(fillers)))
+    if accessions:
+        holding = select(WorklistItem.order_id).where(
+            WorklistItem.tenant_id == tenant_id,
+            WorklistItem.accession_number.in_(sorted(accessions)),
         )
-        orders = list((await session.execute(query)).scalars())
+        wanted.append(Order.id.in_(holding))
+    if not wanted:
+        return
+    query = (
+        select(Order, WorklistItem)
+        .outerjoin(
+            WorklistItem,
+            and_(WorklistItem.order_id == Order.id, WorklistItem.tenant_id == tenant_id),
+        )
+        .where(Order.tenant_id == tenant_id, or_(*wanted))
+        .order_by(WorklistItem.created_at, WorklistItem.id)
+    )
+    rows = (await session.execute(query)).tuples().all()
     for placer in placers:
         snap.placers[placer] = None
     for filler in fillers:
         snap.fillers[filler] = None
-    for order in orders:
-        snap.placers[order.placer_order_number] = order
-        if order.filler_order_number in fillers and snap.fillers[order.filler_order_number] is None:
-            snap.fillers[order.filler_order_number] = order
-    order_ids = {o.id for o in orders if o.id not in snap.items_of_order}
-    if not (order_ids or accessions):
-        return
-    query_items = (
-        select(WorklistItem)
-        .where(
-            WorklistItem.tenant_id == tenant_id,
-            or_(
-                WorklistItem.order_id.in_(sorted(order_ids)),
-                WorklistItem.accession_number.in_(sorted(accessions)),
-            ),
-        )
-        .order_by(WorklistItem.created_at, WorklistItem.id)
-    )
-    for order_id in order_ids:
-        snap.items_of_order[order_id] = []
     for accession in accessions:
         snap.accessions[accession] = None
-    for item in (await session.execute(query_items)).scalars():
-        _cover_item(snap, item, order_ids)
-
-
-def _cover_item(snap: Snapshot, item: WorklistItem, order_ids: set[str]) -> None:
-    snap.accessions[item.accession_number] = item
-    if item.order_id in order_ids:
-        items = snap.items_of_order[item.order_id]
-        if item not in items:
-            items.append(item)
+    fresh = {order.id for order, _ in rows if order.id not in snap.items_of_order}
+    for order, item in rows:
+        snap.placers[order.placer_order_number] = order
+        filler = order.filler_order_number
+        if filler and filler in snap.fillers and snap.fillers[filler] is None:
+            snap.fillers[filler] = order
+        items = snap.items_of_order.setdefault(order.id, [])
+        if item is not None:
+            snap.accessions[item.accession_number] = item
+            if order.id in fresh and item not in items:
+                items.append(item)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import AsyncIterator
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from novaza_gateway.core.db import Database
 from novaza_gateway.hl7 import intake
@@ -36,6 +38,7 @@ class IntakeBatcher:
         self._queue: deque[tuple[Received, asyncio.Future[Outcome]]] = deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._connection: AsyncConnection | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hl7-intake")
@@ -48,6 +51,7 @@ class IntakeBatcher:
                 await task
         while self._queue:
             self._queue.popleft()[1].cancel()
+        await self._release()
 
     def submit(self, received: Received) -> asyncio.Future[Outcome]:
         """Queue a message; the future is answered once its group has committed."""
@@ -89,8 +93,39 @@ class IntakeBatcher:
 
     async def _store(self, group: list[Received]) -> list[Outcome]:
         try:
-            async with self._db.session_scope() as session:
-                return await intake.receive_group(session, group, isolate=False)
-        except (intake.Redo, IntegrityError):
-            async with self._db.session_scope() as session:
-                return await intake.receive_group(session, group, isolate=True)
+            try:
+                async with self._transaction() as session:
+                    return await intake.receive_group(session, group, isolate=False)
+            except (intake.Redo, IntegrityError):
+                async with self._transaction() as session:
+                    return await intake.receive_group(session, group, isolate=True)
+        except BaseException:
+            await self._release()
+            raise
+        finally:
+            if not self._queue:
+                await self._release()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session on the batcher's connection, committed when the block ends. The
+        connection is kept while groups follow each other: no pool checkout and ping per
+        group, and its prepared statements stay warm."""
+        if self._connection is None:
+            self._connection = await self._db.engine.connect()
+        session = AsyncSession(bind=self._connection, expire_on_commit=False)
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await session.rollback()
+            raise
+        finally:
+            await session.close()
+
+    async def _release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()

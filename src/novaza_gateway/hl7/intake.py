@@ -154,34 +154,54 @@ async def receive_group(
     for i, received in enumerate(group):
         if keys[i] in stored:
             outcomes[i] = repeat(stored[keys[i]], fingerprints[i], received.message.header)
-        elif keys[i] not in firsts:  # a twin later in the group is answered like a repeat
+        elif keys[i] not in firsts:  # a later twin in the group is answered as a repeat
             firsts.add(keys[i])
             rows[i] = _row(received, fingerprints[i], now)
-    inserted = await repository.insert_inbound(session, list(rows.values()))
-    taken = [i for i in rows if rows[i]["id"] in inserted]
-    lost = [i for i in rows if rows[i]["id"] not in inserted]
-    if lost:  # committed meanwhile by a concurrent transaction: answered from the store
-        stored.update(await repository.inbound_by_keys(session, [keys[i] for i in lost]))
-        for i in lost:
-            if keys[i] not in stored:
-                raise MessageInFlight()
-            outcomes[i] = repeat(stored[keys[i]], fingerprints[i], group[i].message.header)
+    if isolate:
+        taken = await _claim(session, group, rows, stored, outcomes)
+    elif any(needs_savepoint(group[i].message) for i in rows):
+        raise Redo()
+    else:
+        taken = list(rows)
     done = await _process_all(session, group, taken, [rows[i]["id"] for i in taken], isolate)
-    await repository.record_outcomes(session, [processed for _, processed in done.values()])
-    for i, (outcome, processed) in done.items():
+    processed = [result for _, result in done.values()]
+    if isolate:
+        await repository.record_outcomes(session, processed)
+    else:  # the rows go last, with their outcome: one INSERT; a key taken meanwhile: redo
+        for i, (_, result) in done.items():
+            rows[i].update(result.columns())
+        inserted = await repository.insert_inbound(session, list(rows.values()))
+        if len(inserted) != len(rows):
+            raise Redo()
+    for i, (outcome, result) in done.items():
         outcomes[i] = outcome
-        stored[keys[i]] = StoredMessage(
-            processed.message_id,
-            fingerprints[i],
-            processed.ack,
-            processed.ack_code,
-            processed.error_code,
-            processed.error_text,
-        )
+        stored[keys[i]] = result.stored(fingerprints[i])
     for i, received in enumerate(group):
         if i not in outcomes:
             outcomes[i] = repeat(stored[keys[i]], fingerprints[i], received.message.header)
     return [outcomes[i] for i in range(len(group))]
+
+
+async def _claim(
+    session: AsyncSession,
+    group: Sequence[Received],
+    rows: dict[int, dict[str, Any]],
+    stored: dict[MessageKey, StoredMessage],
+    outcomes: dict[int, Outcome],
+) -> list[int]:
+    """The rows first (their keys make a concurrent twin wait); a key a concurrent
+    transaction committed meanwhile is answered from the store. Answers the rows taken."""
+    inserted = await repository.insert_inbound(session, list(rows.values()))
+    lost = [i for i in rows if rows[i]["id"] not in inserted]
+    if lost:
+        keys = [group[i].key for i in lost]
+        stored.update(await repository.inbound_by_keys(session, keys))
+        for i, key in zip(lost, keys, strict=True):
+            if key not in stored:
+                raise MessageInFlight()
+            header = group[i].message.header
+            outcomes[i] = repeat(stored[key], rows[i]["content_sha256"], header)
+    return [i for i in rows if rows[i]["id"] in inserted]
 
 
 def _row(received: Received, fingerprint: str, now: datetime) -> dict[str, Any]:
@@ -202,7 +222,7 @@ def _row(received: Received, fingerprint: str, now: datetime) -> dict[str, Any]:
         "control_id": control_id,
         "content_sha256": fingerprint,
         "raw": received.data,
-        "status": "received",
+        **Processed.received(),
     }
 
 
@@ -217,7 +237,7 @@ async def _process_all(
     await _prefetch(session, [group[i] for i in taken])
     for n, (i, message_id) in enumerate(zip(taken, message_ids, strict=True)):
         received = group[i]
-        if isolate or needs_savepoint(received.message):
+        if isolate:
             patient_id, error = await _isolated(session, received, message_id)
         else:
             if prefetch.snapshot(session, received.ctx.tenant_id) is None:  # forgotten

@@ -81,7 +81,7 @@ def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> Non
         pid = message.segment("PID")
         if pid is not None:
             keys.identifiers.update(
-                (i.authority, i.value) for i in segments.patient(pid).identifiers
+                (i.authority, i.value) for i in segments.patient_identifiers(pid)
             )
         if message.header.message_type.code == "ADT":
             mrg = message.segment("MRG")

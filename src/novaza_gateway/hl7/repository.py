@@ -92,6 +92,19 @@ class Processed:
     patient_id: str | None
     processed_at: datetime
 
+    def columns(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _OUTCOME_COLUMNS}
+
+    def stored(self, fingerprint: str) -> StoredMessage:
+        return StoredMessage(
+            self.message_id, fingerprint, self.ack, self.ack_code, self.error_code, self.error_text
+        )
+
+    @staticmethod
+    def received() -> dict[str, Any]:
+        """The outcome columns of a row stored before it is processed."""
+        return {name: None for name in _OUTCOME_COLUMNS} | {"status": "received"}
+
 
 _OUTCOME_COLUMNS = (
     "status", "ack_code", "ack", "error_code", "error_text", "patient_id", "processed_at"

@@ -64,8 +64,13 @@ def identifiers(segment: Segment, index: int) -> list[Identifier]:
     return found
 
 
+def patient_identifiers(pid: Segment) -> list[Identifier]:
+    """PID-3, or the old PID-2 when PID-3 is empty."""
+    return identifiers(pid, 3) or identifiers(pid, 2)
+
+
 def patient(pid: Segment) -> PatientData:
-    idents = identifiers(pid, 3) or identifiers(pid, 2)
+    idents = patient_identifiers(pid)
     if not idents:
         raise missing(pid, 3, "patient identifier list")
     born = timestamp(pid, 7)
