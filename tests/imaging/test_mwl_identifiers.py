@@ -15,7 +15,7 @@ UTC_ZONE = ZoneInfo("UTC")
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def identifier(**step: str) -> Dataset:
+def identifier(**step: object) -> Dataset:
     ds = Dataset()
     ds.PatientName = ""
     ds.PatientID = ""
@@ -26,8 +26,8 @@ def identifier(**step: str) -> Dataset:
     return ds
 
 
-def at(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ async def rest(gw: Gateway, auth: dict[str, str], **params: Any) -> list[str]:
     return [item["accessionNumber"] for item in response.json()["data"]]
 
 
-def accessions(answers: list[Dataset]) -> list[str]:
+def accessions(answers: Sequence[Dataset]) -> list[str]:
     return [str(a.AccessionNumber) for a in answers]
 
 
@@ -190,7 +190,7 @@ async def test_unknown_calling_ae_is_rejected(mwl: Gateway, tmp_path: Path) -> N
     assert b"Association Rejected" in output, output.decode()
     assert b"Calling AE Title Not Recognized" in output, output.decode()
 
-    def associate(calling: str) -> tuple[bool, int, int, int]:
+    def associate(calling: str) -> tuple[bool, int | None, int | None, int | None]:
         ae = AE(ae_title=calling)
         ae.add_requested_context(MWL_FIND)
         assoc = ae.associate("127.0.0.1", port(mwl))
@@ -252,8 +252,8 @@ async def test_filters_match_the_rest_worklist(mwl: Gateway) -> None:
         "20260311-": ["ACC8001", "ACC9001"],
     }
     for day, wanted in expected.items():
-        over_dicom = await find(mwl, query(ScheduledProcedureStepStartDate=day))
-        assert accessions(over_dicom) == wanted, day
+        answers = await find(mwl, query(ScheduledProcedureStepStartDate=day))
+        assert accessions(answers) == wanted, day
 
 
 async def test_answers_carry_the_worklist_values(mwl: Gateway) -> None:
