@@ -85,6 +85,7 @@ class Order(Base):
     __tablename__ = "clinical_orders"
     __table_args__ = (
         UniqueConstraint("tenant_id", "placer_order_number", name="uq_clinical_orders_placer"),
+        Index("ix_clinical_orders_filler", "tenant_id", "filler_order_number"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -23,7 +23,6 @@ class InboundMessage(Base):
             name="uq_hl7_inbound_messages_key",
         ),
         Index("ix_hl7_inbound_messages_tenant_received", "tenant_id", "received_at"),
-        Index("ix_hl7_inbound_messages_status", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
