@@ -28,4 +28,4 @@ async def test_every_billing_route_needs_a_credential(billed_lite: tuple[Gateway
                 assert response.status_code == 401, (method, path)
                 assert response.json()["code"] == "UNAUTHENTICATED"
             checked += 1
-    assert checked == 13
+    assert checked == 16

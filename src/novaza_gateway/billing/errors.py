@@ -43,3 +43,21 @@ class ReturnUrlNotAllowed(ApiError):
     status = 422
     code = "RETURN_URL_NOT_ALLOWED"
     default_message = "returnUrl is not one of the tenant's allowed origins."
+
+
+class InvoiceNotFinalized(ApiError):
+    status = 409
+    code = "INVOICE_NOT_FINALIZED"
+    default_message = "The upcoming invoice is a draft; only an issued invoice changes status."
+
+
+class InvoiceAlreadyPaid(ApiError):
+    status = 409
+    code = "INVOICE_ALREADY_PAID"
+    default_message = "A paid invoice can be neither voided nor marked uncollectible."
+
+
+class InvoiceAlreadyVoid(ApiError):
+    status = 409
+    code = "INVOICE_ALREADY_VOID"
+    default_message = "A void invoice is final; it cannot be marked uncollectible."

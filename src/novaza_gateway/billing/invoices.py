@@ -24,6 +24,8 @@ from novaza_gateway.billing.catalog import Catalog, MeteredPrice
 from novaza_gateway.billing.models import Invoice, PendingItem, Subscription, UsageRecord
 from novaza_gateway.billing.periods import add_months
 from novaza_gateway.billing.pricing import late_charge, metered_charge
+from novaza_gateway.core import audit
+from novaza_gateway.core.audit import Actor
 
 Line = dict[str, Any]
 
@@ -78,7 +80,7 @@ async def late_lines(session: AsyncSession, tenant_id: str, before: datetime) ->
     lines = []
     for meter, hour, quantity in late:
         invoice = await repository.invoice_covering(session, tenant_id, hour)
-        if invoice is None:
+        if invoice is None or invoice.status == "void":  # a void period is not owed at all
             continue
         billed = next((ln for ln in invoice.lines if ln.get("meter") == meter), None)
         if billed is None or billed.get("trial"):  # no price for it then, or a free trial
@@ -228,12 +230,13 @@ def _credit_note(invoice: Invoice, amount: int) -> ledger.Posting:
 
 
 async def settle(session: AsyncSession, sub: Subscription, invoice: Invoice, now: datetime) -> bool:
-    """Pay an open invoice from the wallet when the wallet covers it; else the tenant is
-    past due (from the first unpaid invoice on)."""
-    if invoice.status != "open":
+    """Pay an open or uncollectible invoice from the wallet when the wallet covers it. An
+    open invoice it does not cover makes the tenant past due (from the first unpaid invoice
+    on); an uncollectible one was written off for dunning and changes nothing."""
+    if invoice.status not in ("open", "uncollectible"):
         return invoice.status == "paid"
     if invoice.total > 0 and await ledger.available(session, invoice.tenant_id) < invoice.total:
-        if sub.status != "past_due":
+        if invoice.status == "open" and sub.status in ("active", "trialing"):
             sub.status, sub.past_due_since = "past_due", now
         return False
     if invoice.total > 0:
@@ -255,16 +258,54 @@ async def settle(session: AsyncSession, sub: Subscription, invoice: Invoice, now
     return True
 
 
-async def settle_open(session: AsyncSession, tenant_id: str, now: datetime) -> bool:
-    """After a top-up: pay what is open, oldest first; the tenant is active again when all
-    is paid. Answers whether the subscription's status changed."""
+async def settle_open(
+    session: AsyncSession, tenant_id: str, now: datetime, *, recovered_by: Actor | None = None
+) -> bool:
+    """After the wallet can pay more (a credit, a lower floor): pay what is open, oldest
+    first; with ``recovered_by`` (a credit: money came in) then what was written off, oldest
+    first, each recovery audited. Answers whether the subscription's status changed."""
     sub = await repository.get_subscription(session, tenant_id, for_update=True)
     if sub is None:
         return False
+    before = (sub.status, sub.past_due_since)
     for invoice in await repository.open_invoices(session, tenant_id):
         if not await settle(session, sub, invoice, now):
-            return False
+            return await follow_open_invoices(session, sub, now, before)
+    if recovered_by is not None:
+        for invoice in await repository.uncollectible_invoices(session, tenant_id):
+            if not await settle(session, sub, invoice, now):
+                break
+            audit.record(
+                session,
+                recovered_by,
+                "billing.invoice.paid",
+                "invoice",
+                invoice.id,
+                tenant_id=tenant_id,
+                before={"status": "uncollectible", "number": invoice.number},
+                after={"status": "paid", "number": invoice.number, "amountPaid": invoice.total},
+            )
+    return await follow_open_invoices(session, sub, now, before)
+
+
+async def follow_open_invoices(
+    session: AsyncSession,
+    sub: Subscription,
+    now: datetime,
+    before: tuple[str, datetime | None] | None = None,
+) -> bool:
+    """A past-due subscription is past due since its oldest invoice still open, and active
+    again when none is (paid, void or uncollectible). Answers whether that changed status or
+    grace (``before``: what it was when the caller started)."""
+    was = before or (sub.status, sub.past_due_since)
     if sub.status == "past_due":
-        sub.status, sub.past_due_since, sub.updated_at = "active", None, now
-        return True
-    return False
+        still_open = await repository.open_invoices(session, sub.tenant_id)
+        if not still_open:
+            sub.status, sub.past_due_since = "active", None
+        else:
+            oldest = still_open[0]
+            sub.past_due_since = oldest.issued_at or oldest.created_at
+    if (sub.status, sub.past_due_since) == was:
+        return False
+    sub.updated_at = now
+    return True

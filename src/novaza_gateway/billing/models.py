@@ -120,6 +120,8 @@ class Invoice(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     issued_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    voided_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    marked_uncollectible_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Wallet(Base):

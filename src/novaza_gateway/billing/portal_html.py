@@ -164,11 +164,20 @@ def _usage_section(usage: UsageOut) -> str:
     )
 
 
+INVOICE_TAG = {"paid": "ok", "open": "warn", "uncollectible": "warn", "void": "off"}
+
+
+def _invoice_status(invoice: InvoiceOut) -> str:
+    tag = INVOICE_TAG.get(invoice.status, "")
+    return f'<span class="tag {tag}">{escape(invoice.status)}</span>'
+
+
 def _invoices_section(invoices: list[InvoiceOut]) -> str:
     rows = "".join(
         f"<tr><td><a href='/billing/portal/invoices/{escape(i.id, quote=True)}'>"
         f"{escape(str(i.number) if i.number else 'Upcoming')}</a></td>"
-        f"<td>{_date(i.period_start)} &ndash; {_date(i.period_end)}</td><td>{escape(i.status)}</td>"
+        f"<td>{_date(i.period_start)} &ndash; {_date(i.period_end)}</td>"
+        f"<td>{_invoice_status(i)}</td>"
         f"<td class=num>{money(i.total, i.currency)}</td></tr>"
         for i in invoices
     )
@@ -211,6 +220,15 @@ def overview(
     return page("Overview", body, return_url=return_url, tenant=tenant)
 
 
+def _transitions(invoice: InvoiceOut) -> str:
+    notes = ""
+    if invoice.marked_uncollectible_at is not None:
+        notes += f" · marked uncollectible {_date(invoice.marked_uncollectible_at)}"
+    if invoice.voided_at is not None:
+        notes += f" · voided {_date(invoice.voided_at)} (not owed)"
+    return notes
+
+
 def invoice_page(tenant: str, invoice: InvoiceOut, return_url: str | None) -> str:
     title = f"Invoice {invoice.number}" if invoice.number else "Upcoming invoice (draft)"
     rows = "".join(
@@ -222,8 +240,8 @@ def invoice_page(tenant: str, invoice: InvoiceOut, return_url: str | None) -> st
     body = (
         f'<section id="invoice"><h2>{escape(title)}</h2>'
         f"<p>Period {_date(invoice.period_start)} &ndash; {_date(invoice.period_end)} · "
-        f"status <span class=tag>{escape(invoice.status)}</span> · issued "
-        f"{_date(invoice.issued_at)} · paid {_date(invoice.paid_at)}</p>"
+        f"status {_invoice_status(invoice)} · issued "
+        f"{_date(invoice.issued_at)} · paid {_date(invoice.paid_at)}{_transitions(invoice)}</p>"
         "<table><tr><th>item</th><th class=num>quantity</th>"
         "<th class=num>unit (minor units)</th><th class=num>amount</th></tr>"
         f"{rows}<tr><th colspan=3>Subtotal</th><td class=num>"
@@ -231,7 +249,8 @@ def invoice_page(tenant: str, invoice: InvoiceOut, return_url: str | None) -> st
         f"<tr><th colspan=3>Paid from wallet</th><td class=num>"
         f"{money(invoice.amount_paid_wallet, invoice.currency)}</td></tr>"
         f"<tr><th colspan=3>Total</th><td class=num><b>{money(invoice.total, invoice.currency)}"
-        f"</b></td></tr></table>"
+        f"</b></td></tr><tr><th colspan=3>Amount due</th><td class=num>"
+        f"{money(invoice.amount_due, invoice.currency)}</td></tr></table>"
         '<p class="noprint"><a href="/billing/portal/">Back to the overview</a></p></section>'
     )
     return page(title, body, return_url=return_url, tenant=tenant)

@@ -21,9 +21,18 @@ from novaza_gateway.billing.models import (
 async def get_subscription(
     session: AsyncSession, tenant_id: str, *, for_update: bool = False
 ) -> Subscription | None:
+    """With ``for_update``, the row is locked first by a no-op UPDATE: a row lock on
+    PostgreSQL, the database write lock on SQLite (where ``FOR UPDATE`` does nothing), so
+    what is read next is current and stays so until the transaction ends."""
     query = select(Subscription).where(Subscription.tenant_id == tenant_id)
     if for_update:
-        query = query.with_for_update()
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.tenant_id == tenant_id)
+            .values(updated_at=Subscription.updated_at)
+            .execution_options(synchronize_session=False)
+        )
+        query = query.with_for_update().execution_options(populate_existing=True)
     return (await session.execute(query)).scalar_one_or_none()
 
 
@@ -112,8 +121,21 @@ async def open_invoices(session: AsyncSession, tenant_id: str) -> Sequence[Invoi
     return (await session.execute(query)).scalars().all()
 
 
-async def get_invoice(session: AsyncSession, tenant_id: str, invoice_id: str) -> Invoice | None:
+async def uncollectible_invoices(session: AsyncSession, tenant_id: str) -> Sequence[Invoice]:
+    query = (
+        select(Invoice)
+        .where(Invoice.tenant_id == tenant_id, Invoice.status == "uncollectible")
+        .order_by(Invoice.number)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def get_invoice(
+    session: AsyncSession, tenant_id: str, invoice_id: str, *, for_update: bool = False
+) -> Invoice | None:
     query = select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.id == invoice_id)
+    if for_update:
+        query = query.with_for_update().execution_options(populate_existing=True)
     return (await session.execute(query)).scalar_one_or_none()
 
 

@@ -15,6 +15,7 @@ from novaza_gateway.billing.schemas import (
     CreditIn,
     CreditOut,
     EntitlementsOut,
+    FloorIn,
     InvoiceOut,
     OverridesIn,
     PlanList,
@@ -156,13 +157,14 @@ async def credit_wallet(
     body: CreditIn,
     session: SessionDep,
     billing: BillingDep,
+    actor: ActorDep,
     idempotency_key: IdempotencyKey = None,
 ) -> CreditOut:
     tenant_id = await tenant_id_for(request, slug)
     invalidator: TenantInvalidator = request.app.state.invalidator
     key = idempotency_key or uuid.uuid4().hex
     result, created = await service.credit(
-        session, billing, tenant_id, key, body, invalidator.announce
+        session, billing, tenant_id, key, body, actor, invalidator.announce
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -204,7 +206,72 @@ async def put_overrides(
     return await service.set_overrides(session, billing, tenant, body, actor, invalidator.announce)
 
 
-# What app.py registers: the tenant's billing API and the platform's wallet credits. The
+@admin_router.put(
+    "/{slug}/wallet/floor",
+    **policy(ADMIN_SCOPE, tenant=False, errors={404: "NOT_FOUND", 422: "VALIDATION_FAILED"}),
+    summary="Set how far below zero a tenant's wallet may go (0: no credit); audited",
+)
+async def put_wallet_floor(
+    request: Request,
+    slug: Annotated[str, Path(max_length=63)],
+    body: FloorIn,
+    session: SessionDep,
+    billing: BillingDep,
+    actor: ActorDep,
+) -> WalletOut:
+    tenant = await tenant_for(request, slug)
+    invalidator: TenantInvalidator = request.app.state.invalidator
+    return await service.set_floor(session, billing, tenant, body, actor, invalidator.announce)
+
+
+TRANSITION_ERRORS = {
+    404: "NOT_FOUND, INVOICE_NOT_FOUND",
+    409: "INVOICE_ALREADY_PAID, INVOICE_ALREADY_VOID, INVOICE_NOT_FINALIZED",
+}
+InvoicePath = Annotated[str, Path(max_length=36)]
+
+
+@admin_router.post(
+    "/{slug}/invoices/{invoice_id}/void",
+    **policy(ADMIN_SCOPE, tenant=False, errors=TRANSITION_ERRORS),
+    summary="Void an open or uncollectible invoice: it is no longer owed; audited",
+)
+async def void_invoice(
+    request: Request,
+    slug: Annotated[str, Path(max_length=63)],
+    invoice_id: InvoicePath,
+    session: SessionDep,
+    billing: BillingDep,
+    actor: ActorDep,
+) -> InvoiceOut:
+    tenant = await tenant_for(request, slug)
+    invalidator: TenantInvalidator = request.app.state.invalidator
+    return await service.transition_invoice(
+        session, billing, tenant, invoice_id, "void", actor, invalidator.announce
+    )
+
+
+@admin_router.post(
+    "/{slug}/invoices/{invoice_id}/mark-uncollectible",
+    **policy(ADMIN_SCOPE, tenant=False, errors=TRANSITION_ERRORS),
+    summary="Write off an open invoice for dunning (a later credit may still pay it); audited",
+)
+async def mark_invoice_uncollectible(
+    request: Request,
+    slug: Annotated[str, Path(max_length=63)],
+    invoice_id: InvoicePath,
+    session: SessionDep,
+    billing: BillingDep,
+    actor: ActorDep,
+) -> InvoiceOut:
+    tenant = await tenant_for(request, slug)
+    invalidator: TenantInvalidator = request.app.state.invalidator
+    return await service.transition_invoice(
+        session, billing, tenant, invoice_id, "uncollectible", actor, invalidator.announce
+    )
+
+
+# What app.py registers: the tenant's billing API and the platform's billing administration. The
 # route objects themselves (not include_router, whose lazy entries the guard would not see).
 routes = APIRouter()
 routes.routes.extend([*router.routes, *admin_router.routes, *portal_router.routes])

@@ -138,6 +138,14 @@ class CreditIn(ApiModel):
     kind: Literal["top_up", "grant"] = "top_up"
 
 
+class FloorIn(ApiModel):
+    floor: int = Field(
+        le=0,
+        ge=-(10**12),
+        description="Minor units, at most 0: how far below zero debits may take the balance",
+    )
+
+
 class WalletEntryOut(ApiResponse):
     id: str
     kind: str
@@ -211,6 +219,8 @@ class InvoiceOut(ApiResponse):
     catalog_version: str
     issued_at: datetime | None
     paid_at: datetime | None
+    voided_at: datetime | None = None
+    marked_uncollectible_at: datetime | None = None
 
 
 class CreditOut(ApiResponse):

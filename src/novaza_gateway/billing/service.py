@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.billing import invoices, repository, views
+from novaza_gateway.billing import invoices, repository, transitions, views
 from novaza_gateway.billing import wallet as ledger
 from novaza_gateway.billing.area import BillingArea
 from novaza_gateway.billing.closing import Announce
@@ -17,6 +17,7 @@ from novaza_gateway.billing.schemas import (
     CreditIn,
     CreditOut,
     EntitlementsOut,
+    FloorIn,
     InvoiceLineOut,
     InvoiceOut,
     Money,
@@ -86,6 +87,8 @@ def invoice_out(invoice: Invoice) -> InvoiceOut:
             "catalog_version": invoice.catalog_version,
             "issued_at": invoice.issued_at,
             "paid_at": invoice.paid_at,
+            "voided_at": invoice.voided_at,
+            "marked_uncollectible_at": invoice.marked_uncollectible_at,
         }
     )
 
@@ -163,15 +166,24 @@ async def get_wallet(
     )
 
 
+def _announce_after_commit(session: AsyncSession, announce: Announce, tenant_id: str) -> None:
+    async def changed() -> None:
+        await announce(tenant_id)
+
+    after_commit(session, changed)
+
+
 async def credit(
     session: AsyncSession,
     billing: BillingArea,
     tenant_id: str,
     key: str,
     body: CreditIn,
+    actor: Actor,
     announce: Announce,
 ) -> tuple[CreditOut, bool]:
-    """Top up or grant; the same key answers the first result. Pays what is open."""
+    """Top up or grant; the same key answers the first result. Pays what is open, then
+    what was written off (audited as recovered by ``actor``)."""
     now = billing.entitlements.clock()
     posting = ledger.Posting(
         tenant_id=tenant_id,
@@ -185,15 +197,64 @@ async def credit(
     entry, created = await ledger.post(
         session, posting, now, wallet_currency=billing.catalog.currency
     )
-    if created and await invoices.settle_open(session, tenant_id, now):
-
-        async def reactivated() -> None:
-            await announce(tenant_id)
-
-        after_commit(session, reactivated)
+    if created and await invoices.settle_open(session, tenant_id, now, recovered_by=actor):
+        _announce_after_commit(session, announce, tenant_id)
     # The balance right after this credit (before any invoice it paid): the same on a replay.
     balance = Money(amount=entry.balance_after, currency=entry.currency)
     return CreditOut(entry=entry_out(entry), balance=balance), created
+
+
+async def set_floor(
+    session: AsyncSession,
+    billing: BillingArea,
+    tenant: TenantContext,
+    body: FloorIn,
+    actor: Actor,
+    announce: Announce,
+) -> WalletOut:
+    """Set how far below zero debits may take the balance. A lower floor pays what is open
+    (oldest first) as a credit would; written-off invoices wait for real money."""
+    now = billing.entitlements.clock()
+    wallet, previous = await ledger.set_floor(
+        session, tenant.id, body.floor, billing.catalog.currency, now
+    )
+    if body.floor != previous:
+        state = {"balance": wallet.balance, "entries": wallet.entries}
+        audit.record(
+            session,
+            actor,
+            "billing.wallet.floor",
+            "wallet",
+            tenant.id,
+            tenant_id=tenant.id,
+            before={"floor": previous, **state},
+            after={"floor": body.floor, **state},
+        )
+        if body.floor < previous and await invoices.settle_open(session, tenant.id, now):
+            _announce_after_commit(session, announce, tenant.id)
+    return await get_wallet(session, billing, tenant, limit=20)
+
+
+# ----------------------------------------------------------------------------- invoice status
+
+
+async def transition_invoice(
+    session: AsyncSession,
+    billing: BillingArea,
+    tenant: TenantContext,
+    invoice_id: str,
+    target: transitions.Target,
+    actor: Actor,
+    announce: Announce,
+) -> InvoiceOut:
+    """Void or write off an issued invoice; the same transition again answers it as is."""
+    now = billing.entitlements.clock()
+    invoice, changed = await transitions.transition(
+        session, tenant.id, invoice_id, target, actor, now
+    )
+    if changed:
+        _announce_after_commit(session, announce, tenant.id)
+    return invoice_out(invoice)
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -230,8 +291,5 @@ async def set_overrides(
         after=overrides,
     )
 
-    async def changed() -> None:
-        await announce(tenant.id)
-
-    after_commit(session, changed)
+    _announce_after_commit(session, announce, tenant.id)
     return await entitlements(session, billing, tenant)

@@ -118,6 +118,19 @@ async def post(
     return entry, True
 
 
+async def set_floor(
+    session: AsyncSession, tenant_id: str, floor: int, currency: str, now: datetime
+) -> tuple[Wallet, int]:
+    """Change the floor under the wallet's lock, the one every posting takes: a debit is
+    checked against the floor in force when it posts, never one changed halfway. Answers
+    the wallet and the previous floor. Raising the floor above the balance is allowed: it
+    stops further debits until credits bring the balance back up."""
+    wallet = await lock_wallet(session, tenant_id, currency, now)
+    previous = wallet.floor
+    wallet.floor = floor
+    return wallet, previous
+
+
 async def available(session: AsyncSession, tenant_id: str) -> int:
     """What the wallet can pay without crossing its floor (0 when it has no wallet)."""
     wallet = await session.get(Wallet, tenant_id, populate_existing=True)
