@@ -222,7 +222,9 @@ async def test_refusals_change_nothing(billed: tuple[Gateway, Clock]) -> None:
         assert unknown.json()["code"] == "INVOICE_NOT_FOUND"
         no_tenant = await gw.client.post(url("no-such-site", foreign.id), headers=gw.admin())
         assert no_tenant.status_code == 404 and no_tenant.json()["code"] == "NOT_FOUND"
-        as_tenant = await gw.client.post(url("other-site", foreign.id), headers=gw.auth("other-site"))
+        as_tenant = await gw.client.post(
+            url("other-site", foreign.id), headers=gw.auth("other-site")
+        )
         assert as_tenant.status_code == 403
     assert (await listed(gw, "other-site", foreign.id))["status"] == "open"
     assert (await subscription(gw, other["id"])).status == "past_due"
@@ -335,9 +337,9 @@ async def test_the_portal_shows_void_and_written_off_invoices(
     await gw.client.post(void_url("portal-void", first.id), headers=gw.admin())
     await gw.client.post(uncollectible_url("portal-void", second.id), headers=gw.admin())
     manage = gw.auth("portal-void", scopes="billing:manage")
-    url = (
-        await gw.client.post("/api/v1/billing/portal-session", json={}, headers=manage)
-    ).json()["url"]
+    url = (await gw.client.post("/api/v1/billing/portal-session", json={}, headers=manage)).json()[
+        "url"
+    ]
     opened = await gw.client.get(url.removeprefix(gw.settings.base_url))
     cookies = {"novaza_portal": opened.cookies["novaza_portal"]}
     overview = await gw.client.get("/billing/portal/", cookies=cookies)
