@@ -30,7 +30,8 @@ def uncollectible_url(slug: str, invoice_id: str) -> str:
 async def subscription(gw: Gateway, tenant_id: str) -> Subscription:
     async with gw.app.state.db.sessionmaker() as session:
         query = select(Subscription).where(Subscription.tenant_id == tenant_id)
-        return (await session.execute(query)).scalar_one()
+        sub: Subscription = (await session.execute(query)).scalar_one()
+        return sub
 
 
 async def close_next_period(gw: Gateway, clock: Clock, tenant_id: str) -> list[Invoice]:
