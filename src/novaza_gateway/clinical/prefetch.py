@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy import Select, select, tuple_, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.clinical.models import (
@@ -173,26 +173,35 @@ async def _orders(
 ) -> None:
     """Orders by placer or filler number, or holding an item with one of ``accessions``,
     each with all its items: one query."""
-    wanted = []
+    wanted: list[Select[str]] = []
     if placers:
-        wanted.append(Order.placer_order_number.in_(sorted(placers)))
-    if fillers:
-        wanted.append(Order.filler_order_number.in_(sorted(fillers)))
-    if accessions:
-        holding = select(WorklistItem.order_id).where(
-            WorklistItem.tenant_id == tenant_id,
-            WorklistItem.accession_number.in_(sorted(accessions)),
+        wanted.append(
+            select(Order.id).where(
+                Order.tenant_id == tenant_id, Order.placer_order_number.in_(sorted(placers))
+            )
         )
-        wanted.append(Order.id.in_(holding))
+    if fillers:
+        wanted.append(
+            select(Order.id).where(
+                Order.tenant_id == tenant_id, Order.filler_order_number.in_(sorted(fillers))
+            )
+        )
+    if accessions:
+        wanted.append(
+            select(WorklistItem.order_id).where(
+                WorklistItem.tenant_id == tenant_id,
+                WorklistItem.accession_number.in_(sorted(accessions)),
+            )
+        )
     if not wanted:
         return
+    # Each arm reads one unique key's index; the items join on their order id alone (an
+    # order's items are its tenant's) so that no tenant-wide index looks cheaper to the
+    # planner of a young table.
     query = (
         select(Order, WorklistItem)
-        .outerjoin(
-            WorklistItem,
-            and_(WorklistItem.order_id == Order.id, WorklistItem.tenant_id == tenant_id),
-        )
-        .where(Order.tenant_id == tenant_id, or_(*wanted))
+        .outerjoin(WorklistItem, WorklistItem.order_id == Order.id)
+        .where(Order.tenant_id == tenant_id, Order.id.in_(union(*wanted)))
         .order_by(WorklistItem.created_at, WorklistItem.id)
     )
     rows = (await session.execute(query)).tuples().all()
