@@ -78,7 +78,7 @@ def parse(identifier: Dataset, zone: ZoneInfo) -> WorklistFilter:
 
 
 def _step(identifier: Dataset) -> Dataset:
-    sequence = identifier[SPS] if SPS in identifier else None
+    sequence = identifier.get(Tag(SPS))  # by tag: the element, not its value
     if sequence is None or not sequence.value:
         return Dataset()
     if len(sequence.value) > 1:
@@ -89,7 +89,7 @@ def _step(identifier: Dataset) -> Dataset:
 
 def _value(dataset: Dataset, keyword: str) -> str | None:
     """The matching value of a key; None for universal matching (absent, empty, ``*``)."""
-    element = dataset[keyword] if keyword in dataset else None
+    element = dataset.get(Tag(keyword))  # by tag: the element, not its value
     if element is None or element.value is None:
         return None
     value = element.value
