@@ -1,0 +1,231 @@
+"""Imaging proxy mode: WADO-RS retrieve of a ~50 MB study from a real Orthanc (DICOMweb
+plugin) through ``novaza serve`` in proxy mode vs straight from Orthanc, in the same run.
+
+Reports each path's throughput (median over interleaved rounds), their ratio (target
+>= 0.8), time to first byte, the gateway's RSS before the retrieves and its peak (VmHWM),
+and the STOW of the same study through the gateway. Needs Debian's ``orthanc`` and
+``orthanc-dicomweb``.
+
+Run: ``.venv/bin/python benchmarks/imaging_proxy.py [--mb 50] [--side 1024] [--rounds 7]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.conftest import free_port
+from tests.imaging.dicom import make_instance, uid
+from tests.imaging.orthanc import Orthanc, run_orthanc
+
+from novaza_gateway.core import devkeys
+from novaza_gateway.core.policy import TENANT_SCOPES
+
+NOVAZA = [sys.executable, "-m", "novaza_gateway"]
+CHUNK = 1024 * 1024
+
+
+def env_for(data_dir: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOVAZA_")}
+    env.update(NOVAZA_DATA_DIR=str(data_dir), NOVAZA_PORT=str(port), NOVAZA_LOG_LEVEL="WARNING")
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> None:
+    subprocess.run([*NOVAZA, *args], env=env, check=True, capture_output=True, timeout=120)
+
+
+@contextmanager
+def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [*NOVAZA, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def rss_kib(pid: int, field_name: str = "VmHWM") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Route:
+    """One way to the study, and what each retrieve over it measured."""
+
+    name: str
+    port: int
+    path: str
+    headers: dict[str, str]
+    rates: list[float] = field(default_factory=list)
+    ttfb_ms: list[float] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+
+def pull(port: int, path: str, headers: dict[str, str]) -> tuple[int, float, float]:
+    """One GET over a raw socket (HTTP/1.1, then close): body bytes (chunked framing
+    included: a few bytes per MiB), seconds to the first byte and to the last. Reads land in
+    one reused buffer, so the client costs far less than either server."""
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    request = "\r\n".join([*lines, *(f"{k}: {v}" for k, v in headers.items()), "", ""])
+    buffer = bytearray(CHUNK)
+    view, received, head, first = memoryview(buffer), 0, b"", 0.0
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        began = time.perf_counter()
+        conn.sendall(request.encode())
+        while got := conn.recv_into(view):
+            first = first or time.perf_counter() - began
+            if len(head) < 8192 and b"\r\n\r\n" not in head:
+                head += bytes(buffer[:got])
+            received += got
+        elapsed = time.perf_counter() - began
+    status, _, rest = head.partition(b"\r\n")
+    header_bytes, _, _ = rest.partition(b"\r\n\r\n")
+    if b" 200 " not in status:
+        raise RuntimeError(f"{status.decode()} from port {port}")
+    body = received - len(status) - len(header_bytes) - 6
+    declared = re.search(rb"(?im)^content-length:\s*(\d+)", header_bytes)
+    if declared is not None and int(declared.group(1)) != body:
+        raise RuntimeError(f"port {port}: {body} bytes, Content-Length {declared.group(1)!r}")
+    return body, first, elapsed
+
+
+def store_study(base: str, auth: dict[str, str], megabytes: int, side: int) -> tuple[str, float]:
+    """At least ``megabytes`` of ``side`` x ``side`` 16-bit instances, stored by STOW through
+    the gateway (so into Orthanc) in one streamed request. Answers the study and MB/s."""
+    study, series = uid(), uid()
+    count = -(-megabytes * 10**6 // (2 * side * side))
+    sop = "1.2.826.0.1.3680043.9.7.2.10000000000000000000"
+    template = make_instance(study=study, series=series, sop=sop, rows=side, columns=side)
+    boundary = "bench-proxy"
+
+    def body() -> Iterator[bytes]:
+        for i in range(count):
+            data = template.replace(sop.encode(), f"{sop[:-20]}1{i + 1:019d}".encode())
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            yield data
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    began = time.perf_counter()
+    answer = httpx.post(
+        f"{base}/med/stow/studies",
+        content=body(),
+        headers={**auth, "Content-Type": ctype},
+        timeout=600,
+    )
+    elapsed = time.perf_counter() - began
+    answer.raise_for_status()
+    return study, count * len(template) / elapsed / 1e6
+
+
+def tenant(base: str, data_dir: Path, orthanc: Orthanc) -> dict[str, str]:
+    admin = devkeys.mint_token(data_dir, subject="bench", scopes=["platform:admin"], tenant=None)
+    answer = httpx.put(
+        f"{base}/admin/tenants/bench",
+        json={
+            "rateLimit": {"ratePerSecond": 100000, "burst": 100000},
+            "settings": {"imaging": orthanc.settings()},
+        },
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    answer.raise_for_status()
+    token = devkeys.mint_token(
+        data_dir, subject="bench", scopes=list(TENANT_SCOPES), tenant="bench"
+    )
+    return {"Authorization": f"Bearer {token}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--side", type=int, default=1024, help="1024: 2 MiB instances")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, port = Path(tmp) / "data", free_port()
+        env = env_for(data_dir, port)
+        cli(env, "migrate")
+        cli(env, "tenants", "create", "bench", "--name", "Bench", "--addon", "medical_imaging",
+            "--activate")  # fmt: skip
+        with run_orthanc(Path(tmp) / "orthanc", "bench") as orthanc, serve(env, port) as proc:
+            base = f"http://127.0.0.1:{port}"
+            auth = tenant(base, data_dir, orthanc)
+            study, stow_rate = store_study(base, auth, args.mb, args.side)
+            basic = base64.b64encode(f"{orthanc.username}:{orthanc.password}".encode()).decode()
+            orthanc_port = int(orthanc.url.rsplit(":", 1)[1])
+            paths = [
+                Route("orthanc direct", orthanc_port, f"/dicom-web/studies/{study}",
+                      {"Authorization": f"Basic {basic}"}),
+                Route("gateway proxy", port, f"/med/wado/studies/{study}", auth),
+            ]  # fmt: skip
+            for way in paths:  # warm both: page cache, Orthanc's index, the pooled connection
+                pull(way.port, way.path, way.headers)
+            rss_before = rss_kib(proc.pid, "VmRSS")
+            for _ in range(args.rounds):
+                for way in paths:
+                    size, first, elapsed = pull(way.port, way.path, way.headers)
+                    way.rates.append(size / elapsed / 1e6)
+                    way.ttfb_ms.append(first * 1000)
+                    way.sizes.append(size)
+            peak = rss_kib(proc.pid)
+        report(paths, stow_rate, rss_before, peak, args)
+
+
+def report(
+    paths: list[Route], stow_rate: float, rss_before: int, peak: int, args: argparse.Namespace
+) -> None:
+    direct, proxied = paths
+    print(
+        f"WADO-RS retrieve of one {direct.sizes[0] / 1e6:.1f} MB study "
+        f"({args.side}x{args.side} 16-bit instances), {args.rounds} interleaved rounds, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(f"{'path':16s} {'MB/s median':>11s} {'min':>7s} {'max':>7s} {'TTFB ms':>8s}")
+    for way in paths:
+        print(
+            f"{way.name:16s} {statistics.median(way.rates):11.0f} {min(way.rates):7.0f} "
+            f"{max(way.rates):7.0f} {statistics.median(way.ttfb_ms):8.1f}"
+        )
+    ratio = statistics.median(proxied.rates) / statistics.median(direct.rates)
+    print(f"ratio proxied/direct: {ratio:.2f} (target >= 0.8)")
+    print(
+        f"gateway RSS: {rss_before / 1024:.0f} MiB before the retrieves, peak {peak / 1024:.0f} MiB"
+    )
+    print(f"STOW of the study through the gateway into Orthanc: {stow_rate:.0f} MB/s")
+
+
+if __name__ == "__main__":
+    main()
