@@ -202,6 +202,7 @@ async def backend(
             for kind in args.kinds:
                 for channel in args.channels:
                     batch = messages(kind, count, f"{run}{channel[0]}")
+                    meter = await Meter.start(process.pid, database_url, http)
                     if channel == "mllp":
                         took, lat = await drive_mllp(mllp, batch, concurrency)
                     else:
@@ -209,14 +210,72 @@ async def backend(
                         took, lat = await drive_http(
                             f"http://127.0.0.1:{http}", token, path, batch, concurrency
                         )
+                    used = await meter.stop(count)
                     p50 = statistics.median(lat) * 1000
                     p99 = percentile(lat, 0.99) * 1000
                     rate, parsed = count / took, baseline(batch)
                     row = f"| {name} | {channel} | {kind} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |"
-                    print(f"{row} {parsed:,.0f} |", flush=True)
+                    print(f"{row} {used} {parsed:,.0f} |", flush=True)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) from /proc; 0 where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """CPU the gateway and this database's PostgreSQL backends spent on a row, per message,
+    and the gateway's mean messages per group commit (from its /metrics)."""
+
+    def __init__(self, pid: int, database_url: str | None, http: int) -> None:
+        self.pid, self.database_url, self.http = pid, database_url, http
+        self.gateway = 0.0
+        self.backends: dict[int, float] = {}
+        self.groups = (0.0, 0.0)
+
+    @classmethod
+    async def start(cls, pid: int, database_url: str | None, http: int) -> Meter:
+        meter = cls(pid, database_url, http)
+        meter.gateway = cpu_seconds(pid)
+        meter.backends = {p: cpu_seconds(p) for p in await meter.backend_pids()}
+        meter.groups = meter.group_counts()
+        return meter
+
+    async def backend_pids(self) -> list[int]:
+        if self.database_url is None:
+            return []
+        conn = await asyncpg.connect(PG_ADMIN, timeout=3)
+        try:
+            name = self.database_url.rsplit("/", 1)[1]
+            rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", name)
+        finally:
+            await conn.close()
+        return [int(r["pid"]) for r in rows]
+
+    def group_counts(self) -> tuple[float, float]:
+        text = httpx.get(f"http://127.0.0.1:{self.http}/metrics", timeout=5).text
+        found = {"sum": 0.0, "count": 0.0}
+        for line in text.splitlines():
+            for part in found:
+                if line.startswith(f"novaza_hl7_intake_group_messages_{part} "):
+                    found[part] += float(line.split()[-1])
+        return found["sum"], found["count"]
+
+    async def stop(self, messages: int) -> str:
+        gateway = (cpu_seconds(self.pid) - self.gateway) / messages * 1000
+        pids = await self.backend_pids()
+        spent = sum(cpu_seconds(p) - self.backends.get(p, 0.0) for p in pids)
+        database = f"{spent / messages * 1000:.2f}" if self.database_url else "-"
+        total, count = (a - b for a, b in zip(self.group_counts(), self.groups, strict=True))
+        group = f"{total / count:.1f}" if count else "-"
+        return f"{gateway:.2f} | {database} | {group} |"
 
 
 async def analyze(data_dir: Path, database_url: str | None) -> None:
@@ -268,8 +327,11 @@ async def main() -> None:
         f"{args.messages} messages per row, {args.concurrency} concurrent senders, "
         f"after {args.warmup} warm-up messages of each kind and ANALYZE\n"
     )
-    print("| store | channel | message | msgs/s | ACK p50 ms | ACK p99 ms | python-hl7 parse/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| store | channel | message | msgs/s | ACK p50 ms | ACK p99 ms "
+        "| gateway CPU ms/msg | PostgreSQL CPU ms/msg | msgs/group | python-hl7 parse/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     if "sqlite" in args.stores:
         await backend("SQLite", None, args.messages, args.concurrency, args)
     if "postgresql" not in args.stores:
@@ -281,7 +343,7 @@ async def main() -> None:
         finally:
             await drop(name)
     else:
-        print("| PostgreSQL | - | - | not reachable | | | |")
+        print("| PostgreSQL | - | - | not reachable | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,15 @@ MLLP_ACK_SECONDS = Histogram(
     "MLLP: from a frame's arrival to its ACK being ready (stored and processed).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+INTAKE_GROUP_MESSAGES = Histogram(
+    "novaza_hl7_intake_group_messages",
+    "MLLP intake: messages stored and processed per transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+INTAKE_REDO = Counter(
+    "novaza_hl7_intake_redo_total",
+    "MLLP intake groups run again with a SAVEPOINT per message.",
+)
 DELIVERY_ATTEMPTS = Counter(
     "novaza_hl7_delivery_attempts_total",
     "ORU delivery attempts over MLLP, by outcome (AA, AE, AR, error, timeout, unroutable).",
