@@ -157,7 +157,14 @@ async def next_number(session: AsyncSession, tenant_id: str) -> int:
 async def close_period(
     session: AsyncSession, catalog: Catalog, tenant_id: str, now: datetime
 ) -> Invoice | None:
-    """Finalize the tenant's ended period: issue, pay from the wallet, advance the period."""
+    """Finalize the tenant's ended period: issue, pay from the wallet, advance the period.
+
+    Locks the wallet row before the subscription row, the order credits and floor changes
+    take them (the other order deadlocks against a concurrent credit on PostgreSQL)."""
+    sub = await repository.get_subscription(session, tenant_id)
+    if sub is None or sub.status == "canceled" or sub.current_period_end > now:
+        return None
+    await ledger.lock_wallet(session, tenant_id, sub.currency, now)
     sub = await repository.get_subscription(session, tenant_id, for_update=True)
     if sub is None or sub.status == "canceled" or sub.current_period_end > now:
         return None
