@@ -3,8 +3,10 @@ plugin) through ``novaza serve`` in proxy mode vs straight from Orthanc, in the 
 
 Reports each path's throughput (median over interleaved rounds), their ratio (target
 >= 0.8), time to first byte, the gateway's RSS before the retrieves and its peak (VmHWM),
-and the STOW of the same study through the gateway. Needs Debian's ``orthanc`` and
-``orthanc-dicomweb``.
+and the STOW of the same study through the gateway. A third path, a bare relay (a dozen
+lines of ASGI streaming the same httpx client's answer, on the same uvicorn), tells what
+relaying through httpx costs by itself, apart from the gateway's auth, audit and layers.
+Needs Debian's ``orthanc`` and ``orthanc-dicomweb``.
 
 Run: ``.venv/bin/python benchmarks/imaging_proxy.py [--mb 50] [--side 1024] [--rounds 7]``.
 """
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -71,6 +74,17 @@ def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
 
 
 def rss_kib(pid: int, field_name: str = "VmHWM") -> int:
@@ -168,7 +182,79 @@ def tenant(base: str, data_dir: Path, orthanc: Orthanc) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def relay(port: int, upstream: str, username: str, password: str) -> None:
+    """The bare relay: GET ``/studies/...`` streamed from ``upstream`` (subprocess entry)."""
+    import uvicorn
+
+    from novaza_gateway.imaging.upstream import ClientLimits, UpstreamClients
+
+    UpstreamClients(ClientLimits())  # the same read size as the gateway's clients
+    client = httpx.AsyncClient(auth=(username, password), timeout=60)
+
+    async def app(scope: dict[str, object], receive: object, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        request = client.build_request(
+            "GET", upstream + str(scope["path"]), headers={"accept-encoding": "identity"}
+        )
+        response = await client.send(request, stream=True)
+        headers = [
+            (k.encode(), v.encode())
+            for k, v in response.headers.items()
+            if k in ("content-type", "content-length")
+        ]
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        async for chunk in response.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        await response.aclose()
+
+    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
+
+
+def raw_relay(port: int, upstream: str, username: str, password: str) -> None:
+    """The ceiling of any Python relay here: asyncio streams, no HTTP client library (the
+    upstream's headers read by hand, then its bytes copied through as they come)."""
+    import asyncio
+
+    import uvicorn
+
+    host, _, rest = upstream.removeprefix("http://").partition(":")
+    upstream_port, _, root = rest.partition("/")
+    basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+
+    async def app(scope: dict[str, object], receive: object, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        reader, writer = await asyncio.open_connection(host, int(upstream_port), limit=CHUNK)
+        writer.write(
+            f"GET /{root}{scope['path']} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+            f"Authorization: Basic {basic}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        keep = ("content-type", "content-length")
+        headers = [
+            (name.strip().lower().encode(), value.strip().encode())
+            for name, _, value in (line.partition(":") for line in lines[1:] if line)
+            if name.strip().lower() in keep
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        while chunk := await reader.read(CHUNK):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        writer.close()
+
+    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
+
+
 def main() -> None:
+    if sys.argv[1] in ("--relay", "--raw-relay"):
+        serve_relay = relay if sys.argv[1] == "--relay" else raw_relay
+        serve_relay(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--side", type=int, default=1024, help="1024: 2 MiB instances")
@@ -180,16 +266,27 @@ def main() -> None:
         cli(env, "migrate")
         cli(env, "tenants", "create", "bench", "--name", "Bench", "--addon", "medical_imaging",
             "--activate")  # fmt: skip
+        relay_procs: list[subprocess.Popen[bytes]] = []
         with run_orthanc(Path(tmp) / "orthanc", "bench") as orthanc, serve(env, port) as proc:
             base = f"http://127.0.0.1:{port}"
             auth = tenant(base, data_dir, orthanc)
             study, stow_rate = store_study(base, auth, args.mb, args.side)
             basic = base64.b64encode(f"{orthanc.username}:{orthanc.password}".encode()).decode()
             orthanc_port = int(orthanc.url.rsplit(":", 1)[1])
+            relays = {}
+            for kind in ("--relay", "--raw-relay"):
+                relays[kind] = free_port()
+                relay_procs.append(subprocess.Popen(
+                    [sys.executable, __file__, kind, str(relays[kind]), orthanc.dicomweb,
+                     orthanc.username, orthanc.password], stderr=subprocess.DEVNULL,
+                ))  # fmt: skip
+                wait_port(relays[kind])
             paths = [
                 Route("orthanc direct", orthanc_port, f"/dicom-web/studies/{study}",
                       {"Authorization": f"Basic {basic}"}),
                 Route("gateway proxy", port, f"/med/wado/studies/{study}", auth),
+                Route("bare relay", relays["--relay"], f"/studies/{study}", {}),
+                Route("raw relay", relays["--raw-relay"], f"/studies/{study}", {}),
             ]  # fmt: skip
             for way in paths:  # warm both: page cache, Orthanc's index, the pooled connection
                 pull(way.port, way.path, way.headers)
@@ -201,13 +298,16 @@ def main() -> None:
                     way.ttfb_ms.append(first * 1000)
                     way.sizes.append(size)
             peak = rss_kib(proc.pid)
+            for relay_proc in relay_procs:
+                relay_proc.terminate()
+                relay_proc.wait(timeout=10)
         report(paths, stow_rate, rss_before, peak, args)
 
 
 def report(
     paths: list[Route], stow_rate: float, rss_before: int, peak: int, args: argparse.Namespace
 ) -> None:
-    direct, proxied = paths
+    direct, proxied, bare, raw = paths
     print(
         f"WADO-RS retrieve of one {direct.sizes[0] / 1e6:.1f} MB study "
         f"({args.side}x{args.side} 16-bit instances), {args.rounds} interleaved rounds, "
@@ -221,6 +321,9 @@ def report(
         )
     ratio = statistics.median(proxied.rates) / statistics.median(direct.rates)
     print(f"ratio proxied/direct: {ratio:.2f} (target >= 0.8)")
+    bare_ratio = statistics.median(bare.rates) / statistics.median(direct.rates)
+    raw_ratio = statistics.median(raw.rates) / statistics.median(direct.rates)
+    print(f"ratio bare httpx relay/direct: {bare_ratio:.2f}; raw asyncio relay: {raw_ratio:.2f}")
     print(
         f"gateway RSS: {rss_before / 1024:.0f} MiB before the retrieves, peak {peak / 1024:.0f} MiB"
     )
