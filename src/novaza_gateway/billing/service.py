@@ -67,7 +67,7 @@ async def entitlements(
 
 # ----------------------------------------------------------------------------- invoices
 
-UPCOMING = "upcoming"
+UPCOMING = transitions.UPCOMING  # the current period's draft, computed on every read
 
 
 def invoice_out(invoice: Invoice) -> InvoiceOut:
