@@ -353,3 +353,16 @@ async def test_the_portal_shows_void_and_written_off_invoices(
     page = await gw.client.get(f"/billing/portal/invoices/{second.id}", cookies=cookies)
     assert "marked uncollectible" in page.text
     assert "Amount due</th><td class=num>99.00 EUR" in page.text
+
+
+async def test_a_top_up_paying_the_oldest_debt_moves_the_grace_to_the_next(
+    billed_lite: tuple[Gateway, Clock],
+) -> None:
+    gw, clock = billed_lite
+    tenant = await gw.create_tenant("two-bills", plan="starter")
+    [first] = await close_next_period(gw, clock, tenant["id"])
+    [second] = await close_next_period(gw, clock, tenant["id"])
+    await top_up(gw, "two-bills", STARTER, "one-of-two")
+    assert (await listed(gw, "two-bills", first.id))["status"] == "paid"
+    sub = await subscription(gw, tenant["id"])
+    assert (sub.status, sub.past_due_since) == ("past_due", second.issued_at)
