@@ -2,6 +2,11 @@
 
 Every row carries ``tenant_id``; every query takes it. A merged patient keeps its row with
 ``merged_into_id`` pointing at the survivor, so an old id still resolves.
+
+The many-to-one relationships are never loaded (``lazy="raise"``) nor set: the ids are. They
+tell the unit of work that a new patient is inserted before the identifiers, encounters and
+orders that name it, and an order before its items, whatever order one flush finds them in
+(a group of HL7 messages flushes many records at once).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Date, ForeignKey, Index, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from novaza_gateway.core.db import Base, UtcDateTime
 
@@ -53,6 +58,7 @@ class PatientIdentifier(Base):
     patient_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("clinical_patients.id"), index=True
     )
+    patient: Mapped[Patient] = relationship(lazy="raise")
     value: Mapped[str] = mapped_column(String(128))
     assigning_authority: Mapped[str] = mapped_column(String(128), default="")
     type_code: Mapped[str] = mapped_column(String(16), default="")
@@ -69,6 +75,7 @@ class Encounter(Base):
     patient_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("clinical_patients.id"), index=True
     )
+    patient: Mapped[Patient] = relationship(lazy="raise")
     visit_number: Mapped[str] = mapped_column(String(128))
     patient_class: Mapped[str] = mapped_column(String(8), default="")
     location: Mapped[str] = mapped_column(String(255), default="")
@@ -93,6 +100,7 @@ class Order(Base):
     patient_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("clinical_patients.id"), index=True
     )
+    patient: Mapped[Patient] = relationship(lazy="raise")
     placer_order_number: Mapped[str] = mapped_column(String(128))
     filler_order_number: Mapped[str] = mapped_column(String(128), default="")
     status: Mapped[str] = mapped_column(String(16))
@@ -118,6 +126,8 @@ class WorklistItem(Base):
     patient_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("clinical_patients.id"), index=True
     )
+    order: Mapped[Order] = relationship(lazy="raise")
+    patient: Mapped[Patient] = relationship(lazy="raise")
     accession_number: Mapped[str] = mapped_column(String(64))
     # The Study Instance UID the modality is to use (MWL answers it), set when the order is placed.
     study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
