@@ -35,7 +35,6 @@ from novaza_gateway.core.db import Database
 from novaza_gateway.core.errors import ApiError, send_error
 from novaza_gateway.core.health import Probe
 from novaza_gateway.imaging.dicomweb.qido import MAX_LIMIT
-from novaza_gateway.imaging.errors import UpstreamUnavailable
 from novaza_gateway.imaging.proxy_audit import (
     MAX_AUDITED_STUDIES,
     StudyPatients,
@@ -44,6 +43,14 @@ from novaza_gateway.imaging.proxy_audit import (
     stored_studies,
 )
 from novaza_gateway.imaging.proxy_errors import status_error, transport_error
+from novaza_gateway.imaging.proxy_io import (
+    guarded,
+    json_any,
+    json_list,
+    read_small,
+    receive_body,
+    rewritten,
+)
 from novaza_gateway.imaging.proxy_rewrite import (
     StreamRewriter,
     UrlRewriter,
@@ -65,7 +72,6 @@ from novaza_gateway.imaging.upstream import (
 log = logging.getLogger("novaza.imaging.proxy")
 
 DICOM_JSON = "application/dicom+json"
-SMALL_ANSWER_BYTES = 64 * 1024 * 1024  # a QIDO page or a STOW response, read whole
 LOOKUP_TIMEOUT_SECONDS = 2.0
 CUT_WARNING = (
     '299 novaza: "The number of results exceeded the maximum supported by the server or '
@@ -238,12 +244,12 @@ class ImagingProxy:
         try:
             if response.status_code >= 300:
                 raise status_error(response.status_code, call.kind)
-            body = await _read_small(response)
+            body = await read_small(response)
         finally:
             await response.aclose()
         urls = self._urls(call, upstream)
         body = StreamRewriter(urls).rewrite_all(body)
-        results = _json_list(body)
+        results = json_list(body)
         cut = len(results) > page
         if cut or response.status_code == 204:
             results = results[:page]
@@ -266,19 +272,19 @@ class ImagingProxy:
         query, _ = forwarded_query(call.query)
         headers = request_headers(call.scope["headers"])
         headers["accept"] = DICOM_JSON
-        body = _receive_body(receive)
+        body = receive_body(receive)
         response = await self._send(upstream, "POST", call, query, headers, body)
         try:
             if response.status_code not in (200, 202, 409) or not is_text(
                 response.headers.get("content-type", "")
             ):
                 raise status_error(response.status_code, call.kind)
-            answer = await _read_small(response)
+            answer = await read_small(response)
         finally:
             await response.aclose()
         urls = self._urls(call, upstream)
         answer = StreamRewriter(urls).rewrite_all(answer)
-        studies, stored, failed = stored_studies(_json_any(answer))
+        studies, stored, failed = stored_studies(json_any(answer))
         for study in studies:
             patient = await self._patient(upstream, call, study)
             await self._audit(
@@ -312,9 +318,9 @@ class ImagingProxy:
             urls = self._urls(call, upstream)
             text = is_text(response.headers.get("content-type", ""))
             body = (
-                _rewritten(response.aiter_bytes(), StreamRewriter(urls))
+                rewritten(response.aiter_bytes(), StreamRewriter(urls))
                 if text
-                else _guarded(response.aiter_raw())
+                else guarded(response.aiter_raw())
             )
             out = StreamingResponse(body, status_code=response.status_code)
             out.raw_headers = response_headers(
@@ -412,73 +418,3 @@ class ImagingProxy:
                 outcome=outcome,
                 after=after,
             )
-
-
-async def _receive_body(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives on the ASGI channel, never held whole."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
-async def _read_small(response: httpx.Response) -> bytes:
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > SMALL_ANSWER_BYTES:
-            raise UpstreamUnavailable(
-                "The imaging archive's answer is larger than the gateway accepts.",
-                reason="answer_too_large",
-            )
-    return bytes(body)
-
-
-async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Upstream bytes to the caller. When the upstream breaks mid-answer the status is
-    already sent: the caller's connection is cut, so a truncated body is never mistaken
-    for a whole one (logged by name only; no body, no trace to the caller)."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except httpx.HTTPError as exc:
-        log.warning("imaging upstream broke mid-answer", extra={"error": type(exc).__name__})
-        raise ConnectionError("imaging upstream broke mid-answer") from None
-
-
-async def _rewritten(
-    chunks: AsyncIterator[bytes], rewriter: StreamRewriter
-) -> AsyncIterator[bytes]:
-    async for chunk in _guarded(chunks):
-        out = rewriter.feed(chunk)
-        if out:
-            yield out
-    tail = rewriter.flush()
-    if tail:
-        yield tail
-
-
-def _json_any(body: bytes) -> Any:
-    try:
-        return orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError:
-        raise UpstreamUnavailable(
-            "The imaging archive answered with malformed JSON.", reason="malformed_answer"
-        ) from None
-
-
-def _json_list(body: bytes) -> list[Any]:
-    found = _json_any(body)
-    if found is None:
-        return []
-    if not isinstance(found, list):
-        raise UpstreamUnavailable(
-            "The imaging archive answered a search with something else than a list.",
-            reason="malformed_answer",
-        )
-    return found
