@@ -305,7 +305,9 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.settings = settings
     app.state.invalidator = rt.invalidator
     app.state.hl7 = hl7
-    app.state.imaging = imaging = ImagingArea(settings.imaging, settings.data_dir)
+    app.state.imaging = imaging = ImagingArea(
+        settings.imaging, settings.data_dir, usage=rt.billing.meter
+    )
     app.state.billing = rt.billing
     app.state.tenant_cache = rt.tenants
     app.state.subscriptions = rt.billing.entitlements  # tenant admin -> subscription

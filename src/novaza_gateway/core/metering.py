@@ -12,7 +12,12 @@ from typing import Protocol
 
 Dimensions = tuple[tuple[str, str], ...]  # sorted (name, value) pairs
 
+# Meter names, as the billing catalogue spells them.
 API_REQUESTS = "api_requests"
+AI_TOKENS = "ai_tokens"
+HL7_MESSAGES = "hl7_messages"
+IMAGING_BYTES_SERVED = "imaging_bytes_served"
+STORED_INSTANCES = "stored_instances"
 
 
 class UsageRecorder(Protocol):

@@ -60,6 +60,7 @@ class Policy:
     max_body_bytes: int | None = None
     meter: str | None = None  # product area label: admitted requests count as api_requests
     alt_auth: str | None = None  # an alternative authenticator tried before the JWT
+    meter_bytes: str | None = None  # a meter that counts the response body bytes sent
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class Policy:
             "maxBodyBytes": self.max_body_bytes,
             "meter": self.meter,
             "altAuth": self.alt_auth,
+            "meterBytes": self.meter_bytes,
         }
 
     @classmethod
@@ -82,6 +84,7 @@ class Policy:
             max_body_bytes=described["maxBodyBytes"],
             meter=described.get("meter"),
             alt_auth=described.get("altAuth"),
+            meter_bytes=described.get("meterBytes"),
         )
 
 
@@ -98,6 +101,7 @@ def policy(
     errors: dict[int, str] | None = None,
     responses: dict[int | str, dict[str, Any]] | None = None,
     alt_auth: str | None = None,
+    meter_bytes: str | None = None,
 ) -> dict[str, Any]:
     """Route decorator keywords: the policy itself plus its OpenAPI description.
 
@@ -105,9 +109,16 @@ def policy(
     imaging's signed URLs): it judges requests carrying its credential, others fall to JWT.
     """
     declared = Policy(
-        public, frozenset(scopes), addon, tenant and not public, max_body_bytes, meter, alt_auth
+        public,
+        frozenset(scopes),
+        addon,
+        tenant and not public,
+        max_body_bytes,
+        meter,
+        alt_auth,
+        meter_bytes,
     )
-    if meter and not declared.tenant:
+    if (meter or meter_bytes) and not declared.tenant:
         raise ValueError("only tenant routes are metered")
     described: dict[int, str] = {}
     if not public:
@@ -204,6 +215,18 @@ class RouteGuard:
             return
         if extra_headers:
             send = _with_headers(send, extra_headers)
+        meter = self.policy.meter_bytes
+        if meter is None or self.gate.usage is None:
+            await self._serve(scope, receive, send)
+            return
+        counter = _ByteCounter(send)
+        try:
+            await self._serve(scope, receive, counter.send)
+        finally:  # a retrieve cut short is billed for what was sent
+            if counter.sent:
+                self.gate.usage.record(scope["state"]["tenant"].id, meter, counter.sent)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             await self.app(scope, receive, send)
             return
@@ -283,6 +306,22 @@ class BodyLimit:
         except Exception:
             if not self.rejected:
                 raise
+
+
+class _ByteCounter:
+    """Body bytes of a successful answer as they leave; error envelopes are not the product."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._counting = False
+        self.sent = 0
+
+    async def send(self, message: Message) -> None:
+        await self._send(message)
+        if message["type"] == "http.response.start":
+            self._counting = message["status"] < 400
+        elif message["type"] == "http.response.body" and self._counting:
+            self.sent += len(message.get("body", b""))
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:

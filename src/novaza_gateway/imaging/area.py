@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from novaza_gateway.config import ImagingConfig
+from novaza_gateway.core.metering import UsageRecorder
 from novaza_gateway.imaging.signing import (
     SignedUrlAuthenticator,
     UrlSigner,
@@ -17,8 +18,11 @@ STAGING_MAX_AGE_SECONDS = 6 * 3600  # no upload in flight is older than this
 
 
 class ImagingArea:
-    def __init__(self, config: ImagingConfig, data_dir: Path) -> None:
+    def __init__(
+        self, config: ImagingConfig, data_dir: Path, usage: UsageRecorder | None = None
+    ) -> None:
         self.config = config
+        self.usage = usage  # billing's recorder: stored instances (bytes served: the guard)
         storage = FileSystemStorage(data_dir / "imaging")
         storage.sweep_staging(STAGING_MAX_AGE_SECONDS)  # leftovers of a crash mid-upload
         self.storage: ArchiveStorage = storage

@@ -20,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.core import audit
+from novaza_gateway.core.db import after_commit
+from novaza_gateway.core.metering import STORED_INSTANCES, UsageRecorder
 from novaza_gateway.imaging import repository as repo
 from novaza_gateway.imaging.dicomweb.multipart import (
     MultipartError,
@@ -297,3 +299,17 @@ def audit_stores(
             patient_id=patient_id or None,
             after={"stored": len(report.stored), "failed": len(report.failed)},
         )
+
+
+def meter_stored(
+    session: AsyncSession, usage: UsageRecorder, tenant_id: str, report: IngestReport
+) -> None:
+    """Bill each stored instance once its row is committed; a re-stored SOP Instance UID is
+    the same event (keyed by it), so retries and re-sends are not counted twice."""
+    uids = [stored.sop_instance_uid for stored in report.stored]
+
+    async def record() -> None:
+        for uid in uids:
+            usage.record(tenant_id, STORED_INSTANCES, source="stow", event_id=uid)
+
+    after_commit(session, record)

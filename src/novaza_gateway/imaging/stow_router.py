@@ -69,6 +69,8 @@ async def _store(
         base_url=base,
         study_uid=study,
     )
+    if area.usage is not None:
+        ingest.meter_stored(session, area.usage, tenant.id, report)
     study_url = f"{base}/med/wado/studies/{study}" if study else None
     body = response_json(study_url, report.stored, report.failed)
     status = status_for(len(report.stored), len(report.failed))

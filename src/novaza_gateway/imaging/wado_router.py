@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Query
 from starlette.responses import Response, StreamingResponse
 
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
+from novaza_gateway.core.metering import IMAGING_BYTES_SERVED
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import retrieve
 from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep
@@ -35,6 +36,7 @@ READ = policy(
     "imaging:read",
     addon="medical_imaging",
     alt_auth="signed_url",
+    meter_bytes=IMAGING_BYTES_SERVED,  # what was sent, counted by the route guard
     errors={
         404: "STUDY_NOT_FOUND, SERIES_NOT_FOUND, INSTANCE_NOT_FOUND, FRAME_NOT_FOUND, "
         "BULKDATA_NOT_FOUND",
