@@ -31,6 +31,7 @@ from novaza_gateway.hl7.outcome import Outcome
 
 MAX_GROUP = 64
 LINGER_SECONDS = 0.001
+BUSY_SECONDS = 0.05  # a message this soon after a group means the senders are busy
 
 
 class IntakeBatcher:
@@ -65,12 +66,13 @@ class IntakeBatcher:
         return future
 
     async def _run(self) -> None:
-        answered = 0  # the size of the last group: its senders are about to send again
+        loop = asyncio.get_running_loop()
+        answered, since = 0, 0.0  # the last group's size and end: its senders send again soon
         while True:
             await self._ready.wait()
             self._ready.clear()
             while self._queue:
-                if answered > 1:
+                if answered > 1 and loop.time() - since < BUSY_SECONDS:
                     await self._gather(min(self._max_group, len(self._queue) + answered))
                 group: list[tuple[Received, asyncio.Future[Outcome]]] = []
                 while self._queue and len(group) < self._max_group:
@@ -79,8 +81,7 @@ class IntakeBatcher:
                         group.append((received, future))
                 if group:
                     await self._commit(group)
-                answered = len(group)
-            answered = 0
+                answered, since = len(group), loop.time()
 
     async def _gather(self, expected: int) -> None:
         """Under load, wait a moment (at most ``LINGER_SECONDS``) for the senders the last
