@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -9,6 +11,7 @@ from typing import Any, Protocol
 from novaza_gateway.hl7.settings import Hl7Settings
 
 SECTION = "hl7"
+log = logging.getLogger("novaza.hl7")
 
 
 class SettingsSource(Protocol):
@@ -26,13 +29,16 @@ class Route:
 
 
 class TenantHl7Settings:
-    """Each tenant's ``hl7`` section, and the MLLP routing table over all tenants (TTL cache)."""
+    """Each tenant's ``hl7`` section, and the MLLP routing table over all tenants, cached for
+    ``ttl_seconds``. An expired routing table keeps answering while one task reloads it (a
+    message never waits for the reload, and concurrent callers never reload it twice)."""
 
     def __init__(self, source: SettingsSource, ttl_seconds: float) -> None:
         self._source = source
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[Hl7Settings, float]] = {}
-        self._routes: tuple[list[Route], float] = ([], 0.0)
+        self._routes: tuple[list[Route], float] | None = None
+        self._reloading: asyncio.Task[None] | None = None
 
     async def for_tenant(self, tenant_id: str) -> Hl7Settings:
         entry = self._entries.get(tenant_id)
@@ -45,14 +51,8 @@ class TenantHl7Settings:
 
     async def route(self, receiving_app: str, receiving_fac: str, sending_fac: str) -> Route | None:
         """The tenant whose ``mllpRoutes`` match this MSH; the most specific route wins."""
-        routes, expires = self._routes
-        if expires <= time.monotonic():
-            routes = []
-            for tenant_id, section in await self._source.sections(SECTION):
-                routes.append(Route(tenant_id, Hl7Settings.model_validate(section)))
-            self._routes = (routes, time.monotonic() + self._ttl)
         best: tuple[int, Route] | None = None
-        for route in routes:
+        for route in await self._routing_table():
             for rule in route.settings.mllp_routes:
                 if rule.matches(receiving_app, receiving_fac, sending_fac):
                     score = sum(
@@ -66,3 +66,25 @@ class TenantHl7Settings:
                     if best is None or score > best[0]:
                         best = (score, route)
         return best[1] if best else None
+
+    async def _routing_table(self) -> list[Route]:
+        table = self._routes
+        if table is not None and table[1] > time.monotonic():
+            return table[0]
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self._reload())
+        if table is not None:  # stale: answered while the reload runs
+            return table[0]
+        await asyncio.shield(self._reloading)
+        return self._routes[0] if self._routes is not None else []
+
+    async def _reload(self) -> None:
+        try:
+            sections = await self._source.sections(SECTION)
+        except Exception as exc:  # the stale table stays; the next caller tries again
+            log.warning("hl7 routes not reloaded", extra={"error": type(exc).__name__})
+            if self._routes is None:
+                raise
+            return
+        routes = [Route(tenant_id, Hl7Settings.model_validate(s)) for tenant_id, s in sections]
+        self._routes = (routes, time.monotonic() + self._ttl)
