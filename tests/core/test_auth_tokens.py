@@ -477,8 +477,12 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/admin/tenants/{slug}/suspend", None),
     ("POST", "/admin/tenants/{slug}/wallet/credits", {"amount": 100, "currency": "EUR"}),
     ("PUT", "/admin/tenants/{slug}/entitlements/overrides", {"addons": ["priority_support"]}),
+    ("PUT", "/admin/tenants/{slug}/wallet/floor", {"floor": -100000}),
+    ("POST", "/admin/tenants/{slug}/invoices/{invoice_id}/void", None),
+    ("POST", "/admin/tenants/{slug}/invoices/{invoice_id}/mark-uncollectible", None),
 ]
 ROUTE_IDS = [f"{m} {p}" for m, p, _ in ADMIN_ROUTES]
+SOME_INVOICE = "0b9d2c1e-3f4a-4b5c-8d6e-7f8091a2b3c4"  # the guard refuses before any lookup
 
 
 def test_the_admin_route_table_is_complete(gw: Gateway) -> None:
@@ -504,7 +508,7 @@ async def test_admin_route_refuses_tenant_tokens(
     gw: Gateway, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
     await gw.create_tenant("acme")
-    url = path.format(slug="acme")
+    url = path.format(slug="acme", invoice_id=SOME_INVOICE)
     every_tenant_scope = " ".join((*TENANT_SCOPES, "tenant:override"))
     for token in (gw.token("acme"), gw.token("acme", every_tenant_scope), gw.token(None, "")):
         response = await gw.client.request(method, url, json=body, headers=bearer(token))
@@ -518,7 +522,9 @@ async def test_admin_route_refuses_anonymous_callers(
     gw: Gateway, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
     await gw.create_tenant("acme")
-    response = await gw.client.request(method, path.format(slug="acme"), json=body)
+    response = await gw.client.request(
+        method, path.format(slug="acme", invoice_id=SOME_INVOICE), json=body
+    )
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == UNAUTHENTICATED_HEADER
     assert response.json()["code"] == "UNAUTHENTICATED"
