@@ -16,10 +16,11 @@ seen: inserting it again fails on its unique key, and the caller redoes the grou
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Select, select, tuple_, union
+from sqlalchemy import BindParameter, Select, String, bindparam, select, tuple_, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.clinical.models import (
@@ -94,6 +95,61 @@ class Snapshot:
                 items.append(row)
 
 
+# Built once (their cache keys too); the lists are expanding parameters.
+_TENANT: BindParameter[str] = bindparam("tenant_id", type_=String())
+_IDENTIFIERS = (
+    select(PatientIdentifier, Patient)
+    .join(Patient, Patient.id == PatientIdentifier.patient_id)
+    .where(
+        PatientIdentifier.tenant_id == _TENANT,
+        Patient.tenant_id == _TENANT,
+        tuple_(PatientIdentifier.assigning_authority, PatientIdentifier.value).in_(
+            bindparam("keys", expanding=True)
+        ),
+    )
+)
+_ENCOUNTERS = select(Encounter).where(
+    Encounter.tenant_id == _TENANT,
+    Encounter.visit_number.in_(bindparam("visits", expanding=True)),
+)
+
+
+@functools.cache
+def _orders_query(placers: bool, fillers: bool, accessions: bool) -> Select[Order, WorklistItem]:
+    """Orders by placer or filler number, or holding an item with one of the accessions,
+    each with all its items. Each arm of the union reads one key's own index; the items join
+    on their order id alone (an order's items are its tenant's) so that no tenant-wide index
+    looks cheaper to the planner of a young table."""
+    wanted: list[Select[str]] = []
+    if placers:
+        wanted.append(
+            select(Order.id).where(
+                Order.tenant_id == _TENANT,
+                Order.placer_order_number.in_(bindparam("placers", expanding=True)),
+            )
+        )
+    if fillers:
+        wanted.append(
+            select(Order.id).where(
+                Order.tenant_id == _TENANT,
+                Order.filler_order_number.in_(bindparam("fillers", expanding=True)),
+            )
+        )
+    if accessions:
+        wanted.append(
+            select(WorklistItem.order_id).where(
+                WorklistItem.tenant_id == _TENANT,
+                WorklistItem.accession_number.in_(bindparam("accessions", expanding=True)),
+            )
+        )
+    return (
+        select(Order, WorklistItem)
+        .outerjoin(WorklistItem, WorklistItem.order_id == Order.id)
+        .where(Order.tenant_id == _TENANT, Order.id.in_(union(*wanted)))
+        .order_by(WorklistItem.created_at, WorklistItem.id)
+    )
+
+
 def snapshot(session: AsyncSession, tenant_id: str) -> Snapshot | None:
     snapshots: dict[str, Snapshot] | None = session.info.get(INFO_KEY)
     return snapshots.get(tenant_id) if snapshots is not None else None
@@ -131,20 +187,10 @@ async def _identifiers(
 ) -> None:
     if not keys:
         return
-    query = (
-        select(PatientIdentifier, Patient)
-        .join(Patient, Patient.id == PatientIdentifier.patient_id)
-        .where(
-            PatientIdentifier.tenant_id == tenant_id,
-            Patient.tenant_id == tenant_id,
-            tuple_(PatientIdentifier.assigning_authority, PatientIdentifier.value).in_(
-                sorted(keys)
-            ),
-        )
-    )
+    params = {"tenant_id": tenant_id, "keys": sorted(keys)}
     for key in keys:
         snap.identifiers[key] = None
-    for ident, patient in (await session.execute(query)).tuples():
+    for ident, patient in (await session.execute(_IDENTIFIERS, params)).tuples():
         snap.patients[patient.id] = patient
         snap.identifiers[(ident.assigning_authority, ident.value)] = ident
 
@@ -154,12 +200,10 @@ async def _encounters(
 ) -> None:
     if not visits:
         return
-    query = select(Encounter).where(
-        Encounter.tenant_id == tenant_id, Encounter.visit_number.in_(sorted(visits))
-    )
+    params = {"tenant_id": tenant_id, "visits": sorted(visits)}
     for visit in visits:
         snap.encounters[visit] = None
-    for encounter in (await session.execute(query)).scalars():
+    for encounter in (await session.execute(_ENCOUNTERS, params)).scalars():
         snap.encounters[encounter.visit_number] = encounter
 
 
@@ -173,38 +217,14 @@ async def _orders(
 ) -> None:
     """Orders by placer or filler number, or holding an item with one of ``accessions``,
     each with all its items: one query."""
-    wanted: list[Select[str]] = []
-    if placers:
-        wanted.append(
-            select(Order.id).where(
-                Order.tenant_id == tenant_id, Order.placer_order_number.in_(sorted(placers))
-            )
-        )
-    if fillers:
-        wanted.append(
-            select(Order.id).where(
-                Order.tenant_id == tenant_id, Order.filler_order_number.in_(sorted(fillers))
-            )
-        )
-    if accessions:
-        wanted.append(
-            select(WorklistItem.order_id).where(
-                WorklistItem.tenant_id == tenant_id,
-                WorklistItem.accession_number.in_(sorted(accessions)),
-            )
-        )
-    if not wanted:
+    if not (placers or fillers or accessions):
         return
-    # Each arm reads one unique key's index; the items join on their order id alone (an
-    # order's items are its tenant's) so that no tenant-wide index looks cheaper to the
-    # planner of a young table.
-    query = (
-        select(Order, WorklistItem)
-        .outerjoin(WorklistItem, WorklistItem.order_id == Order.id)
-        .where(Order.tenant_id == tenant_id, Order.id.in_(union(*wanted)))
-        .order_by(WorklistItem.created_at, WorklistItem.id)
-    )
-    rows = (await session.execute(query)).tuples().all()
+    query = _orders_query(bool(placers), bool(fillers), bool(accessions))
+    params: dict[str, object] = {"tenant_id": tenant_id}
+    for name, values in (("placers", placers), ("fillers", fillers), ("accessions", accessions)):
+        if values:
+            params[name] = sorted(values)
+    rows = (await session.execute(query, params)).tuples().all()
     for placer in placers:
         snap.placers[placer] = None
     for filler in fillers:

@@ -69,7 +69,11 @@ class IntakeBatcher:
         loop = asyncio.get_running_loop()
         answered, since = 0, 0.0  # the last group's size and end: its senders send again soon
         while True:
-            await self._ready.wait()
+            try:
+                await asyncio.wait_for(self._ready.wait(), BUSY_SECONDS)
+            except TimeoutError:  # idle: the connection goes back to the pool
+                await self._release()
+                await self._ready.wait()
             self._ready.clear()
             while self._queue:
                 if answered > 1 and loop.time() - since < BUSY_SECONDS:
@@ -124,9 +128,6 @@ class IntakeBatcher:
         except BaseException:
             await self._release()
             raise
-        finally:
-            if not self._queue:
-                await self._release()
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:

@@ -2,19 +2,21 @@
 
 A group of messages (one for HTTP; for MLLP whatever the connections queued meanwhile, see
 ``batcher``) is stored and processed in the caller's one transaction; the caller commits and
-only then sends the ACKs, so an AA always means "on disk and applied" (ADR 0010, 0012).
+only then sends the ACKs, so an AA always means "on disk and applied" (ADR 0010, 0013).
 
-1. Keys already stored are answered from the store: the original ACK, byte for byte.
-2. The message rows go first (INSERT ... ON CONFLICT DO NOTHING, one statement): a key a
-   concurrent transaction holds waits for its commit and is then answered from the store.
-3. What the group will look up is read in a few queries (``clinical.prefetch``).
-4. Each message is processed in order. With ``isolate=False`` a message runs without a
-   SAVEPOINT: processing checks everything before its first change, so an AE leaves nothing
-   to undo. A message that fails after a change all the same (``clinical.changes`` counts),
-   or a group whose writes the database refuses, raises ``Redo``: the caller rolls back and
-   runs the group again with ``isolate=True``, a SAVEPOINT per message. A message that may
-   fail midway (a merge, several order controls) always gets its SAVEPOINT.
-5. The outcomes and ACKs go to the rows (one statement), with an audit record per message.
+1. Keys already stored are answered from the store: the original ACK, byte for byte. A later
+   twin inside the group is answered like a repeat of the first.
+2. What the group will look up is read in a few queries (``clinical.prefetch``).
+3. ``isolate=False`` (MLLP groups): each message runs without a SAVEPOINT. Processing checks
+   everything before its first change, so an AE leaves nothing to undo. The message rows go
+   last, with their outcome and ACK, in one INSERT ... ON CONFLICT DO NOTHING. ``Redo`` asks
+   the caller to roll back and run the group with ``isolate=True`` when that cannot hold: a
+   message failed after a change all the same (``clinical.changes`` counts), may fail midway
+   (a merge, several order controls), or a row's key or a clinical key was taken meanwhile.
+4. ``isolate=True`` (HTTP; a redone group): the message rows go first (a key a concurrent
+   transaction holds waits for its commit, then is answered from the store), each message
+   runs in its SAVEPOINT, and the outcomes and ACKs are written to the rows in one UPDATE.
+5. An audit record per message, in the same transaction.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +12,7 @@ from sqlalchemy import Table, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.dml import ReturningInsert
 
 from novaza_gateway.hl7.models import DeliveryAttempt, InboundMessage, OutboundMessage
 
@@ -26,6 +28,27 @@ _KEY = (
     INBOUND.c.sending_facility,
     INBOUND.c.control_id,
 )
+
+
+_BY_KEYS = select(
+    *_KEY,
+    INBOUND.c.id,
+    INBOUND.c.content_sha256,
+    INBOUND.c.ack,
+    INBOUND.c.ack_code,
+    INBOUND.c.error_code,
+    INBOUND.c.error_text,
+).where(tuple_(*_KEY).in_(bindparam("keys", expanding=True)))
+
+
+@functools.cache
+def _insert(dialect: str) -> ReturningInsert[str]:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(INBOUND)
+        .on_conflict_do_nothing(index_elements=[c.name for c in _KEY])
+        .returning(INBOUND.c.id)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +69,12 @@ async def inbound_by_keys(
     """The stored messages with these keys (each key names its tenant): one query."""
     if not keys:
         return {}
-    query = select(
-        *_KEY,
-        INBOUND.c.id,
-        INBOUND.c.content_sha256,
-        INBOUND.c.ack,
-        INBOUND.c.ack_code,
-        INBOUND.c.error_code,
-        INBOUND.c.error_text,
-    ).where(tuple_(*_KEY).in_(sorted(set(keys))))
+    rows = await session.execute(_BY_KEYS, {"keys": sorted(set(keys))})
     return {
         (r.tenant_id, r.sending_application, r.sending_facility, r.control_id): StoredMessage(
             r.id, r.content_sha256, r.ack, r.ack_code, r.error_code, r.error_text
         )
-        for r in (await session.execute(query)).all()
+        for r in rows.all()
     }
 
 
@@ -68,14 +83,7 @@ async def insert_inbound(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
     PostgreSQL a key another transaction is inserting makes this wait for its outcome."""
     if not rows:
         return set()
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(INBOUND)
-        .on_conflict_do_nothing(index_elements=[c.name for c in _KEY])
-        .returning(INBOUND.c.id)
-    )
-    result = await session.execute(statement, list(rows))
+    result = await session.execute(_insert(session.get_bind().dialect.name), list(rows))
     return set(result.scalars())
 
 
@@ -109,22 +117,23 @@ class Processed:
 _OUTCOME_COLUMNS = (
     "status", "ack_code", "ack", "error_code", "error_text", "patient_id", "processed_at"
 )  # fmt: skip
+# bound names differ from the column names (SQLAlchemy reserves those for SET)
+_OUTCOMES = (
+    update(INBOUND)
+    .where(INBOUND.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}") for name in _OUTCOME_COLUMNS})
+)
 
 
 async def record_outcomes(session: AsyncSession, outcomes: Sequence[Processed]) -> None:
-    """One UPDATE executed for many rows (bound names differ from the column names)."""
+    """One UPDATE executed for many rows."""
     if not outcomes:
         return
-    statement = (
-        update(INBOUND)
-        .where(INBOUND.c.id == bindparam("b_id"))
-        .values({name: bindparam(f"b_{name}") for name in _OUTCOME_COLUMNS})
-    )
     params = [
         {"b_id": o.message_id, **{f"b_{n}": getattr(o, n) for n in _OUTCOME_COLUMNS}}
         for o in outcomes
     ]
-    await session.execute(statement, params)
+    await session.execute(_OUTCOMES, params)
 
 
 async def inbound(session: AsyncSession, tenant_id: str, message_id: str) -> InboundMessage | None:
