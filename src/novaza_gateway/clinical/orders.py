@@ -1,4 +1,5 @@
-"""Orders and their worklist items (one scheduled procedure step per order).
+"""Orders and their worklist items: one scheduled procedure step per requested procedure (an
+ORC with several OBRs is one order with several items, each with its own accession number).
 
 Worklist item status: scheduled -> in_progress -> completed; scheduled or in_progress ->
 canceled or discontinued. Completed, canceled and discontinued are final. Asking for the
@@ -68,18 +69,36 @@ def next_status(current: str, target: str) -> str:
     return target
 
 
+def accession_for(request: ProcedureRequest, step: int = 1) -> str:
+    """The item's accession number: the one the order gives (IPC-1, OBR-18), else the filler,
+    else the placer order number; a further procedure (``step`` n > 1, the n-th OBR of an
+    ORC) without one of its own gets ``-n`` after it."""
+    if request.accession_number:
+        return request.accession_number
+    base = request.filler_order_number or request.placer_order_number
+    return base if step == 1 else f"{base[:60]}-{step}"
+
+
 async def find(
     session: AsyncSession, tenant_id: str, placer: str, filler: str = ""
 ) -> tuple[Order, WorklistItem] | None:
+    """The order with this placer (else filler) number and its first worklist item."""
+    found = await _order_items(session, tenant_id, placer, filler)
+    return (found[0], found[1][0]) if found is not None else None
+
+
+async def _order_items(
+    session: AsyncSession, tenant_id: str, placer: str, filler: str = ""
+) -> tuple[Order, list[WorklistItem]] | None:
     order = await repository.order(session, tenant_id, placer) if placer else None
     if order is None and filler:
         order = await repository.order_by_filler(session, tenant_id, filler)
     if order is None:
         return None
-    item = await repository.worklist_item_for_order(session, tenant_id, order.id)
-    if item is None:  # every order is created with its item
+    items = await repository.worklist_items_of_order(session, tenant_id, order.id)
+    if not items:  # every order is created with its item
         raise OrderNotFound()
-    return order, item
+    return order, list(items)
 
 
 async def place(
@@ -88,30 +107,38 @@ async def place(
     tenant_id: str,
     patient: Patient,
     request: ProcedureRequest,
+    step: int = 1,
 ) -> tuple[WorklistItem, bool]:
-    """A new order and its scheduled worklist item; a repeat answers the existing one."""
-    found = await find(session, tenant_id, request.placer_order_number)
+    """A new order and its scheduled worklist item; a repeat answers the existing one.
+    ``step`` n > 1: the order's n-th procedure (an ORC with several OBRs), its own item."""
+    found = await _order_items(session, tenant_id, request.placer_order_number)
+    order = found[0] if found is not None else None
     if found is not None:
-        return found[1], False
-    accession = await _free_accession(session, tenant_id, request)
+        accession = accession_for(request, step)
+        same = [i for i in found[1] if i.accession_number == accession]
+        if same or step == 1:
+            return (same or found[1])[0], False
+    accession = await _free_accession(session, tenant_id, request, step)
     now = utcnow()
-    order = Order(
-        id=uuid.uuid4().hex,
-        tenant_id=tenant_id,
-        patient_id=patient.id,
-        placer_order_number=request.placer_order_number,
-        filler_order_number=request.filler_order_number,
-        status=SCHEDULED,
-        ordering_provider=request.ordering_provider,
-        reason=request.reason,
-        created_at=now,
-        updated_at=now,
-    )
+    if order is None:
+        order = Order(
+            id=uuid.uuid4().hex,
+            tenant_id=tenant_id,
+            patient_id=patient.id,
+            placer_order_number=request.placer_order_number,
+            filler_order_number=request.filler_order_number,
+            status=SCHEDULED,
+            ordering_provider=request.ordering_provider,
+            reason=request.reason,
+            created_at=now,
+            updated_at=now,
+        )
+        repository.add(session, order)
     item = WorklistItem(
         id=uuid.uuid4().hex,
         tenant_id=tenant_id,
         order_id=order.id,
-        patient_id=patient.id,
+        patient_id=order.patient_id,
         status=SCHEDULED,
         created_at=now,
         updated_at=now,
@@ -120,32 +147,47 @@ async def place(
     item.accession_number = accession
     item.study_instance_uid = request.study_instance_uid or study_uid_for(item.id)
     item.scheduled_start = request.scheduled_start or now  # no requested time: as soon as possible
-    repository.add(session, order)
     repository.add(session, item)
     _audit(session, actor, tenant_id, item, "order.place", None)
     return item, True
 
 
-async def check_place(session: AsyncSession, tenant_id: str, request: ProcedureRequest) -> None:
+async def check_place(
+    session: AsyncSession, tenant_id: str, request: ProcedureRequest, step: int = 1
+) -> None:
     """Raise what ``place`` would raise, changing nothing (a caller checks before it changes
     anything else, e.g. registers the order's patient)."""
-    if await find(session, tenant_id, request.placer_order_number) is None:
-        await _free_accession(session, tenant_id, request)
+    found = await _order_items(session, tenant_id, request.placer_order_number)
+    if found is not None:
+        accession = accession_for(request, step)
+        if step == 1 or any(i.accession_number == accession for i in found[1]):
+            return
+    await _free_accession(session, tenant_id, request, step)
 
 
-async def _free_accession(session: AsyncSession, tenant_id: str, request: ProcedureRequest) -> str:
-    accession = request.accession_number or request.filler_order_number
-    accession = accession or request.placer_order_number
+async def _free_accession(
+    session: AsyncSession, tenant_id: str, request: ProcedureRequest, step: int
+) -> str:
+    accession = accession_for(request, step)
     if await repository.worklist_item(session, tenant_id, accession) is not None:
         raise InvalidTransition("Another order already uses this accession number.")
     return accession
 
 
 async def change(
-    session: AsyncSession, actor: audit.Actor, tenant_id: str, request: ProcedureRequest
+    session: AsyncSession,
+    actor: audit.Actor,
+    tenant_id: str,
+    request: ProcedureRequest,
+    step: int | None = None,
 ) -> WorklistItem:
-    """XO: change what an open order asks for."""
-    order, item = await _load(session, tenant_id, request)
+    """XO: change what an open order asks for (with several procedures: the one named)."""
+    order, items = await _load(session, tenant_id, request, step)
+    if len(items) > 1:
+        raise OrderNotFound(
+            "The order has several procedures: name the one to change (OBR-18, IPC-1)."
+        )
+    item = items[0]
     if item.status in FINAL:
         raise InvalidTransition(f"A worklist item that is {item.status} cannot change.")
     _copy(item, request, every=False)
@@ -164,24 +206,41 @@ async def set_status(
     tenant_id: str,
     request: ProcedureRequest,
     status: str,
+    step: int | None = None,
 ) -> WorklistItem:
-    """CA, DC, SC: move the order's worklist item to ``status``; a repeat is a no-op."""
-    order, item = await _load(session, tenant_id, request)
-    before = item.status
-    item.status = order.status = next_status(item.status, status)
-    if before != item.status:
-        order.updated_at = item.updated_at = utcnow()
-        _audit(session, actor, tenant_id, item, f"order.{item.status}", before)
-    return item
+    """CA, DC, SC: move the order's worklist items (or the one named) to ``status``; a repeat
+    is a no-op. Every item is checked before the first moves."""
+    order, items = await _load(session, tenant_id, request, step)
+    targets = [next_status(item.status, status) for item in items]
+    now = utcnow()
+    for item, target in zip(items, targets, strict=True):
+        before = item.status
+        item.status = order.status = target
+        if before != target:
+            order.updated_at = item.updated_at = now
+            _audit(session, actor, tenant_id, item, f"order.{target}", before)
+    return items[0]
 
 
 async def _load(
-    session: AsyncSession, tenant_id: str, request: ProcedureRequest
-) -> tuple[Order, WorklistItem]:
-    found = await find(session, tenant_id, request.placer_order_number, request.filler_order_number)
+    session: AsyncSession, tenant_id: str, request: ProcedureRequest, step: int | None
+) -> tuple[Order, list[WorklistItem]]:
+    """The order's items a control applies to: the one its accession names (explicit, or
+    derived from ``step``); without a name, or the only one, all of them."""
+    found = await _order_items(
+        session, tenant_id, request.placer_order_number, request.filler_order_number
+    )
     if found is None:
         raise OrderNotFound()
-    return found
+    order, items = found
+    if request.accession_number or step is not None:
+        accession = accession_for(request, step or 1)
+        named = [i for i in items if i.accession_number == accession]
+        if named:
+            return order, named
+        if len(items) > 1:
+            raise OrderNotFound("No procedure of this order has this accession number.")
+    return order, items
 
 
 def _copy(item: WorklistItem, request: ProcedureRequest, *, every: bool) -> None:
@@ -222,5 +281,7 @@ async def set_status_by_accession(
     item = await repository.worklist_item(session, tenant_id, accession_number)
     if item is None:
         raise OrderNotFound("No worklist item has this accession number.")
-    request = ProcedureRequest(placer_order_number=item.placer_order_number)
+    request = ProcedureRequest(
+        placer_order_number=item.placer_order_number, accession_number=accession_number
+    )
     return await set_status(session, actor, tenant_id, request, status)

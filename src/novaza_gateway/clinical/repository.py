@@ -121,17 +121,19 @@ async def order_by_filler(session: AsyncSession, tenant_id: str, filler: str) ->
     return (await session.execute(query)).scalars().first()
 
 
-async def worklist_item_for_order(
+async def worklist_items_of_order(
     session: AsyncSession, tenant_id: str, order_id: str
-) -> WorklistItem | None:
+) -> Sequence[WorklistItem]:
+    """An order's items (one per requested procedure), oldest first."""
     snap = prefetch.snapshot(session, tenant_id)
     if snap is not None and order_id in snap.items_of_order:
-        items = snap.items_of_order[order_id]
-        return items[0] if items else None
-    query = select(WorklistItem).where(
-        WorklistItem.tenant_id == tenant_id, WorklistItem.order_id == order_id
+        return list(snap.items_of_order[order_id])
+    query = (
+        select(WorklistItem)
+        .where(WorklistItem.tenant_id == tenant_id, WorklistItem.order_id == order_id)
+        .order_by(WorklistItem.created_at, WorklistItem.id)
     )
-    return (await session.execute(query)).scalars().first()
+    return (await session.execute(query)).scalars().all()
 
 
 async def worklist_item(

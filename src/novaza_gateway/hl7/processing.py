@@ -67,11 +67,11 @@ ORDER_STATUS = {
 
 def needs_savepoint(message: Message) -> bool:
     """A message that may fail after its first change: a merge (bulk moves), or an order
-    message with several order controls (a later one may fail after an earlier one)."""
+    message with several steps (ORCs, OBRs): a later one may fail after an earlier one."""
     kind, trigger = message.header.message_type.code, message.header.message_type.trigger
     if kind == "ADT":
         return trigger == "A40"
-    return sum(1 for s in message.segments if s.name == "ORC") > 1
+    return len(_order_groups(message)) > 1
 
 
 def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> None:
@@ -100,8 +100,7 @@ def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> Non
                 keys.placers.add(request.placer_order_number)
             if request.filler_order_number:
                 keys.fillers.add(request.filler_order_number)
-            accession = request.accession_number or request.filler_order_number
-            keys.accessions.add(accession or request.placer_order_number)
+            keys.accessions.add(orders.accession_for(request, group.step))
 
 
 async def process_adt(session: AsyncSession, ctx: Hl7Context, message: Message) -> str:
@@ -137,26 +136,33 @@ async def process_adt(session: AsyncSession, ctx: Hl7Context, message: Message) 
 class OrderStep:
     control: str
     request: ProcedureRequest
-    status: str | None = None  # the target status of CA, DC, SC
+    status: str | None  # the target status of CA, DC, SC
+    step: int  # the n-th OBR of its ORC
+    several: bool  # its ORC has several OBRs: a change or status names one procedure
+
+    @property
+    def named(self) -> int | None:
+        return self.step if self.several else None
 
 
 async def process_order(session: AsyncSession, ctx: Hl7Context, message: Message) -> str | None:
-    """ORM^O01 / OMI^O23: each ORC (with its OBR, TQ1, IPC) is one order control. Every
-    control is read and checked before the first is applied."""
+    """ORM^O01 / OMI^O23: each ORC is one order control, applied to each of its OBRs (with
+    TQ1, IPC): several OBRs are several procedures of one order, each its own worklist item.
+    Every step is read and checked before the first is applied."""
     pid = segments.required_segment(message, "PID")
     steps = _order_steps(message, ctx.settings)
     patient_id: str | None = None
     for step in steps:
+        tenant_id, request = ctx.tenant_id, step.request
         if step.control == "NW":
-            await orders.check_place(session, ctx.tenant_id, step.request)
+            await orders.check_place(session, tenant_id, request, step.step)
             patient = await _order_patient(session, ctx, pid)
-            item, _ = await orders.place(session, ctx.actor, ctx.tenant_id, patient, step.request)
-        elif step.control == "XO":
-            item = await orders.change(session, ctx.actor, ctx.tenant_id, step.request)
+            item, _ = await orders.place(session, ctx.actor, tenant_id, patient, request, step.step)
+        elif step.status is None:  # XO
+            item = await orders.change(session, ctx.actor, tenant_id, request, step.named)
         else:
-            assert step.status is not None
             item = await orders.set_status(
-                session, ctx.actor, ctx.tenant_id, step.request, step.status
+                session, ctx.actor, tenant_id, request, step.status, step.named
             )
         patient_id = item.patient_id
     return patient_id
@@ -173,19 +179,18 @@ def _order_steps(message: Message, settings: Hl7Settings) -> list[OrderStep]:
         orc = group.orc
         request = segments.procedure(orc, group.obr, group.tq1, group.ipc, settings)
         control = orc.get(1).upper()
-        if control in ("NW", "XO"):
-            steps.append(OrderStep(control, request))
-        elif control in ("CA", "OC"):
-            steps.append(OrderStep(control, request, orders.CANCELED))
+        status: str | None = None
+        if control in ("CA", "OC"):
+            status = orders.CANCELED
         elif control in ("DC", "OD"):
-            steps.append(OrderStep(control, request, orders.DISCONTINUED))
+            status = orders.DISCONTINUED
         elif control == "SC":
             status = ORDER_STATUS.get(orc.get(5).upper())
             if status is None:
                 raise _table_error(orc, 5, "order status")
-            steps.append(OrderStep(control, request, status))
-        else:
+        elif control not in ("NW", "XO"):
             raise _table_error(orc, 1, "order control")
+        steps.append(OrderStep(control, request, status, group.step, group.several))
     return steps
 
 
@@ -218,10 +223,14 @@ def _table_error(segment: Segment, index: int, what: str) -> Hl7Error:
 
 @dataclass(slots=True)
 class OrderGroup:
+    """One ORC with one of its OBRs (the ``step``-th), the ORC's TQ1 and the OBR's IPC."""
+
     orc: Segment
     obr: Segment | None = None
     tq1: Segment | None = None
     ipc: Segment | None = None
+    step: int = 1
+    several: bool = False
 
 
 def _order_groups(message: Message) -> list[OrderGroup]:
@@ -229,8 +238,16 @@ def _order_groups(message: Message) -> list[OrderGroup]:
     for segment in message.segments:
         if segment.name == "ORC":
             groups.append(OrderGroup(segment))
-        elif groups and segment.name in ("OBR", "TQ1", "IPC"):
+        elif not groups:
+            continue
+        elif segment.name == "OBR" and groups[-1].obr is not None:  # the ORC's next procedure
+            last = groups[-1]
+            last.several = True
+            groups.append(OrderGroup(last.orc, segment, last.tq1, None, last.step + 1, True))
+        elif segment.name in ("OBR", "TQ1", "IPC"):
             attr = segment.name.lower()
             if getattr(groups[-1], attr) is None:
                 setattr(groups[-1], attr, segment)
+    for group in groups:  # the first procedure learns of the others too
+        group.several = group.several or any(g.orc is group.orc and g.step > 1 for g in groups)
     return groups
