@@ -148,6 +148,8 @@ async def receive_group(
     order. Raises ``Redo`` (only when ``isolate`` is False) or a database error."""
     keys = [received.key for received in group]
     fingerprints = [digest(received.message) for received in group]
+    if not isolate:
+        await repository.begin_writing(session)
     stored = await repository.inbound_by_keys(session, keys)
     outcomes: dict[int, Outcome] = {}
     rows: dict[int, dict[str, Any]] = {}

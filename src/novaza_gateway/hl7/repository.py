@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, tuple_, update
+from sqlalchemy import Table, bindparam, false, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -39,6 +39,9 @@ _BY_KEYS = select(
     INBOUND.c.error_code,
     INBOUND.c.error_text,
 ).where(tuple_(*_KEY).in_(bindparam("keys", expanding=True)))
+
+
+_TOUCH = update(INBOUND).where(false()).values(status=INBOUND.c.status)
 
 
 @functools.cache
@@ -76,6 +79,15 @@ async def inbound_by_keys(
         )
         for r in rows.all()
     }
+
+
+async def begin_writing(session: AsyncSession) -> None:
+    """On SQLite, take the database's write lock now, with a write that changes nothing: the
+    reads that follow are then serialized with every other writer, as when a message row was
+    inserted first. (pysqlite begins a transaction at the first write; reads before it would
+    run outside any. PostgreSQL needs nothing.)"""
+    if session.get_bind().dialect.name == "sqlite":
+        await session.execute(_TOUCH)
 
 
 async def insert_inbound(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
