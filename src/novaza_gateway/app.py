@@ -41,6 +41,7 @@ from novaza_gateway.core.policy import POLICY_KEY, Gatekeeper, Policy, RouteGuar
 from novaza_gateway.core.ratelimit import RateLimiter, RedisLimiter
 from novaza_gateway.core.requestid import RequestContextMiddleware
 from novaza_gateway.core.resp import PipelinedRedis
+from novaza_gateway.core.routeindex import RouteIndex
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 from novaza_gateway.core.tenant_settings import SettingsSections
 from novaza_gateway.core.whoami import router as whoami_router
@@ -334,6 +335,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     )
     gate.alt_auth["signed_url"] = imaging.authenticator  # WADO/QIDO viewer links
     guard_routes(app, ROUTERS + extra_routers, gate)
+    app.router.middleware_stack = RouteIndex(app.router)  # no linear search of 60 routes
     _watch_pool(rt.db, settings.db_pool_size)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestContextMiddleware)
