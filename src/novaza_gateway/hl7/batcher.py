@@ -28,6 +28,7 @@ from novaza_gateway.hl7 import intake
 from novaza_gateway.hl7.intake import Received
 from novaza_gateway.hl7.metrics import INTAKE_GROUP_MESSAGES, INTAKE_REDO
 from novaza_gateway.hl7.outcome import Outcome
+from novaza_gateway.hl7.processing import needs_savepoint
 
 MAX_GROUP = 64
 LINGER_SECONDS = 0.001
@@ -117,14 +118,17 @@ class IntakeBatcher:
                 future.set_result(outcome)
 
     async def _store(self, group: list[Received]) -> list[Outcome]:
+        # a merge or a message of several order steps needs its SAVEPOINT: no try without
+        isolate = any(needs_savepoint(received.message) for received in group)
         try:
-            try:
-                async with self._transaction() as session:
-                    return await intake.receive_group(session, group, isolate=False)
-            except (intake.Redo, IntegrityError):
-                INTAKE_REDO.inc()
-                async with self._transaction() as session:
-                    return await intake.receive_group(session, group, isolate=True)
+            if not isolate:
+                try:
+                    async with self._transaction() as session:
+                        return await intake.receive_group(session, group, isolate=False)
+                except (intake.Redo, IntegrityError):
+                    INTAKE_REDO.inc()
+            async with self._transaction() as session:
+                return await intake.receive_group(session, group, isolate=True)
         except BaseException:
             await self._release()
             raise
