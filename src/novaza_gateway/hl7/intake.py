@@ -12,7 +12,8 @@ only then sends the ACKs, so an AA always means "on disk and applied" (ADR 0010,
    last, with their outcome and ACK, in one INSERT ... ON CONFLICT DO NOTHING. ``Redo`` asks
    the caller to roll back and run the group with ``isolate=True`` when that cannot hold: a
    message failed after a change all the same (``clinical.changes`` counts), may fail midway
-   (a merge, several order controls), or a row's key or a clinical key was taken meanwhile.
+   (a merge, several order steps: the batcher sends such groups straight to ``isolate=True``),
+   or a row's key or a clinical key was taken meanwhile.
 4. ``isolate=True`` (HTTP; a redone group): the message rows go first (a key a concurrent
    transaction holds waits for its commit, then is answered from the store), each message
    runs in its SAVEPOINT, and the outcomes and ACKs are written to the rows in one UPDATE.
