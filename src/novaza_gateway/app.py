@@ -279,7 +279,9 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     rt = build_runtime(settings)
 
     wire_core(rt)
-    hl7 = Hl7Area(settings.hl7, rt.db, TenantSettingsDirectory(rt.db), rt.tenants)
+    hl7 = Hl7Area(
+        settings.hl7, rt.db, TenantSettingsDirectory(rt.db), rt.tenants, usage=rt.billing.meter
+    )
     hl7.wire(rt.lifecycle)
     wire_billing(rt)
     mwl = wire_mwl(rt)

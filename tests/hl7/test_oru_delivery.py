@@ -31,9 +31,10 @@ async def receiver() -> AsyncIterator[ScriptedReceiver]:
 
 
 async def oru_gateway(
-    tmp_path: Path, db_url: str, receiver: ScriptedReceiver
+    tmp_path: Path, db_url: str, receiver: ScriptedReceiver, **overrides: Any
 ) -> AsyncIterator[Gateway]:
-    async for gw in start_gateway(gateway_settings(tmp_path / "data", db_url, **FAST_RETRIES)):
+    settings = gateway_settings(tmp_path / "data", db_url, **FAST_RETRIES, **overrides)
+    async for gw in start_gateway(settings):
         destinations = {
             "ris": {
                 "host": "127.0.0.1",

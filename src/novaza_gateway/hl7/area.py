@@ -6,6 +6,7 @@ from novaza_gateway.config import Hl7Config
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.health import Probe
 from novaza_gateway.core.lifecycle import Lifecycle
+from novaza_gateway.core.metering import UsageRecorder
 from novaza_gateway.core.tenancy import TenantCache
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.listener import MllpListener
@@ -15,13 +16,19 @@ from novaza_gateway.hl7.routing import SettingsSource, TenantHl7Settings
 
 class Hl7Area:
     def __init__(
-        self, config: Hl7Config, db: Database, source: SettingsSource, tenants: TenantCache
+        self,
+        config: Hl7Config,
+        db: Database,
+        source: SettingsSource,
+        tenants: TenantCache,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.config = config
+        self.usage = usage  # billing's recorder: messages in and out
         self.settings = TenantHl7Settings(source, config.settings_ttl_seconds)
         self.listener: MllpListener | None = None
         if config.mllp_port is not None:
-            self.listener = MllpListener(config, db, self.settings, tenants)
+            self.listener = MllpListener(config, db, self.settings, tenants, usage)
         self.outbox = OutboxWorker(config, db, self.settings)
         self.db = db
 

@@ -24,7 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from novaza_gateway.core.db import Database
-from novaza_gateway.hl7 import intake
+from novaza_gateway.core.metering import UsageRecorder
+from novaza_gateway.hl7 import intake, metering
 from novaza_gateway.hl7.intake import Received
 from novaza_gateway.hl7.metrics import INTAKE_GROUP_MESSAGES, INTAKE_REDO
 from novaza_gateway.hl7.outcome import Outcome
@@ -36,8 +37,11 @@ BUSY_SECONDS = 0.05  # a message this soon after a group means the senders are b
 
 
 class IntakeBatcher:
-    def __init__(self, db: Database, max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self, db: Database, max_group: int = MAX_GROUP, usage: UsageRecorder | None = None
+    ) -> None:
         self._db = db
+        self._usage = usage
         self._max_group = max_group
         self._queue: deque[tuple[Received, asyncio.Future[Outcome]]] = deque()
         self._ready = asyncio.Event()
@@ -113,6 +117,9 @@ class IntakeBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
+        if self._usage is not None:  # committed: the stored messages are billable
+            for (received, _), outcome in zip(group, outcomes, strict=True):
+                metering.record_inbound(self._usage, received.ctx.tenant_id, (outcome,))
         for (_, future), outcome in zip(group, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import Database
+from novaza_gateway.core.metering import UsageRecorder
 from novaza_gateway.core.tenancy import TenantCache
 from novaza_gateway.hl7 import intake, metrics
 from novaza_gateway.hl7.ack import ack_wanted
@@ -63,6 +64,7 @@ class MllpListener:
         db: Database,
         settings: TenantHl7Settings,
         tenants: TenantCache,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.config = config
         self.db = db
@@ -71,7 +73,7 @@ class MllpListener:
         self.port: int | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._batcher = IntakeBatcher(db)
+        self._batcher = IntakeBatcher(db, usage=usage)
 
     async def start(self) -> None:
         self._batcher.start()

@@ -64,8 +64,9 @@ async def receive_adt(
     request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
 ) -> Response:
     body = await request.body()
+    area = request.app.state.hl7
     outcome = await service.receive(
-        session, request.app.state.hl7.settings, tenant, actor, body, _ctype(request), ADT
+        session, area.settings, tenant, actor, body, _ctype(request), ADT, usage=area.usage
     )
     return answer(outcome, request)
 
@@ -75,8 +76,9 @@ async def receive_orm(
     request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
 ) -> Response:
     body = await request.body()
+    area = request.app.state.hl7
     outcome = await service.receive(
-        session, request.app.state.hl7.settings, tenant, actor, body, _ctype(request), ORDERS
+        session, area.settings, tenant, actor, body, _ctype(request), ORDERS, usage=area.usage
     )
     return answer(outcome, request)
 

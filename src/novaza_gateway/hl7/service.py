@@ -9,8 +9,9 @@ from novaza_gateway.core import audit
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import after_commit, utcnow
 from novaza_gateway.core.errors import Conflict, UnsupportedMediaType, ValidationFailed
+from novaza_gateway.core.metering import UsageRecorder
 from novaza_gateway.core.tenancy import TenantContext
-from novaza_gateway.hl7 import intake, outgoing, repository
+from novaza_gateway.hl7 import intake, metering, outgoing, repository
 from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.errors import MessageNotFound
 from novaza_gateway.hl7.outcome import Outcome
@@ -52,10 +53,18 @@ async def receive(
     body: bytes,
     content_type: str,
     accepts: frozenset[str],
+    usage: UsageRecorder | None = None,
 ) -> Outcome:
     data = message_bytes(body, content_type)
     ctx = Hl7Context(tenant.id, actor, await settings.for_tenant(tenant.id))
-    return await intake.receive(session, ctx, data, channel="http", accepts=accepts)
+    outcome = await intake.receive(session, ctx, data, channel="http", accepts=accepts)
+    if usage is not None:
+
+        async def billable() -> None:
+            metering.record_inbound(usage, tenant.id, (outcome,))
+
+        after_commit(session, billable)
+    return outcome
 
 
 async def send_oru(
@@ -64,6 +73,13 @@ async def send_oru(
     settings = await area.settings.for_tenant(tenant.id)
     row = await outgoing.queue_oru(session, actor, tenant.id, settings, body)
     after_commit(session, area.outbox.nudge)
+    if area.usage is not None:
+        usage, message_id = area.usage, row.id
+
+        async def billable() -> None:
+            metering.record_outbound(usage, tenant.id, message_id)
+
+        after_commit(session, billable)
     return QueuedOut(message_id=row.id, control_id=row.control_id, status=row.status)
 
 
