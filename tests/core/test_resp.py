@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -124,3 +125,26 @@ def test_on_uvloop_as_novaza_serve_runs_it(redis_url: str) -> None:
             await client.aclose()
 
     assert uvloop.run(ping_twice()) == ["PONG", b"x"]
+
+
+async def _ping_through_a_stalled_loop(redis_url: str) -> object:
+    client = PipelinedRedis.from_url(redis_url, timeout=0.02)
+    try:
+        await client.execute("PING")  # connected
+        pending = asyncio.ensure_future(client.execute("PING"))
+        for _ in range(3):  # the task sends; the write leaves on the next turn
+            await asyncio.sleep(0)
+        time.sleep(0.1)  # the loop is stuck five deadlines long; Redis answers meanwhile
+        return await pending
+    finally:
+        await client.aclose()
+
+
+async def test_a_stalled_event_loop_is_not_mistaken_for_a_slow_redis(redis_url: str) -> None:
+    assert await _ping_through_a_stalled_loop(redis_url) == "PONG"
+
+
+def test_a_stalled_uvloop_is_not_mistaken_for_a_slow_redis(redis_url: str) -> None:
+    import uvloop
+
+    assert uvloop.run(_ping_through_a_stalled_loop(redis_url)) == "PONG"
