@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.billing import portal_pages, service, usage
+from novaza_gateway.billing import portal_pages, service, transitions, usage
 from novaza_gateway.billing.area import BillingArea
 from novaza_gateway.billing.portal_router import portal_router
 from novaza_gateway.billing.schemas import (
@@ -25,6 +26,7 @@ from novaza_gateway.billing.schemas import (
     UsageOut,
     WalletOut,
 )
+from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.errors import NotFound
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
@@ -244,11 +246,7 @@ async def void_invoice(
     billing: BillingDep,
     actor: ActorDep,
 ) -> InvoiceOut:
-    tenant = await tenant_for(request, slug)
-    invalidator: TenantInvalidator = request.app.state.invalidator
-    return await service.transition_invoice(
-        session, billing, tenant, invoice_id, "void", actor, invalidator.announce
-    )
+    return await _transition(request, slug, invoice_id, session, billing, actor, "void")
 
 
 @admin_router.post(
@@ -264,10 +262,22 @@ async def mark_invoice_uncollectible(
     billing: BillingDep,
     actor: ActorDep,
 ) -> InvoiceOut:
+    return await _transition(request, slug, invoice_id, session, billing, actor, "uncollectible")
+
+
+async def _transition(
+    request: Request,
+    slug: str,
+    invoice_id: str,
+    session: AsyncSession,
+    billing: BillingArea,
+    actor: Actor,
+    kind: transitions.Target,
+) -> InvoiceOut:
     tenant = await tenant_for(request, slug)
     invalidator: TenantInvalidator = request.app.state.invalidator
     return await service.transition_invoice(
-        session, billing, tenant, invoice_id, "uncollectible", actor, invalidator.announce
+        session, billing, tenant, invoice_id, kind, actor, invalidator.announce
     )
 
 
