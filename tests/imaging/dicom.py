@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,24 @@ def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str]
             headers[name.strip().lower()] = value.strip()
         parts.append((headers, data.removesuffix(b"\r\n")))
     return parts
+
+
+def streamed_stow(
+    study: str, series: str, count: int, boundary: str
+) -> tuple[Iterator[bytes], str]:
+    """A STOW body of ``count`` 2 MiB instances made from one template as it is sent, so the
+    sender holds one part at a time; and its content type."""
+    template_sop = "1.2.826.0.1.3680043.9.7.1.10000000000000000000"
+    template = make_instance(study=study, series=series, sop=template_sop, rows=1024, columns=1024)
+
+    def body() -> Iterator[bytes]:
+        for i in range(count):
+            sop = f"{template_sop[:-20]}1{i + 1:019d}"  # same length: the file stays valid
+            data = template.replace(template_sop.encode(), sop.encode())
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            for start in range(0, len(data), 64 * 1024):
+                yield data[start : start + 64 * 1024]
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    return body(), f'multipart/related; type="application/dicom"; boundary={boundary}'

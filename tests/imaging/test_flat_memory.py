@@ -7,13 +7,12 @@ client, and the client streams both ways, so the peak is the gateway's working s
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 from tests.imaging.conftest import tenant
-from tests.imaging.dicom import make_instance, uid
+from tests.imaging.dicom import streamed_stow, uid
 
 INSTANCES = 50  # x 2 MiB
 LIMIT = 16 * 1024 * 1024  # far under the 100 MB that passes through
@@ -23,29 +22,14 @@ def test_store_and_retrieve_100_mb_with_flat_memory(server: tuple[str, Path]) ->
     url, data_dir = server
     auth = {"Authorization": f"Bearer {tenant(url, data_dir, 'big-study')}"}
     study, series = uid(), uid()
-    boundary = "flat-memory-boundary"
-
-    # One 2 MiB instance made before tracing; each part swaps in a same-length SOP UID, so
+    # Each part is made as it is sent (a template with a same-length SOP UID swapped in), so
     # the client side holds one part at a time.
-    template_sop = "1.2.826.0.1.3680043.9.7.1.10000000000000000000"
-    template = make_instance(study=study, series=series, sop=template_sop, rows=1024, columns=1024)
-
-    def body() -> Iterator[bytes]:
-        for i in range(INSTANCES):
-            sop = f"{template_sop[:-20]}1{i + 1:019d}"
-            data = template.replace(template_sop.encode(), sop.encode())
-            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-            for start in range(0, len(data), 64 * 1024):
-                yield data[start : start + 64 * 1024]
-            yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode()
-
-    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    body, ctype = streamed_stow(study, series, INSTANCES, "flat-memory-boundary")
     tracemalloc.start()
     try:
         response = httpx.post(
             f"{url}/med/stow/studies",
-            content=body(),
+            content=body,
             headers={**auth, "Content-Type": ctype},
             timeout=120,
         )

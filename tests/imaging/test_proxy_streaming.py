@@ -5,7 +5,6 @@ client works through the proxy as it does against the embedded archive."""
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,13 @@ from dicomweb_client.api import DICOMwebClient
 
 from novaza_gateway.core import devkeys
 from novaza_gateway.core.policy import TENANT_SCOPES
-from tests.imaging.dicom import make_instance, shipped, shipped_bytes, split_multipart, uid
+from tests.imaging.dicom import (
+    shipped,
+    shipped_bytes,
+    split_multipart,
+    streamed_stow,
+    uid,
+)
 from tests.imaging.orthanc import Orthanc, run_orthanc
 
 INSTANCES = 25  # x 2 MiB
@@ -45,28 +50,12 @@ def test_50_mb_through_the_proxy_with_flat_memory(server: tuple[str, Path], tmp_
     with run_orthanc(tmp_path / "orthanc") as orthanc:
         auth = {"Authorization": f"Bearer {proxied_tenant(url, data_dir, 'big', orthanc)}"}
         study, series = uid(), uid()
-        boundary = "proxy-flat-memory"
-        template_sop = "1.2.826.0.1.3680043.9.7.1.10000000000000000000"
-        template = make_instance(
-            study=study, series=series, sop=template_sop, rows=1024, columns=1024
-        )
-
-        def body() -> Iterator[bytes]:
-            for i in range(INSTANCES):
-                sop = f"{template_sop[:-20]}1{i + 1:019d}"
-                data = template.replace(template_sop.encode(), sop.encode())
-                yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                for start in range(0, len(data), 64 * 1024):
-                    yield data[start : start + 64 * 1024]
-                yield b"\r\n"
-            yield f"--{boundary}--\r\n".encode()
-
-        ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        body, ctype = streamed_stow(study, series, INSTANCES, "proxy-flat-memory")
         tracemalloc.start()
         try:
             stored = httpx.post(
                 f"{url}/med/stow/studies",
-                content=body(),
+                content=body,
                 headers={**auth, "Content-Type": ctype},
                 timeout=120,
             )
