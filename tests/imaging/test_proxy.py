@@ -176,7 +176,7 @@ async def test_reads_are_audited_with_patient_and_study(gw: Gateway, orthanc: Or
         await gw.client.get("/med/qido/studies?PatientID=PX-7", headers=auth)
     ).status_code == 200
     missing = await gw.client.get(f"/med/wado/studies/{uid()}", headers=auth)
-    assert missing.status_code == 404 and missing.json()["code"] == "NOT_FOUND"
+    assert missing.status_code == 404 and missing.json()["code"] == "STUDY_NOT_FOUND"
 
     tenant_id = gw.tenants["audited"]["id"]
     async with gw.app.state.db.session_scope() as session:
@@ -200,7 +200,7 @@ async def test_reads_are_audited_with_patient_and_study(gw: Gateway, orthanc: Or
     search = by_action["imaging.search.study"]
     assert search.patient_id == "PX-7" and search.after["studies"] == [study]
     refused = by_action["imaging.retrieve_study"]
-    assert refused.outcome == "not_found"
+    assert refused.outcome == "study_not_found"
 
 
 async def test_signed_url_reads_go_upstream_without_the_token(

@@ -169,7 +169,7 @@ async def test_upstream_error_statuses(
 
 
 async def test_upstream_4xx_answers_in_the_envelope(gw: Gateway, failing: str) -> None:
-    for upstream, status, code in ((404, 404, "NOT_FOUND"), (400, 422, "VALIDATION_FAILED")):
+    for upstream, status, code in ((404, 404, "STUDY_NOT_FOUND"), (400, 422, "VALIDATION_FAILED")):
         auth = await proxying(gw, f"client-{upstream}", f"{failing}/s{upstream}")
         answer = await gw.client.get("/med/wado/studies/1.2.3", headers=auth)
         assert answer.status_code == status and answer.json()["code"] == code

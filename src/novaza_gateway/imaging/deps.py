@@ -13,6 +13,7 @@ from novaza_gateway.core.deps import ActorDep
 from novaza_gateway.core.errors import ApiError
 from novaza_gateway.core.tenancy import TenantContext
 from novaza_gateway.imaging.area import ImagingArea
+from novaza_gateway.imaging.proxy import ImagingProxy
 from novaza_gateway.imaging.signing import Grant
 
 
@@ -33,7 +34,14 @@ async def signed_grant(request: Request) -> Grant | None:
     return grant
 
 
+async def get_proxy(request: Request) -> ImagingProxy | None:
+    """Proxy mode's upstreams (None when the app runs without them)."""
+    proxy: ImagingProxy | None = getattr(request.app.state, "imaging_proxy", None)
+    return proxy
+
+
 AreaDep = Annotated[ImagingArea, Depends(get_area)]
+ProxyDep = Annotated[ImagingProxy | None, Depends(get_proxy)]
 BaseUrlDep = Annotated[str, Depends(base_url)]
 GrantDep = Annotated[Grant | None, Depends(signed_grant)]
 

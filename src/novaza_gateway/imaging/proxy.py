@@ -163,6 +163,12 @@ class Call:
     def study(self) -> str | None:
         return self.params.get("study")
 
+    @property
+    def level(self) -> str | None:
+        """The level of the resource the path names (None: a search from the root)."""
+        level, resource = self.resource()
+        return level if resource is not None else None
+
     def resource(self) -> tuple[str, str | None]:
         for level, name in (("instance", "instance"), ("series", "series"), ("study", "study")):
             if name in self.params:
@@ -243,7 +249,7 @@ class ImagingProxy:
         response = await self._send(upstream, "GET", call, query, headers)
         try:
             if response.status_code >= 300:
-                raise status_error(response.status_code, call.kind)
+                raise status_error(response.status_code, call.kind, call.level)
             body = await read_small(response)
         finally:
             await response.aclose()
@@ -305,7 +311,7 @@ class ImagingProxy:
             raise
         try:
             if response.status_code >= 300:
-                raise status_error(response.status_code, call.kind)
+                raise status_error(response.status_code, call.kind, call.level)
             patient = await lookup if lookup is not None else None
             level, resource = call.resource()
             action = READ_ACTIONS.get(call.route) or (

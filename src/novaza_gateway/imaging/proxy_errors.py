@@ -13,12 +13,23 @@ from novaza_gateway.core.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from novaza_gateway.imaging.errors import NotAcceptable, UpstreamUnavailable
+from novaza_gateway.imaging.errors import (
+    InstanceNotFound,
+    NotAcceptable,
+    SeriesNotFound,
+    StudyNotFound,
+    UpstreamUnavailable,
+)
 
 CREDENTIALS = (
     "The imaging archive refused the gateway's credentials for this tenant; an operator "
     "must correct imaging.upstreamUsername / upstreamPassword in the tenant settings."
 )
+NOT_FOUND_AT: dict[str, type[NotFound]] = {
+    "study": StudyNotFound,
+    "series": SeriesNotFound,
+    "instance": InstanceNotFound,
+}
 
 
 def transport_error(exc: httpx.HTTPError) -> UpstreamUnavailable:
@@ -42,13 +53,17 @@ def transport_error(exc: httpx.HTTPError) -> UpstreamUnavailable:
     )
 
 
-def status_error(status: int, kind: str) -> ApiError:
-    """An upstream's non-success answer as the gateway's envelope."""
+def status_error(status: int, kind: str, level: str | None = None) -> ApiError:
+    """An upstream's non-success answer as the gateway's envelope. A 404 names the level
+    of the resource the path addressed (``STUDY_NOT_FOUND``...), else ``NOT_FOUND``."""
     if status in (401, 403, 407):
         return UpstreamUnavailable(
             CREDENTIALS, status=502, reason="credentials_rejected", upstream_status=status
         )
     if status == 404:
+        found = NOT_FOUND_AT.get(level or "")
+        if found is not None:
+            return found()
         return NotFound("The imaging archive has no such resource.")
     if status == 400:
         return ValidationFailed(

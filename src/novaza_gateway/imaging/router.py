@@ -12,7 +12,7 @@ from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import service, workflow
-from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep
+from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep, ProxyDep
 from novaza_gateway.imaging.schemas import (
     QcConfirmOut,
     QcConfirmRequest,
@@ -28,7 +28,12 @@ router = APIRouter(prefix="/med/imaging", tags=["medical imaging"], dependencies
 READ = policy(
     "imaging:read",
     addon="medical_imaging",
-    errors={404: "STUDY_NOT_FOUND", 422: "VALIDATION_FAILED"},
+    errors={
+        404: "STUDY_NOT_FOUND",
+        409: "IMAGING_UPSTREAM_SHARED",
+        422: "VALIDATION_FAILED",
+        502: "UPSTREAM_UNAVAILABLE (proxy mode; also 503, 504)",
+    },
 )
 WRITE = policy(
     "imaging:write",
@@ -47,17 +52,20 @@ async def create_signed_url(
     actor: ActorDep,
     area: AreaDep,
     base: BaseUrlDep,
+    proxy: ProxyDep,
 ) -> SignedUrlOut:
     return await service.signed_url(
-        session, actor, tenant.id, area.signer, area.config, body, base=base
+        session, actor, tenant.id, area.signer, area.config, body, base=base, proxy=proxy
     )
 
 
-@router.get("/study/{study_uid}", **READ, summary="A study's summary from the archive index")
+@router.get(
+    "/study/{study_uid}", **READ, summary="A study's summary from the archive (or the upstream)"
+)
 async def study_summary(
-    study_uid: str, session: SessionDep, tenant: TenantDep, actor: ActorDep
+    study_uid: str, session: SessionDep, tenant: TenantDep, actor: ActorDep, proxy: ProxyDep
 ) -> StudySummary:
-    return await service.study_summary(session, actor, tenant.id, study_uid)
+    return await service.study_summary(session, actor, tenant.id, study_uid, proxy=proxy)
 
 
 def worklist_filter(

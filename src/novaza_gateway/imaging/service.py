@@ -1,16 +1,22 @@
-"""Imaging reads: QIDO searches, study summaries. Every read of patient data is audited."""
+"""Imaging reads: QIDO searches, study summaries. Every read of patient data is audited.
+
+For a tenant in proxy mode the study lives upstream: signed URLs and summaries ask the
+upstream (``proxy_queries``) before touching the database, so no connection is held while
+the upstream answers; QC and the worklist link still come from the gateway's own tables.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.config import ImagingConfig
 from novaza_gateway.core import audit
 from novaza_gateway.core.errors import ValidationFailed
+from novaza_gateway.imaging import proxy_queries, search, workflow, worklist
 from novaza_gateway.imaging import repository as repo
-from novaza_gateway.imaging import search, workflow
 from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, first_value, tags
 from novaza_gateway.imaging.dicomweb.qido import QidoQuery
 from novaza_gateway.imaging.errors import SeriesNotFound, StudyNotFound
@@ -22,6 +28,9 @@ from novaza_gateway.imaging.schemas import (
     StudySummary,
 )
 from novaza_gateway.imaging.signing import Grant, UrlSigner
+
+if TYPE_CHECKING:
+    from novaza_gateway.imaging.proxy import ImagingProxy
 
 MAX_AUDITED_STUDIES = 100
 BIRTH_DATE, SEX = tags("PatientBirthDate", "PatientSex")
@@ -74,27 +83,40 @@ async def signed_url(
     body: SignedUrlRequest,
     *,
     base: str,
+    proxy: ImagingProxy | None = None,
 ) -> SignedUrlOut:
     ttl = body.expires_in or config.url_ttl_seconds
     if ttl > config.url_max_ttl_seconds:
         raise ValidationFailed.field("expiresIn", f"at most {config.url_max_ttl_seconds} seconds")
-    study = await repo.get_study(session, tenant_id, body.study_instance_uid)
-    if study is None:
-        raise StudyNotFound()
-    grant = signer.sign(tenant_id, study.study_uid, ttl, actor.subject)
+    study_uid = body.study_instance_uid
+    after: dict[str, object] = {}
+    upstream = await proxy_queries.upstream_of(proxy, tenant_id)
+    if upstream is not None:
+        assert proxy is not None
+        found = await proxy_queries.find_study(proxy, upstream, study_uid)
+        if found is None:
+            raise StudyNotFound()
+        patient_id = proxy_queries.patient_id_of(found)
+        after["mode"] = "proxy"
+    else:
+        study = await repo.get_study(session, tenant_id, study_uid)
+        if study is None:
+            raise StudyNotFound()
+        patient_id = study.patient_id
+    grant = signer.sign(tenant_id, study_uid, ttl, actor.subject)
     token = signer.token(grant)
     audit.record(
         session,
         actor,
         "imaging.signed_url",
         "study",
-        study.study_uid,
+        study_uid,
         tenant_id=tenant_id,
-        patient_id=study.patient_id or None,
-        after={"expiresAt": grant.expires_at, "kid": grant.kid},
+        patient_id=patient_id or None,
+        after={"expiresAt": grant.expires_at, "kid": grant.kid, **after},
     )
     return SignedUrlOut(
-        url=f"{base}/med/wado/studies/{study.study_uid}?token={token}",
+        url=f"{base}/med/wado/studies/{study_uid}?token={token}",
         token=token,
         expires_at=datetime.fromtimestamp(grant.expires_at, UTC),
     )
@@ -109,8 +131,20 @@ def _time(value: str) -> str | None:
 
 
 async def study_summary(
-    session: AsyncSession, actor: audit.Actor, tenant_id: str, study_uid: str
+    session: AsyncSession,
+    actor: audit.Actor,
+    tenant_id: str,
+    study_uid: str,
+    *,
+    proxy: ImagingProxy | None = None,
 ) -> StudySummary:
+    upstream = await proxy_queries.upstream_of(proxy, tenant_id)
+    if upstream is not None:
+        assert proxy is not None
+        found = await proxy_queries.study(proxy, upstream, study_uid)
+        if found is None:
+            raise StudyNotFound()
+        return await _upstream_summary(session, actor, tenant_id, found)
     study = await repo.get_study(session, tenant_id, study_uid)
     if study is None:
         raise StudyNotFound()
@@ -155,4 +189,41 @@ async def study_summary(
         qc_status=study.qc_status,
         qc=workflow.qc_out(study),
         worklist_item=link,
+    )
+
+
+async def _upstream_summary(
+    session: AsyncSession, actor: audit.Actor, tenant_id: str, found: proxy_queries.UpstreamStudy
+) -> StudySummary:
+    """The upstream's study with what the gateway itself knows of it merged in: the QC
+    record (kept when the tenant's index has the study) and the worklist item it fulfils."""
+    indexed = await repo.get_study(session, tenant_id, found.study_uid)
+    item = await worklist.item_for_study(
+        session, tenant_id, found.study_uid, found.accession_number
+    )
+    audit.record(
+        session,
+        actor,
+        "imaging.study_summary",
+        "study",
+        found.study_uid,
+        tenant_id=tenant_id,
+        patient_id=found.patient_id,
+        after={"mode": "proxy"},
+    )
+    return StudySummary(
+        study_instance_uid=found.study_uid,
+        patient=found.patient,
+        accession_number=found.accession_number,
+        study_date=found.study_date,
+        study_time=found.study_time,
+        description=found.description,
+        modalities=found.modalities,
+        referring_physician=found.referring_physician,
+        number_of_series=found.number_of_series,
+        number_of_instances=found.number_of_instances,
+        series=found.series,
+        qc_status=indexed.qc_status if indexed is not None else "pending",
+        qc=workflow.qc_out(indexed) if indexed is not None else None,
+        worklist_item=workflow.worklist_link(item) if item is not None else None,
     )
