@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, person_name
+from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, person_name, valid_uid
 from novaza_gateway.imaging.proxy_audit import first_string
 from novaza_gateway.imaging.proxy_errors import status_error, transport_error
 from novaza_gateway.imaging.proxy_io import json_list, read_small
@@ -72,6 +72,8 @@ async def upstream_of(proxy: ImagingProxy | None, tenant_id: str) -> Upstream | 
 async def find_study(proxy: ImagingProxy, upstream: Upstream, study_uid: str) -> JsonDataset | None:
     """The upstream's study-level QIDO answer for this study (None: it has no such study).
     The patient it names is remembered for the proxy's audit of later reads."""
+    if not valid_uid(study_uid) or len(study_uid) > 64:
+        return None  # not a UID: never put into an upstream query or path
     params: list[tuple[str, str]] = [("StudyInstanceUID", study_uid), ("limit", "1")]
     params += [("includefield", tag) for tag in STUDY_FIELDS]
     found = await qido(proxy, upstream, "/studies", params, level="study")
