@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,43 +36,11 @@ from tests.conftest import free_port
 from tests.imaging.dicom import make_instance, uid
 from tests.imaging.orthanc import Orthanc, run_orthanc
 
+from imaging import cli, env_for, rss_kib, serve  # the WADO benchmark's helpers
 from novaza_gateway.core import devkeys
 from novaza_gateway.core.policy import TENANT_SCOPES
 
-NOVAZA = [sys.executable, "-m", "novaza_gateway"]
 CHUNK = 1024 * 1024
-
-
-def env_for(data_dir: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOVAZA_")}
-    env.update(NOVAZA_DATA_DIR=str(data_dir), NOVAZA_PORT=str(port), NOVAZA_LOG_LEVEL="WARNING")
-    return env
-
-
-def cli(env: dict[str, str], *args: str) -> None:
-    subprocess.run([*NOVAZA, *args], env=env, check=True, capture_output=True, timeout=120)
-
-
-@contextmanager
-def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [*NOVAZA, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def wait_port(port: int) -> None:
@@ -85,13 +52,6 @@ def wait_port(port: int) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listens on {port}")
-
-
-def rss_kib(pid: int, field_name: str = "VmHWM") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 @dataclass
@@ -262,7 +222,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, port = Path(tmp) / "data", free_port()
-        env = env_for(data_dir, port)
+        env = env_for(data_dir, None, port)
         cli(env, "migrate")
         cli(env, "tenants", "create", "bench", "--name", "Bench", "--addon", "medical_imaging",
             "--activate")  # fmt: skip
