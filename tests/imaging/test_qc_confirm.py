@@ -30,7 +30,7 @@ async def test_passed_completes_the_item_and_repeats_are_idempotent(gateway: Gat
     await store(gateway, auth, make_instance(study=study, patient_id="100234", accession="ACC7001"))
     before = await gateway.client.get(f"/med/imaging/study/{study}", headers=auth)
     link = before.json()["worklistItem"]
-    assert (link["accessionNumber"], link["status"]) == ("ACC7001", "scheduled")
+    assert (link["accessionNumber"], link["status"]) == ("ACC7001", "in_progress")  # received
     assert link["href"].startswith("/med/imaging/worklist?accessionNumber=ACC7001")
     assert (before.json()["qcStatus"], before.json()["qc"]) == ("pending", None)
     followed = await gateway.client.get(link["href"], headers=auth)
@@ -166,7 +166,7 @@ async def test_another_tenants_study_is_404_and_untouched(gateway: Gateway) -> N
     assert (crossed.status_code, crossed.json()["code"]) == (404, "STUDY_NOT_FOUND")
     mine = (await gateway.client.get(f"/med/imaging/study/{study}", headers=owner)).json()
     assert mine["qcStatus"] == "pending"
-    assert (await item(gateway, owner, "ACC7001"))["status"] == "scheduled"
+    assert (await item(gateway, owner, "ACC7001"))["status"] == "in_progress"  # received
     assert (await item(gateway, other, "ACC7001"))["status"] == "scheduled"
     # the owner's confirmation completes the owner's item only
     await gateway.client.post(

@@ -285,3 +285,47 @@ async def set_status_by_accession(
         placer_order_number=item.placer_order_number, accession_number=accession_number
     )
     return await set_status(session, actor, tenant_id, request, status)
+
+
+async def start_on_receipt(
+    session: AsyncSession,
+    actor: audit.Actor,
+    tenant_id: str,
+    study_instance_uid: str,
+    accession_number: str,
+) -> WorklistItem | None:
+    """The archive received a study's first instance: the scheduled item it fulfils is now
+    in progress (dcm4chee's "update worklist on study receipt"; no MPPS). The item is the
+    one handed the study's UID, else the one with its accession number; none, several, or a
+    UID and an accession naming two different items, or an item not scheduled: no change.
+    Answers the item moved, if one was."""
+    found = await repository.worklist_items_for_study(
+        session, tenant_id, study_instance_uid, accession_number
+    )
+    if len(found) != 1:
+        return None
+    (item,) = found
+    if item.status != SCHEDULED:
+        return None
+    by_uid = item.study_instance_uid == study_instance_uid
+    moved = await repository.move_worklist_item(
+        session, tenant_id, item, from_status=SCHEDULED, to_status=IN_PROGRESS, at=utcnow()
+    )
+    if not moved:  # a concurrent store (or order message) moved it first
+        return None
+    audit.record(
+        session,
+        actor,
+        "worklist.item.in_progress",
+        "worklist_item",
+        item.accession_number,
+        tenant_id=tenant_id,
+        patient_id=item.patient_id,
+        before={"status": SCHEDULED},
+        after={
+            "status": IN_PROGRESS,
+            "studyInstanceUID": study_instance_uid,
+            "matchedBy": "studyInstanceUID" if by_uid else "accessionNumber",
+        },
+    )
+    return item

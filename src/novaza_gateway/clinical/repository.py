@@ -241,6 +241,61 @@ async def worklist_item_by_study(
     return (await session.execute(query)).scalars().first()
 
 
+async def worklist_items_for_study(
+    session: AsyncSession, tenant_id: str, study_instance_uid: str, accession_number: str
+) -> Sequence[WorklistItem]:
+    """The items a received study may fulfil: those handed its Study Instance UID and the
+    one with its accession number (a few at most: the caller judges an ambiguity)."""
+    keys = [
+        column == value
+        for column, value in (
+            (WorklistItem.study_instance_uid, study_instance_uid),
+            (WorklistItem.accession_number, accession_number),
+        )
+        if value
+    ]
+    if not keys:
+        return []
+    query = (
+        select(WorklistItem)
+        .where(WorklistItem.tenant_id == tenant_id, or_(*keys))
+        .order_by(WorklistItem.id)
+        .limit(4)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def move_worklist_item(
+    session: AsyncSession,
+    tenant_id: str,
+    item: WorklistItem,
+    *,
+    from_status: str,
+    to_status: str,
+    at: datetime,
+) -> bool:
+    """Move the item (and its order) only if it still has ``from_status``: one conditional
+    UPDATE, so of two racing moves exactly one wins. The loaded objects follow."""
+    prefetch.forget(session)
+    moved = await session.execute(
+        update(WorklistItem)
+        .where(
+            WorklistItem.tenant_id == tenant_id,
+            WorklistItem.id == item.id,
+            WorklistItem.status == from_status,
+        )
+        .values(status=to_status, updated_at=at)
+    )
+    if getattr(moved, "rowcount", 0) != 1:
+        return False
+    await session.execute(
+        update(Order)
+        .where(Order.tenant_id == tenant_id, Order.id == item.order_id, Order.status == from_status)
+        .values(status=to_status, updated_at=at)
+    )
+    return True
+
+
 async def patients_by_id(
     session: AsyncSession, tenant_id: str, patient_ids: Sequence[str]
 ) -> Sequence[Patient]:

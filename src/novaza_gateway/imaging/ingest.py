@@ -3,7 +3,8 @@
 Per file: stage (streamed to a temp file, hashed), inspect (header only, in a thread),
 commit the file (fsync + rename), then index it inside a savepoint. A part that fails is
 reported with its reason and rolls back only its own savepoint; the request's transaction
-(committed by the session dependency) holds every stored instance or none of them.
+(committed by the session dependency) holds every stored instance or none of them. A new
+study's first instance also starts the scheduled worklist item it fulfils, in that savepoint.
 Re-storing an instance is idempotent: the same bytes answer success without a second
 write; different bytes under a known SOP Instance UID are refused as a duplicate.
 """
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from novaza_gateway.clinical import orders
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import after_commit
 from novaza_gateway.core.metering import STORED_INSTANCES, UsageRecorder
@@ -103,6 +105,7 @@ async def receive(
 async def index_all(
     session: AsyncSession,
     storage: ArchiveStorage,
+    actor: audit.Actor,
     tenant_id: str,
     received: list[Received],
     *,
@@ -116,7 +119,9 @@ async def index_all(
     await repo.claim_write(session, tenant_id)
     for item in received:
         try:
-            await _index_one(session, storage, tenant_id, item, base_url=base_url, report=report)
+            await _index_one(
+                session, storage, actor, tenant_id, item, base_url=base_url, report=report
+            )
         finally:
             if item.staged.path.exists():
                 item.staged.discard()
@@ -125,6 +130,7 @@ async def index_all(
 async def _index_one(
     session: AsyncSession,
     storage: ArchiveStorage,
+    actor: audit.Actor,
     tenant_id: str,
     item: Received,
     *,
@@ -136,7 +142,7 @@ async def _index_one(
     for attempt in range(STORE_ATTEMPTS):
         try:
             async with session.begin_nested():
-                outcome = await _index(session, storage, tenant_id, staged, info, report)
+                outcome = await _index(session, storage, actor, tenant_id, staged, info, report)
             break
         except IntegrityError:  # a concurrent store of the same study, series or instance
             log.info("store raced; retrying", extra={"attempt": attempt})
@@ -151,6 +157,7 @@ async def _index_one(
 async def _index(
     session: AsyncSession,
     storage: ArchiveStorage,
+    actor: audit.Actor,
     tenant_id: str,
     staged: StagedFile,
     info: InstanceInfo,
@@ -160,7 +167,8 @@ async def _index(
     existing = await repo.get_instance_by_uid(session, tenant_id, info.sop_instance_uid)
     if existing is not None:
         return 0 if existing.sha256 == staged.sha256 else DUPLICATE_SOP_INSTANCE
-    study = await repo.get_or_create_study(session, tenant_id, info)
+    known = await repo.get_study(session, tenant_id, info.study_uid)
+    study = known if known is not None else await repo.get_or_create_study(session, tenant_id, info)
     series, new_series = await repo.get_or_create_series(session, tenant_id, study, info)
     if series.study_pk != study.id:
         return DOES_NOT_MATCH  # the series UID is already filed under another study
@@ -181,7 +189,23 @@ async def _index(
         storage_key=key,
     )
     report.written += 1
+    if known is None:
+        await _start_worklist_item(session, actor, tenant_id, info)
     return 0
+
+
+async def _start_worklist_item(
+    session: AsyncSession, actor: audit.Actor, tenant_id: str, info: InstanceInfo
+) -> None:
+    """The scheduled item this new study fulfils goes in progress; whatever goes wrong
+    there rolls back only its own savepoint and never fails the store."""
+    try:
+        async with session.begin_nested():
+            await orders.start_on_receipt(
+                session, actor, tenant_id, info.study_uid, info.accession_number
+            )
+    except SQLAlchemyError:
+        log.warning("worklist item not started", exc_info=True)
 
 
 async def store_stream(
@@ -226,7 +250,9 @@ async def store_stream(
                     if item is not None:
                         received.append(item)
         reader.finish()
-        await index_all(session, storage, tenant_id, received, base_url=base_url, report=report)
+        await index_all(
+            session, storage, actor, tenant_id, received, base_url=base_url, report=report
+        )
     except MultipartError as exc:
         raise MalformedMultipart(str(exc)) from None
     finally:
@@ -263,7 +289,9 @@ async def import_paths(
             item = await receive(staged, report)
             if item is not None:
                 received.append(item)
-        await index_all(session, storage, tenant_id, received, base_url=base_url, report=report)
+        await index_all(
+            session, storage, actor, tenant_id, received, base_url=base_url, report=report
+        )
     audit_stores(session, actor, tenant_id, report)
     return report
 
