@@ -204,8 +204,8 @@ async def _start_worklist_item(
             await orders.start_on_receipt(
                 session, actor, tenant_id, info.study_uid, info.accession_number
             )
-    except SQLAlchemyError:
-        log.warning("worklist item not started", exc_info=True)
+    except SQLAlchemyError as exc:  # its text carries the bound values: accession, study UID
+        log.warning("worklist item not started", extra={"error": type(exc).__name__})
 
 
 async def store_stream(
