@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from novaza_gateway.app import create_app
 from novaza_gateway.core import devkeys
 from novaza_gateway.core.policy import TENANT_SCOPES
 from tests.conftest import Gateway, free_port, gateway_settings
+from tests.imaging.dicom import streamed_stow, uid
 
 STOW = "/med/stow/studies"
 
@@ -61,3 +63,35 @@ def tenant(url: str, data_dir: Path, slug: str) -> str:
     )
     assert response.status_code == 201, response.text
     return devkeys.mint_token(data_dir, subject="viewer", scopes=list(TENANT_SCOPES), tenant=slug)
+
+
+def stow_then_wado_peaks(
+    url: str, auth: dict[str, str], instances: int, boundary: str
+) -> tuple[int, int, int]:
+    """Store a streamed study of ``instances`` 2 MiB instances, then stream it back, under
+    tracemalloc: (STOW peak bytes, WADO peak bytes, bytes received)."""
+    study, series = uid(), uid()
+    body, ctype = streamed_stow(study, series, instances, boundary)
+    tracemalloc.start()
+    try:
+        stored = httpx.post(
+            f"{url}/med/stow/studies",
+            content=body,
+            headers={**auth, "Content-Type": ctype},
+            timeout=120,
+        )
+        _, stow_peak = tracemalloc.get_traced_memory()
+        assert stored.status_code == 200, stored.text[:500]
+        assert len(stored.json()["00081199"]["Value"]) == instances
+        tracemalloc.reset_peak()
+        received = 0
+        with httpx.stream(
+            "GET", f"{url}/med/wado/studies/{study}", headers=auth, timeout=120
+        ) as answer:
+            assert answer.status_code == 200
+            for chunk in answer.iter_raw():
+                received += len(chunk)
+        _, wado_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return stow_peak, wado_peak, received

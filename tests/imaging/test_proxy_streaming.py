@@ -4,7 +4,6 @@ client works through the proxy as it does against the embedded archive."""
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,11 @@ from dicomweb_client.api import DICOMwebClient
 
 from novaza_gateway.core import devkeys
 from novaza_gateway.core.policy import TENANT_SCOPES
+from tests.imaging.conftest import stow_then_wado_peaks
 from tests.imaging.dicom import (
     shipped,
     shipped_bytes,
     split_multipart,
-    streamed_stow,
-    uid,
 )
 from tests.imaging.orthanc import Orthanc, run_orthanc
 
@@ -49,30 +47,9 @@ def test_50_mb_through_the_proxy_with_flat_memory(server: tuple[str, Path], tmp_
     url, data_dir = server
     with run_orthanc(tmp_path / "orthanc") as orthanc:
         auth = {"Authorization": f"Bearer {proxied_tenant(url, data_dir, 'big', orthanc)}"}
-        study, series = uid(), uid()
-        body, ctype = streamed_stow(study, series, INSTANCES, "proxy-flat-memory")
-        tracemalloc.start()
-        try:
-            stored = httpx.post(
-                f"{url}/med/stow/studies",
-                content=body,
-                headers={**auth, "Content-Type": ctype},
-                timeout=120,
-            )
-            _, stow_peak = tracemalloc.get_traced_memory()
-            assert stored.status_code == 200, stored.text[:500]
-            assert len(stored.json()["00081199"]["Value"]) == INSTANCES
-            tracemalloc.reset_peak()
-            received = 0
-            with httpx.stream(
-                "GET", f"{url}/med/wado/studies/{study}", headers=auth, timeout=120
-            ) as answer:
-                assert answer.status_code == 200
-                for chunk in answer.iter_raw():
-                    received += len(chunk)
-            _, wado_peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        stow_peak, wado_peak, received = stow_then_wado_peaks(
+            url, auth, INSTANCES, "proxy-flat-memory"
+        )
         assert received > INSTANCES * 2 * 1024 * 1024
         assert stow_peak < LIMIT, f"STOW peak {stow_peak / 1e6:.1f} MB"
         assert wado_peak < LIMIT, f"WADO peak {wado_peak / 1e6:.1f} MB"
