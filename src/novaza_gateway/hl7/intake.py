@@ -343,6 +343,7 @@ def _conclude(
     code = "AE" if error else "AA"
     outcome = answered(header, code, message_id, error)
     processed = Processed(
+        tenant_id=received.ctx.tenant_id,
         message_id=message_id,
         status="failed" if error else "processed",
         ack_code=code,

@@ -103,6 +103,7 @@ async def insert_inbound(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
 class Processed:
     """A stored message's outcome and the exact ACK answered."""
 
+    tenant_id: str
     message_id: str
     status: str
     ack_code: str
@@ -132,7 +133,7 @@ _OUTCOME_COLUMNS = (
 # bound names differ from the column names (SQLAlchemy reserves those for SET)
 _OUTCOMES = (
     update(INBOUND)
-    .where(INBOUND.c.id == bindparam("b_id"))
+    .where(INBOUND.c.tenant_id == bindparam("b_tenant"), INBOUND.c.id == bindparam("b_id"))
     .values({name: bindparam(f"b_{name}") for name in _OUTCOME_COLUMNS})
 )
 
@@ -142,7 +143,11 @@ async def record_outcomes(session: AsyncSession, outcomes: Sequence[Processed]) 
     if not outcomes:
         return
     params = [
-        {"b_id": o.message_id, **{f"b_{n}": getattr(o, n) for n in _OUTCOME_COLUMNS}}
+        {
+            "b_tenant": o.tenant_id,
+            "b_id": o.message_id,
+            **{f"b_{n}": getattr(o, n) for n in _OUTCOME_COLUMNS},
+        }
         for o in outcomes
     ]
     await session.execute(_OUTCOMES, params)
