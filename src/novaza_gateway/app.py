@@ -117,6 +117,7 @@ def build_runtime(settings: Settings) -> Runtime:
         redis_pubsub = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0)
     keys = KeyStore(settings.auth, settings.data_dir, http)
     billing = BillingArea.build(settings.billing)
+    billing.attach(db)
     source = DatabaseTenantSource(db, billing.entitlements)  # billing resolves entitlements
     tenants = TenantCache(source, settings.tenant_cache_ttl_seconds)
     shared = (
@@ -181,6 +182,7 @@ def wire_billing(rt: Runtime) -> None:
         rt.settings.data_dir / "billing-spool",
         rt.settings.billing.flush_interval_seconds,
         relay,
+        after_flush=billing.settler,
     )
     rt.lifecycle.on_startup(flusher.replay)
     rt.lifecycle.run_in_background("billing-usage-flush", flusher.run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from novaza_gateway.billing.metering import UsageMeter
@@ -26,12 +27,14 @@ class UsageFlusher:
         spool_dir: Path,
         interval: float,
         relay: UsageRelay | None = None,
+        after_flush: Callable[[], Awaitable[object]] | None = None,
     ):
         self.meter = meter
         self.db = db
         self.spool_dir = spool_dir
         self.interval = interval
         self.relay = relay
+        self.after_flush = after_flush  # prepaid AI settlement
         self._replayed: list[Path] = []
 
     async def flush_once(self) -> int:
@@ -41,6 +44,8 @@ class UsageFlusher:
             for path in self._replayed:
                 path.unlink(missing_ok=True)
             self._replayed = []
+        if self.after_flush is not None:
+            await self.after_flush()
         return written
 
     async def _through_relay(self) -> int:

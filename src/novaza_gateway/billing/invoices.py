@@ -23,6 +23,7 @@ from novaza_gateway.billing import wallet as ledger
 from novaza_gateway.billing.catalog import Catalog, MeteredPrice
 from novaza_gateway.billing.models import Invoice, PendingItem, Subscription, UsageRecord
 from novaza_gateway.billing.periods import add_months
+from novaza_gateway.billing.prepaid import period_reference, prepaid_total
 from novaza_gateway.billing.pricing import late_charge, metered_charge
 from novaza_gateway.core import audit
 from novaza_gateway.core.audit import Actor
@@ -114,6 +115,15 @@ def _merge_late(lines: list[Line]) -> list[Line]:
     return list(merged.values())
 
 
+async def prepaid_lines(session: AsyncSession, sub: Subscription) -> list[Line]:
+    """The AI overage the wallet already paid during the period, credited back: the
+    metered line charges it in full, so the invoice owes only what was not prepaid."""
+    paid = await prepaid_total(session, sub.tenant_id, period_reference(sub))
+    if not paid:
+        return []
+    return [_line("prepaid", "AI usage prepaid from the wallet", 1, -paid, -paid)]
+
+
 def pending_lines(items: Sequence[PendingItem]) -> list[Line]:
     return [_line(item.kind, item.description, 1, item.amount, item.amount) for item in items]
 
@@ -146,6 +156,7 @@ async def compose(
         lines = [_free(line) for line in lines]
     lines += await late_lines(session, sub.tenant_id, start)
     lines += pending_lines(await repository.open_pending_items(session, sub.tenant_id))
+    lines += await prepaid_lines(session, sub)
     return Draft(lines, sum(int(line["amount"]) for line in lines))
 
 

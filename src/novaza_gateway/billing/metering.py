@@ -79,6 +79,8 @@ class UsageMeter:
         self._batch_no = 0
         self.pending: list[list[UsageRow]] = []
         self.flushed_rows = 0
+        self.flush_generation = 0  # bumped when batches leave the process (quota reloads)
+        self.touched: set[tuple[str, str]] = set()  # (tenant, meter) sealed since taken
 
     def record(
         self,
@@ -108,6 +110,8 @@ class UsageMeter:
         if not aggregate and not keyed:
             return
         self._aggregate, self._keyed = {}, {}
+        self.touched.update((tenant, meter) for tenant, meter, _, _ in aggregate)
+        self.touched.update((event[0], event[3]) for event in keyed.values())
         self._batch_no += 1
         prefix = f"{self.instance}:{self._batch_no}"
         rows = [
@@ -129,6 +133,22 @@ class UsageMeter:
         ]
         self.pending.append(rows)
 
+    def unflushed(self, tenant_id: str, meter: str) -> int:
+        """What this process recorded for the tenant's meter that has not left it yet."""
+        total = sum(
+            q for (t, m, _, _), q in self._aggregate.items() if t == tenant_id and m == meter
+        )
+        total += sum(e[6] for e in self._keyed.values() if e[0] == tenant_id and e[3] == meter)
+        for batch in self.pending:
+            total += sum(r.quantity for r in batch if r.tenant_id == tenant_id and r.meter == meter)
+        return total
+
+    def take_touched(self, meter: str) -> set[str]:
+        """The tenants with sealed usage of ``meter`` since the last call."""
+        tenants = {tenant for tenant, m in self.touched if m == meter}
+        self.touched -= {(tenant, meter) for tenant in tenants}
+        return tenants
+
     @property
     def backlog(self) -> int:
         return sum(len(b) for b in self.pending) + len(self._aggregate) + len(self._keyed)
@@ -143,6 +163,7 @@ class UsageMeter:
                 await insert_rows(session, batch)
             self.pending.pop(0)
             written += len(batch)
+            self.flush_generation += 1
         self.flushed_rows += written
         return written
 

@@ -80,6 +80,7 @@ class UsageRelay:
             batch = meter.pending[0]
             await self.client.rpush(self.key, _encode(batch))
             meter.pending.pop(0)
+            meter.flush_generation += 1
             pushed += len(batch)
         return pushed
 

@@ -8,6 +8,8 @@ in-memory append: no I/O, no await, never an error to the caller.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 Dimensions = tuple[tuple[str, str], ...]  # sorted (name, value) pairs
@@ -40,3 +42,27 @@ class UsageRecorder(Protocol):
 
 def dimensions(**values: str) -> Dimensions:
     return tuple(sorted(values.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaVerdict:
+    """Whether a tenant may consume more of a capped meter now, and the figures behind it.
+
+    ``allowance`` is the period's grant; past it, consumption continues only while prepaid
+    funds (the wallet above its floor) can pay for it, and stops when they cannot.
+    """
+
+    allowed: bool
+    allowance: int
+    used: int
+    prepaid_available: int  # minor units the wallet can still spend on overage
+    resets_at: datetime
+
+    @property
+    def remaining(self) -> int:
+        return max(self.allowance - self.used, 0)
+
+
+class UsageQuota(Protocol):
+    async def check(self, tenant_id: str, meter: str) -> QuotaVerdict:
+        """The verdict for the tenant's current period (cached briefly; no I/O on a hit)."""
