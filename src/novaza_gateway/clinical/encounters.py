@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.clinical import repository
+from novaza_gateway.clinical import repository, writes
 from novaza_gateway.clinical.errors import InvalidTransition
 from novaza_gateway.clinical.models import Encounter, Patient
 from novaza_gateway.core import audit
@@ -102,7 +102,8 @@ async def apply_event(
     status = next_status(before, event)
     now = utcnow()
     if encounter is None:
-        encounter = Encounter(
+        encounter = writes.new(
+            Encounter,
             id=uuid.uuid4().hex,
             tenant_id=tenant_id,
             patient_id=patient.id,
@@ -116,7 +117,7 @@ async def apply_event(
     encounter.patient_id = patient.id
     encounter.status = status
     encounter.updated_at = now
-    audit.record(
+    writes.audit(
         session,
         actor,
         f"encounter.{event}",

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.clinical import repository
+from novaza_gateway.clinical import repository, writes
 from novaza_gateway.clinical.errors import InvalidTransition, OrderNotFound
 from novaza_gateway.clinical.models import Order, Patient, WorklistItem
 from novaza_gateway.core import audit
@@ -121,7 +121,8 @@ async def place(
     accession = await _free_accession(session, tenant_id, request, step)
     now = utcnow()
     if order is None:
-        order = Order(
+        order = writes.new(
+            Order,
             id=uuid.uuid4().hex,
             tenant_id=tenant_id,
             patient_id=patient.id,
@@ -134,19 +135,22 @@ async def place(
             updated_at=now,
         )
         repository.add(session, order)
-    item = WorklistItem(
-        id=uuid.uuid4().hex,
+    item_id = uuid.uuid4().hex
+    values = {name: getattr(request, name) for name in _COPIED}
+    values.update(
+        id=item_id,
         tenant_id=tenant_id,
         order_id=order.id,
         patient_id=order.patient_id,
         status=SCHEDULED,
         created_at=now,
         updated_at=now,
+        placer_order_number=request.placer_order_number,
+        accession_number=accession,
+        study_instance_uid=request.study_instance_uid or study_uid_for(item_id),
+        scheduled_start=request.scheduled_start or now,  # none requested: as soon as possible
     )
-    _copy(item, request, every=True)
-    item.accession_number = accession
-    item.study_instance_uid = request.study_instance_uid or study_uid_for(item.id)
-    item.scheduled_start = request.scheduled_start or now  # no requested time: as soon as possible
+    item = writes.new(WorklistItem, **values)
     repository.add(session, item)
     _audit(session, actor, tenant_id, item, "order.place", None)
     return item, True
@@ -190,7 +194,7 @@ async def change(
     item = items[0]
     if item.status in FINAL:
         raise InvalidTransition(f"A worklist item that is {item.status} cannot change.")
-    _copy(item, request, every=False)
+    _copy(item, request)
     if request.reason:
         order.reason = request.reason
     if request.ordering_provider:
@@ -243,13 +247,20 @@ async def _load(
     return order, items
 
 
-def _copy(item: WorklistItem, request: ProcedureRequest, *, every: bool) -> None:
-    for spec in fields(ProcedureRequest):
-        if spec.name in ("placer_order_number", "accession_number"):
-            continue
-        value = getattr(request, spec.name)
-        if every or value:
-            setattr(item, spec.name, value)
+# What a request sets on its item (``place``) or changes when given (``change``).
+_COPIED = tuple(
+    spec.name
+    for spec in fields(ProcedureRequest)
+    if spec.name not in ("placer_order_number", "accession_number")
+)
+
+
+def _copy(item: WorklistItem, request: ProcedureRequest) -> None:
+    """XO: the request's non-empty values replace the item's."""
+    for name in _COPIED:
+        value = getattr(request, name)
+        if value:
+            setattr(item, name, value)
     item.placer_order_number = item.placer_order_number or request.placer_order_number
 
 
@@ -261,7 +272,7 @@ def _audit(
     action: str,
     before: str | None,
 ) -> None:
-    audit.record(
+    writes.audit(
         session,
         actor,
         action,

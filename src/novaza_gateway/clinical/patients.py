@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.clinical import repository
+from novaza_gateway.clinical import repository, writes
 from novaza_gateway.clinical.models import Patient, PatientIdentifier
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import utcnow
@@ -97,11 +97,13 @@ async def register(
     patient, known = await _lookup(session, tenant_id, data.identifiers)
     now = utcnow()
     if patient is None:
-        patient = Patient(id=uuid.uuid4().hex, tenant_id=tenant_id, created_at=now, updated_at=now)
+        patient = writes.new(
+            Patient, id=uuid.uuid4().hex, tenant_id=tenant_id, created_at=now, updated_at=now
+        )
         _apply(patient, data.demographics, creating=True)
         repository.add(session, patient)
         _add_identifiers(session, tenant_id, patient, data.identifiers, known)
-        audit.record(
+        writes.audit(
             session,
             actor,
             "patient.create",
@@ -114,7 +116,7 @@ async def register(
     _add_identifiers(session, tenant_id, patient, data.identifiers, known)
     if update and _apply(patient, data.demographics, creating=False):
         patient.updated_at = now
-        audit.record(
+        writes.audit(
             session,
             actor,
             "patient.update",
@@ -145,11 +147,12 @@ async def merge(
         return None
     if merged.id == survivor.id:
         return None
+    await writes.flush(session)
     await session.flush()
     await repository.move_patient_records(session, tenant_id, merged.id, survivor.id)
     merged.merged_into_id = survivor.id
     merged.updated_at = utcnow()
-    audit.record(
+    writes.audit(
         session,
         actor,
         "patient.merge",
@@ -178,7 +181,8 @@ def _add_identifiers(
         known.add(key)
         repository.add(
             session,
-            PatientIdentifier(
+            writes.new(
+                PatientIdentifier,
                 id=uuid.uuid4().hex,
                 tenant_id=tenant_id,
                 patient_id=patient.id,

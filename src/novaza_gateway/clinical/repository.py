@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from novaza_gateway.clinical import prefetch
+from novaza_gateway.clinical import prefetch, writes
 from novaza_gateway.clinical.models import (
     Encounter,
     Order,
@@ -28,8 +28,9 @@ ClinicalRecord = Patient | PatientIdentifier | Encounter | Order | WorklistItem
 
 
 def add(session: AsyncSession, record: ClinicalRecord) -> None:
-    """A new record into the session, where the group's lookups will find it."""
-    session.add(record)
+    """A new record into the session (or the group's write buffer, ``writes``), where the
+    group's lookups will find it."""
+    writes.record(session, record)
     prefetch.remember(session, record.tenant_id, record)
 
 

@@ -33,9 +33,8 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from novaza_gateway.clinical import changes, prefetch
+from novaza_gateway.clinical import changes, prefetch, writes
 from novaza_gateway.clinical.errors import InvalidTransition, OrderNotFound, PatientNotFound
-from novaza_gateway.core import audit
 from novaza_gateway.core.db import utcnow
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.errors import MessageInFlight
@@ -55,6 +54,7 @@ from novaza_gateway.hl7.processing import (
     ADT_EVENTS,
     ORDER_TRIGGERS,
     Hl7Context,
+    OrderStep,
     lookups,
     needs_savepoint,
     process_adt,
@@ -89,6 +89,10 @@ class Received:
             header.sending_facility[:180],
             header.control_id[:199],
         )
+
+
+# An order message's steps as ``lookups`` read them, by ``id()`` of its ``Received``.
+Steps = dict[int, list[OrderStep]]
 
 
 class Redo(Exception):
@@ -239,48 +243,60 @@ async def _process_all(
     isolate: bool,
 ) -> dict[int, tuple[Outcome, Processed]]:
     done: dict[int, tuple[Outcome, Processed]] = {}
-    await _prefetch(session, [group[i] for i in taken])
+    if not isolate:  # new rows and audit records: one INSERT per table at the end
+        writes.buffer(session)
+    steps: Steps = {}
+    await _prefetch(session, [group[i] for i in taken], steps)
     for n, (i, message_id) in enumerate(zip(taken, message_ids, strict=True)):
         received = group[i]
         if isolate:
-            patient_id, error = await _isolated(session, received, message_id)
+            patient_id, error = await _isolated(session, received, message_id, steps)
         else:
             if prefetch.snapshot(session, received.ctx.tenant_id) is None:  # forgotten
-                await _prefetch(session, [group[j] for j in taken[n:]])
-            patient_id, error = await _unisolated(session, received)
+                await _prefetch(session, [group[j] for j in taken[n:]], steps)
+            patient_id, error = await _unisolated(session, received, steps)
         done[i] = _conclude(session, received, message_id, patient_id, error)
     if not isolate:
         try:
+            await writes.flush(session)
             await session.flush()
         except IntegrityError as exc:  # a concurrent transaction inserted what we did
             raise Redo() from exc
     return done
 
 
-async def _prefetch(session: AsyncSession, group: Sequence[Received]) -> None:
+async def _prefetch(session: AsyncSession, group: Sequence[Received], steps: Steps) -> None:
+    """Read what ``group`` will look up; note each order message's steps in ``steps``."""
     by_tenant: dict[str, prefetch.Keys] = {}
     for received in group:
         keys = by_tenant.setdefault(received.ctx.tenant_id, prefetch.Keys())
-        lookups(received.message, received.ctx.settings, keys)
+        read = lookups(received.message, received.ctx.settings, keys)
+        if read is not None:
+            steps[id(received)] = read
     for tenant_id, keys in by_tenant.items():
         await prefetch.load(session, tenant_id, keys)
 
 
-async def _process(session: AsyncSession, received: Received) -> str | None:
+async def _process(session: AsyncSession, received: Received, steps: Steps) -> str | None:
     if received.message.header.message_type.code == "ADT":
         return await process_adt(session, received.ctx, received.message)
-    return await process_order(session, received.ctx, received.message)
+    read = steps.get(id(received))
+    return await process_order(session, received.ctx, received.message, read)
 
 
 async def _unisolated(
-    session: AsyncSession, received: Received
+    session: AsyncSession, received: Received, steps: Steps
 ) -> tuple[str | None, Hl7Error | None]:
-    new_before = len(session.new)
-    with changes.watch() as writes:
+    new_before, kept_before = len(session.new), writes.count(session)
+    with changes.watch() as changed:
         try:
-            return await _process(session, received), None
+            return await _process(session, received, steps), None
         except ANSWERED_AE as exc:
-            if writes.count or len(session.new) != new_before:
+            if (
+                changed.count
+                or len(session.new) != new_before
+                or writes.count(session) != kept_before
+            ):
                 raise Redo() from exc  # it failed after a change: only a SAVEPOINT undoes it
             return None, _as_hl7(exc)
         except IntegrityError as exc:
@@ -292,14 +308,14 @@ async def _unisolated(
 
 
 async def _isolated(
-    session: AsyncSession, received: Received, message_id: str
+    session: AsyncSession, received: Received, message_id: str, steps: Steps
 ) -> tuple[str | None, Hl7Error | None]:
     """In a SAVEPOINT. A unique conflict means a concurrent message created the same patient,
     visit or order and has committed (the database made us wait for it): once more."""
     for attempt in range(2):
         try:
             async with session.begin_nested():
-                return await _process(session, received), None
+                return await _process(session, received, steps), None
         except IntegrityError:
             prefetch.forget(session)
             if attempt:
@@ -353,7 +369,7 @@ def _conclude(
         patient_id=patient_id,
         processed_at=utcnow(),
     )
-    audit.record(
+    writes.audit(
         session,
         received.ctx.actor,
         f"hl7.{header.message_type.code}.{header.message_type.trigger}".lower(),

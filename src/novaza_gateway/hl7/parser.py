@@ -104,13 +104,39 @@ class Segment:
     def get(
         self, index: int, component: int = 1, subcomponent: int = 1, repetition: int = 1
     ) -> str:
-        """Field ``index`` (1-based) of this segment, one component, escapes decoded."""
-        if self.name == "MSH" and index in (1, 2):
-            return self.raw(index)
-        reps = self.repetitions(index)
-        if len(reps) < repetition:
+        """Field ``index`` (1-based) of this segment, one component, escapes decoded.
+
+        Splits only at the separators the value holds (most fields hold none): the same
+        answer as ``component_of(repetitions(index)[repetition - 1], ...)``, cheaper."""
+        fields = self.fields
+        if not 0 < index < len(fields):
             return ""
-        return self.component_of(reps[repetition - 1], component, subcomponent)
+        value = fields[index]
+        if not value or (index < 3 and self.name == "MSH"):
+            return value
+        seps = self.separators
+        if seps.repetition in value:
+            reps = value.split(seps.repetition)
+            if len(reps) < repetition:
+                return ""
+            value = reps[repetition - 1]
+        elif repetition > 1:
+            return ""
+        if seps.component in value:
+            parts = value.split(seps.component)
+            if len(parts) < component:
+                return ""
+            value = parts[component - 1]
+        elif component > 1:
+            return ""
+        if seps.subcomponent in value:
+            subs = value.split(seps.subcomponent)
+            if len(subs) < subcomponent:
+                return ""
+            value = subs[subcomponent - 1]
+        elif subcomponent > 1:
+            return ""
+        return unescape(value, seps, self.charset) if seps.escape in value else value
 
     def component_of(self, value: str, component: int = 1, subcomponent: int = 1) -> str:
         parts = value.split(self.separators.component)

@@ -74,9 +74,10 @@ def needs_savepoint(message: Message) -> bool:
     return len(_order_groups(message)) > 1
 
 
-def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> None:
+def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> list[OrderStep] | None:
     """Add to ``keys`` what processing ``message`` will look up (best effort: a segment
-    that does not read is left out, and its message answered AE when processed)."""
+    that does not read is left out, and its message answered AE when processed). Answers an
+    order message's steps, read once for ``process_order`` too (None: read them then)."""
     with contextlib.suppress(Hl7Error):
         pid = message.segment("PID")
         if pid is not None:
@@ -93,14 +94,18 @@ def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> Non
             visit = segments.visit(pv1) if pv1 is not None else None
             if visit is not None:
                 keys.visits.add(visit.visit_number)
-            return
-        for group in _order_groups(message):
-            request = segments.procedure(group.orc, group.obr, group.tq1, group.ipc, settings)
+            return None
+        steps = _order_steps(message, settings)
+        for step in steps:
+            request = step.request
             if request.placer_order_number:
                 keys.placers.add(request.placer_order_number)
-            if request.filler_order_number:
+            if step.control == "NW":  # a new order: is its accession taken?
+                keys.accessions.add(orders.accession_for(request, step.step))
+            elif request.filler_order_number:  # a control finds its order by either number
                 keys.fillers.add(request.filler_order_number)
-            keys.accessions.add(orders.accession_for(request, group.step))
+        return steps
+    return None
 
 
 async def process_adt(session: AsyncSession, ctx: Hl7Context, message: Message) -> str:
@@ -145,12 +150,19 @@ class OrderStep:
         return self.step if self.several else None
 
 
-async def process_order(session: AsyncSession, ctx: Hl7Context, message: Message) -> str | None:
+async def process_order(
+    session: AsyncSession,
+    ctx: Hl7Context,
+    message: Message,
+    steps: list[OrderStep] | None = None,
+) -> str | None:
     """ORM^O01 / OMI^O23: each ORC is one order control, applied to each of its OBRs (with
     TQ1, IPC): several OBRs are several procedures of one order, each its own worklist item.
-    Every step is read and checked before the first is applied."""
+    Every step is read and checked before the first is applied. ``steps``: the message's,
+    already read (``lookups``)."""
     pid = segments.required_segment(message, "PID")
-    steps = _order_steps(message, ctx.settings)
+    if steps is None:
+        steps = _order_steps(message, ctx.settings)
     patient_id: str | None = None
     for step in steps:
         tenant_id, request = ctx.tenant_id, step.request
