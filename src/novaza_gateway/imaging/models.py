@@ -73,10 +73,6 @@ class ImagingStudy(Base):
     modalities: Mapped[str] = mapped_column(String(255), default="")  # "|CT|MR|"
     num_series: Mapped[int] = mapped_column(Integer, default=0)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
-    qc_status: Mapped[str] = mapped_column(String(16), default="pending")  # passed, failed
-    qc_confirmed_by: Mapped[str | None] = mapped_column(String(255))
-    qc_confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    qc_notes: Mapped[str | None] = mapped_column(Text)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -129,3 +125,23 @@ class ImagingInstance(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ImagingQc(Base):
+    """A study's QC confirmation, keyed by (tenant, Study Instance UID) and nothing else: the
+    study may live in the embedded index or in the tenant's upstream PACS (proxy mode), and
+    the record outlives a switch between the two (ADR 0035). No row: QC is pending."""
+
+    __tablename__ = "imaging_qc"
+    __table_args__ = (UniqueConstraint("tenant_id", "study_uid", name="uq_imaging_qc_key"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    study_uid: Mapped[str] = mapped_column(UID)
+    result: Mapped[str] = mapped_column(String(16))  # passed, failed
+    confirmed_by: Mapped[str] = mapped_column(String(255))
+    confirmed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    notes: Mapped[str | None] = mapped_column(Text)
+    # What the study carried when it was confirmed (its DICOM Patient ID and accession).
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
 from novaza_gateway.core.policy import policy
-from novaza_gateway.imaging import workflow
-from novaza_gateway.imaging.deps import AuditRefusals
+from novaza_gateway.imaging import patient_studies as service
+from novaza_gateway.imaging.deps import AuditRefusals, ProxyDep
 from novaza_gateway.imaging.schemas import PatientStudyOut
 
 router = APIRouter(prefix="/med/patient", tags=["patient records"], dependencies=[AuditRefusals])
@@ -18,7 +18,12 @@ router = APIRouter(prefix="/med/patient", tags=["patient records"], dependencies
 PATIENTS_READ = policy(
     "patients:read",
     addon="emr",
-    errors={404: "PATIENT_NOT_FOUND", 422: "VALIDATION_FAILED"},
+    errors={
+        404: "PATIENT_NOT_FOUND",
+        409: "IMAGING_UPSTREAM_SHARED",
+        422: "VALIDATION_FAILED",
+        502: "UPSTREAM_UNAVAILABLE (proxy mode; also 503, 504)",
+    },
 )
 
 
@@ -38,9 +43,10 @@ async def patient_studies(
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
+    proxy: ProxyDep,
     cursor: CursorQuery = None,
     limit: LimitQuery = 50,
 ) -> Page[PatientStudyOut]:
-    return await workflow.patient_studies(
-        session, actor, tenant.id, patient_id, cursor=cursor, limit=limit
+    return await service.patient_studies(
+        session, actor, tenant.id, patient_id, cursor=cursor, limit=limit, proxy=proxy
     )

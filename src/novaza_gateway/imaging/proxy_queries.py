@@ -1,9 +1,11 @@
 """Proxy mode outside DICOMweb: the gateway's own imaging endpoints asking a tenant's upstream.
 
-``POST /med/imaging/signed-url`` and ``GET /med/imaging/study/{uid}`` read the embedded index
-for an embedded tenant; for a tenant in proxy mode the study lives upstream, so they ask the
+``POST /med/imaging/signed-url``, ``GET /med/imaging/study/{uid}``, ``POST
+/med/imaging/qc-confirm`` and ``GET /med/patient/{id}/studies`` read the embedded index for an
+embedded tenant; for a tenant in proxy mode the studies live upstream, so they ask the
 upstream with QIDO-RS through the tenant's pooled client (``UpstreamClients``): a study-level
-search by ``StudyInstanceUID`` and, for the summary, the study's series. Failures map as the
+search by ``StudyInstanceUID`` (and, for the summary, the study's series), or by
+``PatientID`` for a patient's studies. Failures map as the
 proxy maps them (``UPSTREAM_UNAVAILABLE`` with a reason; a 404 as ``STUDY_NOT_FOUND``); no
 body or host of the upstream's ever reaches the caller.
 """
@@ -38,6 +40,12 @@ STUDY_FIELDS = (
     STUDY_DESCRIPTION, MODALITIES, REFERRING, STUDY_SERIES, STUDY_INSTANCES,
 )  # fmt: skip
 SERIES_FIELDS = (SERIES_UID, MODALITY, SERIES_NUMBER, SERIES_DESCRIPTION, SERIES_INSTANCES)
+PATIENT_STUDY_FIELDS = (
+    PATIENT_ID, ACCESSION, STUDY_DATE, STUDY_TIME, STUDY_DESCRIPTION, MODALITIES,
+    STUDY_SERIES, STUDY_INSTANCES,
+)  # fmt: skip
+QIDO_PAGE = 1000  # the most one upstream QIDO page is asked for (as the proxy caps them)
+MAX_PATIENT_STUDIES = 5000  # per identifier: at most 5 pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,71 @@ async def find_study(proxy: ImagingProxy, upstream: Upstream, study_uid: str) ->
 
 def patient_id_of(item: JsonDataset) -> str | None:
     return first_string(item, PATIENT_ID) or None
+
+
+def accession_of(item: JsonDataset) -> str:
+    return _text(item, ACCESSION)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPatientStudy:
+    """One of a patient's studies as the upstream lists it (dates as stored: YYYYMMDD)."""
+
+    study_uid: str
+    patient_id: str
+    accession_number: str
+    study_date: str
+    study_time: str
+    description: str
+    modalities: list[str]
+    number_of_series: int
+    number_of_instances: int
+
+
+async def studies_of_patient(
+    proxy: ImagingProxy, upstream: Upstream, patient_ids: Sequence[str]
+) -> list[UpstreamPatientStudy]:
+    """The upstream's studies whose Patient ID is exactly one of ``patient_ids``: a QIDO
+    ``/studies?PatientID=`` per identifier, walked with ``limit``/``offset`` pages of
+    ``QIDO_PAGE`` (QIDO has no order, so the caller sorts). The patients they name are
+    remembered for the proxy's audit of later reads."""
+    found: dict[str, UpstreamPatientStudy] = {}
+    for patient_id in patient_ids:
+        offset = 0
+        while offset < MAX_PATIENT_STUDIES:
+            params = [("PatientID", patient_id), ("limit", str(QIDO_PAGE))]
+            params += [("offset", str(offset))] if offset else []
+            params += [("includefield", tag) for tag in PATIENT_STUDY_FIELDS]
+            page = await qido(proxy, upstream, "/studies", params, level="study")
+            for item in page:
+                if not isinstance(item, dict) or _text(item, PATIENT_ID) != patient_id:
+                    continue  # a wildcard or list the upstream read into the value
+                study = _patient_study(item)
+                if study is not None:
+                    found.setdefault(study.study_uid, study)
+            if len(page) < QIDO_PAGE:
+                break
+            offset += QIDO_PAGE
+    seen: dict[str, str | None] = {s.study_uid: s.patient_id for s in found.values()}
+    proxy.patients.remember(upstream.tenant_id, seen)
+    return list(found.values())
+
+
+def _patient_study(item: JsonDataset) -> UpstreamPatientStudy | None:
+    study_uid = _text(item, STUDY_UID)
+    if not study_uid:
+        return None
+    return UpstreamPatientStudy(
+        study_uid=study_uid,
+        patient_id=_text(item, PATIENT_ID),
+        accession_number=_text(item, ACCESSION),
+        study_date=_text(item, STUDY_DATE),
+        study_time=_text(item, STUDY_TIME),
+        description=_text(item, STUDY_DESCRIPTION),
+        modalities=_values(item, MODALITIES),
+        number_of_series=_int(item, STUDY_SERIES) or 0,
+        number_of_instances=_int(item, STUDY_INSTANCES) or 0,
+    )
 
 
 async def study(proxy: ImagingProxy, upstream: Upstream, study_uid: str) -> UpstreamStudy | None:

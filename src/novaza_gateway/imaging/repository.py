@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.core.db import utcnow
@@ -14,6 +15,7 @@ from novaza_gateway.imaging.dicomweb.stow import InstanceInfo
 from novaza_gateway.imaging.models import (
     ImagingInstance,
     ImagingPatient,
+    ImagingQc,
     ImagingSeries,
     ImagingStudy,
 )
@@ -159,7 +161,6 @@ async def get_or_create_study(
         modalities="",
         num_series=0,
         num_instances=0,
-        qc_status="pending",
         attributes=info.study_attributes,
         created_at=now,
         updated_at=now,
@@ -270,32 +271,55 @@ async def count_study_instances(session: AsyncSession, tenant_id: str, study_pk:
 async def confirm_qc(
     session: AsyncSession,
     tenant_id: str,
-    study_pk: str,
+    study_uid: str,
     *,
     result: str,
     confirmed_by: str,
     confirmed_at: datetime,
     notes: str | None,
+    patient_id: str,
+    accession_number: str,
 ) -> bool:
     """Record the QC outcome if none is recorded yet; False when one already is. One
-    conditional UPDATE: of two racing confirmations exactly one wins."""
+    INSERT that does nothing on the (tenant, study) key: of racing confirmations exactly
+    one wins, whichever mode holds the study."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     outcome = await session.execute(
-        update(ImagingStudy)
-        .where(
-            ImagingStudy.tenant_id == tenant_id,
-            ImagingStudy.id == study_pk,
-            ImagingStudy.qc_status == "pending",
-        )
+        insert(ImagingQc)
         .values(
-            qc_status=result,
-            qc_confirmed_by=confirmed_by,
-            qc_confirmed_at=confirmed_at,
-            qc_notes=notes,
-            updated_at=confirmed_at,
+            id=new_id(),
+            tenant_id=tenant_id,
+            study_uid=study_uid,
+            result=result,
+            confirmed_by=confirmed_by,
+            confirmed_at=confirmed_at,
+            notes=notes,
+            patient_id=patient_id[:64],
+            accession_number=accession_number[:64],
         )
-        .execution_options(synchronize_session=False)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "study_uid"])
     )
     return bool(getattr(outcome, "rowcount", 0) == 1)
+
+
+async def get_qc(session: AsyncSession, tenant_id: str, study_uid: str) -> ImagingQc | None:
+    query = select(ImagingQc).where(
+        ImagingQc.tenant_id == tenant_id, ImagingQc.study_uid == study_uid
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def qc_results(
+    session: AsyncSession, tenant_id: str, study_uids: Sequence[str]
+) -> dict[str, str]:
+    """The recorded QC result of each of these studies that has one."""
+    if not study_uids:
+        return {}
+    query = select(ImagingQc.study_uid, ImagingQc.result).where(
+        ImagingQc.tenant_id == tenant_id, ImagingQc.study_uid.in_(sorted(set(study_uids)))
+    )
+    return {row[0]: row[1] for row in (await session.execute(query)).all()}
 
 
 async def has_patient(session: AsyncSession, tenant_id: str, patient_id: str) -> bool:

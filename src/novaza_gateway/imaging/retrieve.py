@@ -11,6 +11,7 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.core import audit
+from novaza_gateway.imaging import patient_merges
 from novaza_gateway.imaging import repository as repo
 from novaza_gateway.imaging.dicomweb import wado
 from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, first_value, tags
@@ -174,7 +175,15 @@ def stream_parts(parts: list[bytes], media: str, boundary: str) -> MultipartBody
     return MultipartBody(None, boundary, [(media, data) for data in parts])
 
 
-async def metadata(storage: ArchiveStorage, selection: Selection, base: str) -> list[JsonDataset]:
+async def metadata(
+    session: AsyncSession,
+    tenant_id: str,
+    storage: ArchiveStorage,
+    selection: Selection,
+    base: str,
+) -> list[JsonDataset]:
+    """Each instance's DICOM JSON (from its file), with the Patient ID coerced to the
+    survivor's when the study's patient was merged (ADT A40, ``patient_merges``)."""
     found = []
     study_uid = selection.study.study_uid
     for series, instance in selection.items:
@@ -185,6 +194,8 @@ async def metadata(storage: ArchiveStorage, selection: Selection, base: str) -> 
         path = storage.local_path(instance.storage_key)
         vr = _pixel_vr(instance)
         found.append(await anyio.to_thread.run_sync(wado.instance_metadata, path, url, vr))
+    stored = selection.study.patient_id
+    patient_merges.coerce(found, await patient_merges.coercions(session, tenant_id, {stored}))
     return found
 
 

@@ -11,7 +11,7 @@ from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
 from novaza_gateway.core.policy import policy
-from novaza_gateway.imaging import service, workflow
+from novaza_gateway.imaging import qc, service, workflow
 from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep, ProxyDep
 from novaza_gateway.imaging.schemas import (
     QcConfirmOut,
@@ -38,7 +38,12 @@ READ = policy(
 WRITE = policy(
     "imaging:write",
     addon="medical_imaging",
-    errors={404: "STUDY_NOT_FOUND", 409: "QC_CONFLICT", 422: "VALIDATION_FAILED"},
+    errors={
+        404: "STUDY_NOT_FOUND",
+        409: "QC_CONFLICT, IMAGING_UPSTREAM_SHARED",
+        422: "VALIDATION_FAILED",
+        502: "UPSTREAM_UNAVAILABLE (proxy mode; also 503, 504)",
+    },
 )
 WORKLIST_STATUSES = ("scheduled", "in_progress", "completed", "canceled", "discontinued")
 Text = Annotated[str | None, Query(max_length=324)]
@@ -125,6 +130,10 @@ async def list_worklist(
 
 @router.post("/qc-confirm", **WRITE, summary="Confirm QC of an acquired study")
 async def qc_confirm(
-    body: QcConfirmRequest, session: SessionDep, tenant: TenantDep, actor: ActorDep
+    body: QcConfirmRequest,
+    session: SessionDep,
+    tenant: TenantDep,
+    actor: ActorDep,
+    proxy: ProxyDep,
 ) -> QcConfirmOut:
-    return await workflow.confirm_qc(session, actor, tenant.id, body)
+    return await qc.confirm_qc(session, actor, tenant.id, body, proxy=proxy)

@@ -2,7 +2,7 @@
 
 For a tenant in proxy mode the study lives upstream: signed URLs and summaries ask the
 upstream (``proxy_queries``) before touching the database, so no connection is held while
-the upstream answers; QC and the worklist link still come from the gateway's own tables.
+the upstream answers; QC and the worklist link come from the gateway's own tables.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from novaza_gateway.config import ImagingConfig
 from novaza_gateway.core import audit
 from novaza_gateway.core.errors import ValidationFailed
-from novaza_gateway.imaging import proxy_queries, search, workflow, worklist
+from novaza_gateway.imaging import patient_merges, proxy_queries, qc, search, workflow, worklist
 from novaza_gateway.imaging import repository as repo
 from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, first_value, tags
 from novaza_gateway.imaging.dicomweb.qido import QidoQuery
@@ -58,8 +58,14 @@ async def qido(
         elif await repo.get_study(session, tenant_id, study_uid) is None:
             raise StudyNotFound()
         query = query.with_study(study_uid)
+    query = await patient_merges.expand_patient_ids(session, tenant_id, query)
     hits, more = await search.run(session, tenant_id, query)
-    studies = {hit.study.study_uid: hit.study.patient_id for hit in hits}
+    coerced = await patient_merges.coercions(
+        session, tenant_id, {hit.study.patient_id for hit in hits}
+    )
+    studies = {
+        hit.study.study_uid: coerced.get(hit.study.patient_id, hit.study.patient_id) for hit in hits
+    }
     patients = set(studies.values())
     audit.record(
         session,
@@ -71,7 +77,9 @@ async def qido(
         patient_id=patients.pop() if len(patients) == 1 else None,
         after={"results": len(hits), "studies": sorted(studies)[:MAX_AUDITED_STUDIES]},
     )
-    return [search.hit_json(hit, query, base) for hit in hits], more
+    found = [search.hit_json(hit, query, base) for hit in hits]
+    patient_merges.coerce(found, coerced)
+    return found, more
 
 
 async def signed_url(
@@ -150,6 +158,7 @@ async def study_summary(
         raise StudyNotFound()
     series = await repo.list_series(session, tenant_id, study.id)
     link = await workflow.study_worklist_link(session, tenant_id, study)
+    record = await repo.get_qc(session, tenant_id, study.study_uid)
     patient = study.attributes or {}
     audit.record(
         session,
@@ -186,8 +195,8 @@ async def study_summary(
             )
             for s in series
         ],
-        qc_status=study.qc_status,
-        qc=workflow.qc_out(study),
+        qc_status=qc.qc_status(record),
+        qc=qc.qc_out(record),
         worklist_item=link,
     )
 
@@ -196,8 +205,8 @@ async def _upstream_summary(
     session: AsyncSession, actor: audit.Actor, tenant_id: str, found: proxy_queries.UpstreamStudy
 ) -> StudySummary:
     """The upstream's study with what the gateway itself knows of it merged in: the QC
-    record (kept when the tenant's index has the study) and the worklist item it fulfils."""
-    indexed = await repo.get_study(session, tenant_id, found.study_uid)
+    record (``imaging_qc``, by study UID) and the worklist item it fulfils."""
+    record = await repo.get_qc(session, tenant_id, found.study_uid)
     item = await worklist.item_for_study(
         session, tenant_id, found.study_uid, found.accession_number
     )
@@ -223,7 +232,7 @@ async def _upstream_summary(
         number_of_series=found.number_of_series,
         number_of_instances=found.number_of_instances,
         series=found.series,
-        qc_status=indexed.qc_status if indexed is not None else "pending",
-        qc=workflow.qc_out(indexed) if indexed is not None else None,
+        qc_status=qc.qc_status(record),
+        qc=qc.qc_out(record),
         worklist_item=workflow.worklist_link(item) if item is not None else None,
     )

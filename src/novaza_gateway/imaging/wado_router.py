@@ -76,7 +76,7 @@ async def _metadata(
     target: Target,
 ) -> Response:
     selection = await retrieve.select(session, actor, tenant.id, target, "metadata")
-    found = await retrieve.metadata(area.storage, selection, base)
+    found = await retrieve.metadata(session, tenant.id, area.storage, selection, base)
     return Response(orjson.dumps(found), media_type=DICOM_JSON)
 
 

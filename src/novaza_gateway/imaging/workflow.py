@@ -1,5 +1,6 @@
-"""The Scheduled Workflow endpoints (IHE SWF): the worklist, QC confirmation, a patient's
-studies. Every read of patient data is audited; services never commit."""
+"""The Scheduled Workflow's worklist (IHE SWF): the REST worklist and the link from a study
+to the item it fulfils. QC confirmation is ``qc``, a patient's studies ``patient_studies``.
+Every read of patient data is audited; services never commit."""
 
 from __future__ import annotations
 
@@ -9,22 +10,13 @@ from urllib.parse import urlencode
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.clinical import orders
-from novaza_gateway.clinical import repository as clinical
-from novaza_gateway.clinical.errors import InvalidTransition
 from novaza_gateway.clinical.models import WorklistItem
 from novaza_gateway.core import audit
-from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.core.pagination import Page, decode_cursor, encode_cursor
-from novaza_gateway.imaging import repository as repo
 from novaza_gateway.imaging import worklist
-from novaza_gateway.imaging.errors import PatientNotFound, QcConflict, StudyNotFound
 from novaza_gateway.imaging.models import ImagingStudy
 from novaza_gateway.imaging.schemas import (
-    PatientStudyOut,
-    QcConfirmOut,
-    QcConfirmRequest,
-    QcOut,
     RequestedProcedureOut,
     ScheduledProcedureStepOut,
     WorklistItemOut,
@@ -34,8 +26,6 @@ from novaza_gateway.imaging.schemas import (
 from novaza_gateway.imaging.worklist import WorklistEntry, WorklistFilter
 
 WORKLIST_PATH = "/med/imaging/worklist"
-# QC passed: the procedure step is done. QC failed: acquired, to be repeated: it stays open.
-QC_STEP_STATUS = {"passed": orders.COMPLETED, "failed": orders.IN_PROGRESS}
 
 
 # ----------------------------------------------------------------------------- worklist
@@ -125,150 +115,3 @@ async def study_worklist_link(
         session, tenant_id, study.study_uid, study.accession_number
     )
     return worklist_link(item) if item is not None else None
-
-
-def qc_out(study: ImagingStudy) -> QcOut | None:
-    if study.qc_confirmed_at is None:
-        return None
-    return QcOut(
-        result=study.qc_status,
-        confirmed_by=study.qc_confirmed_by or "",
-        confirmed_at=study.qc_confirmed_at,
-        notes=study.qc_notes,
-    )
-
-
-# ----------------------------------------------------------------------------- QC
-
-
-async def confirm_qc(
-    session: AsyncSession, actor: audit.Actor, tenant_id: str, body: QcConfirmRequest
-) -> QcConfirmOut:
-    """Record the QC result once; the same result again answers the first confirmation,
-    another result is 409. The study's worklist item moves on (completed when passed)."""
-    study = await repo.get_study(session, tenant_id, body.study_instance_uid)
-    if study is None:
-        raise StudyNotFound()
-    first = await repo.confirm_qc(
-        session,
-        tenant_id,
-        study.id,
-        result=body.result,
-        confirmed_by=actor.subject,
-        confirmed_at=utcnow(),
-        notes=body.notes,
-    )
-    await session.refresh(study)
-    if not first and study.qc_status != body.result:
-        raise QcConflict(
-            details={"qcStatus": study.qc_status, "confirmedAt": _iso(study.qc_confirmed_at)}
-        )
-    item = await worklist.item_for_study(
-        session, tenant_id, study.study_uid, study.accession_number
-    )
-    if item is not None and first:
-        item = await _advance(session, actor, tenant_id, item, QC_STEP_STATUS[body.result])
-    audit.record(
-        session,
-        actor,
-        "imaging.qc_confirm",
-        "study",
-        study.study_uid,
-        tenant_id=tenant_id,
-        patient_id=study.patient_id or None,
-        before={"qcStatus": "pending"} if first else {"qcStatus": study.qc_status},
-        after={
-            "qcStatus": study.qc_status,
-            "repeat": not first,
-            "worklistItem": item.accession_number if item is not None else None,
-        },
-    )
-    qc = qc_out(study)
-    assert qc is not None
-    return QcConfirmOut(
-        study_instance_uid=study.study_uid,
-        qc_status=study.qc_status,
-        qc=qc,
-        worklist_item=worklist_link(item) if item is not None else None,
-    )
-
-
-async def _advance(
-    session: AsyncSession, actor: audit.Actor, tenant_id: str, item: WorklistItem, status: str
-) -> WorklistItem:
-    """Move the item if its state allows; a canceled or already completed item stays as is
-    (the QC result stands either way)."""
-    try:  # the transition is checked before anything changes
-        return await orders.set_status_by_accession(
-            session, actor, tenant_id, item.accession_number, status
-        )
-    except InvalidTransition:
-        return item
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-# ----------------------------------------------------------------------------- patient studies
-
-
-async def patient_studies(
-    session: AsyncSession,
-    actor: audit.Actor,
-    tenant_id: str,
-    patient_key: str,
-    *,
-    cursor: str | None,
-    limit: int,
-) -> Page[PatientStudyOut]:
-    """A patient's studies, newest first. ``patient_key`` is the gateway's patient id or
-    a patient identifier; merged patients resolve to the survivor, whose identifiers
-    (its own and those of every patient merged into it) name its studies."""
-    patient_ids = await worklist.resolve_patient_ids(session, tenant_id, patient_key)
-    if patient_ids:
-        identifiers = await clinical.identifiers_of_patients(session, tenant_id, patient_ids)
-        dicom_ids = sorted({ident.value for ident in identifiers})
-    elif await repo.has_patient(session, tenant_id, patient_key):  # known to the archive only
-        dicom_ids = [patient_key]
-    else:
-        raise PatientNotFound()
-    after = None
-    if cursor:
-        day, time, pk = decode_cursor(cursor, 3)
-        after = (str(day), str(time), str(pk))
-    studies = await repo.studies_of_patients(
-        session, tenant_id, dicom_ids, after=after, limit=limit + 1
-    )
-    page = list(studies[:limit])
-    audit.record(
-        session,
-        actor,
-        "imaging.patient_studies",
-        "patient",
-        patient_key,
-        tenant_id=tenant_id,
-        patient_id=patient_ids[0] if len(patient_ids) == 1 else patient_key,
-        after={"results": len(page), "studies": [s.study_uid for s in page]},
-    )
-    next_cursor = None
-    if len(studies) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor(last.study_date, last.study_time, last.id)
-    return Page[PatientStudyOut](data=[_study_out(s) for s in page], next_cursor=next_cursor)
-
-
-def _study_out(study: ImagingStudy) -> PatientStudyOut:
-    day, time = study.study_date, study.study_time
-    return PatientStudyOut(
-        study_instance_uid=study.study_uid,
-        patient_id=study.patient_id,
-        accession_number=study.accession_number,
-        study_date=f"{day[:4]}-{day[4:6]}-{day[6:8]}" if len(day) == 8 else None,
-        study_time=f"{time[:2]}:{time[2:4]}:{time[4:6]}" if len(time) >= 6 else None,
-        description=study.study_description,
-        modalities=[m for m in study.modalities.split("|") if m],
-        number_of_series=study.num_series,
-        number_of_instances=study.num_instances,
-        qc_status=study.qc_status,
-    )
