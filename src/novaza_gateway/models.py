@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from novaza_gateway.ai.models import AiConversation, AiMessage
 from novaza_gateway.billing.models import (
     CatalogVersion,
     Invoice,
@@ -60,3 +61,5 @@ __all__ += [
 ]
 
 __all__ += ["ImagingInstance", "ImagingPatient", "ImagingSeries", "ImagingStudy"]
+
+__all__ += ["AiConversation", "AiMessage"]

@@ -1,0 +1,318 @@
+"""The inference engine: one model instance, one worker thread, a bounded queue.
+
+A llama.cpp context is not thread safe and a CPU runs one generation at a time well, so each
+local model gets one worker thread that takes requests from a bounded queue (the waiting
+line; past its capacity callers get 503 ``AI_OVERLOADED`` at once instead of waiting for a
+timeout). Events cross from the worker to the event loop with ``call_soon_threadsafe`` into
+an ``asyncio.Queue``: the loop never blocks on the model. Between two tokens the worker
+checks the request's cancel flag (the client went away) and deadline (``AI_TIMEOUT``).
+
+Whatever the ending (done, cancelled, timed out, failed) the worker reports how many tokens
+were read and generated, and the engine hands that to the request's ``on_end`` callback on
+the loop: usage is metered even when nobody is listening any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from novaza_gateway.ai.errors import (
+    AiOverloaded,
+    AiTimeout,
+    ContextLengthExceeded,
+    GenerationCancelled,
+    ModelUnavailable,
+)
+from novaza_gateway.core.errors import ApiError, Internal
+
+log = logging.getLogger("novaza.ai")
+
+FinishReason = Literal["stop", "length"]
+EngineState = Literal["not_loaded", "loading", "ready", "failed", "stopped"]
+
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks)
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: ApiError
+    usage: Usage
+
+
+Event = TextDelta | Finished | Failed
+Ending = Finished | Failed
+
+
+class ModelRun(Protocol):
+    """One generation on the worker thread: text pieces (possibly empty), one per token."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalModel(Protocol):
+    """A model run in-process; every method is called on the engine's worker thread only."""
+
+    def load(self) -> None: ...
+
+    def start(self, request: GenerationRequest) -> ModelRun:
+        """Tokenize and check the prompt; raises ``ContextLengthExceeded``."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class _Job:
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    deadline: float
+    on_end: Callable[[Ending], None] | None
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, event: Event) -> None:
+        """From the worker thread. A closed loop means the app is gone: stop generating."""
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, event)
+        except RuntimeError:
+            self.cancelled.set()
+
+    def _deliver(self, event: Event) -> None:  # on the loop
+        self.events.put_nowait(event)
+        if self.on_end is not None and isinstance(event, (Finished, Failed)):
+            try:
+                self.on_end(event)
+            except Exception:
+                log.exception("ai generation end callback failed")
+
+
+class Generation:
+    """The caller's handle on a submitted request: its events, and a way to stop it."""
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Text deltas, then one ``Finished`` or ``Failed``. Leaving early cancels."""
+        try:
+            while True:
+                event = await self._job.events.get()
+                yield event
+                if not isinstance(event, TextDelta):
+                    return
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        self._job.cancelled.set()
+
+
+class InferenceEngine:
+    """Serves one ``LocalModel``: loads it once, runs one generation at a time."""
+
+    def __init__(
+        self, model: LocalModel, *, queue_size: int, timeout_seconds: float, name: str
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.queue_size = queue_size
+        self.timeout_seconds = timeout_seconds
+        self.state: EngineState = "not_loaded"
+        self.last_error: str | None = None
+        self.load_seconds: float | None = None
+        self.completed = 0
+        self.tokens_generated = 0
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self._running: _Job | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ loop side
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        return 1 if self._running is not None else 0
+
+    def start(self, preload: bool = False) -> None:
+        """Start the worker (and load the model in it, when ``preload``); idempotent."""
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._work, args=(preload,), name=f"ai-{self.name}", daemon=True
+                )
+                self._thread.start()
+
+    def submit(
+        self, request: GenerationRequest, on_end: Callable[[Ending], None] | None = None
+    ) -> Generation:
+        """Queue a request (never waits); 503 when the waiting line is full or closed."""
+        if self._closed:
+            raise ModelUnavailable("The AI engine is shutting down.")
+        self.start()
+        job = _Job(
+            request, asyncio.get_running_loop(), time.monotonic() + self.timeout_seconds, on_end
+        )
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise AiOverloaded(self.queue_size) from None
+        return Generation(job)
+
+    async def stop(self) -> None:
+        """Refuse new requests, end the waiting and running ones, stop the worker."""
+        self._closed = True
+        running = self._running
+        if running is not None:
+            running.cancelled.set()
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.emit(Failed(ModelUnavailable("The AI engine stopped."), Usage(0, 0)))
+        thread = self._thread
+        if thread is None:
+            self.state = "stopped"
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(thread.join, 30.0)
+        self.state = "stopped"
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _work(self, preload: bool) -> None:
+        if preload:
+            self._ensure_loaded()
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            self._running = job
+            try:
+                self._serve(job)
+            finally:
+                self._running = None
+        try:
+            self.model.close()
+        except Exception:
+            log.exception("ai model close failed")
+
+    def _ensure_loaded(self) -> bool:
+        if self.state == "ready":
+            return True
+        self.state = "loading"
+        begin = time.perf_counter()
+        try:
+            self.model.load()
+        except Exception as exc:
+            self.state, self.last_error = "failed", f"{type(exc).__name__}: {exc}"[:300]
+            log.error(
+                "ai model failed to load", extra={"model": self.name, "error": self.last_error}
+            )
+            return False
+        self.load_seconds = time.perf_counter() - begin
+        self.state, self.last_error = "ready", None
+        log.info("ai model loaded", extra={"model": self.name, "seconds": self.load_seconds})
+        return True
+
+    def _serve(self, job: _Job) -> None:
+        if job.cancelled.is_set():
+            job.emit(Failed(GenerationCancelled(), Usage(0, 0)))
+            return
+        if time.monotonic() >= job.deadline:
+            job.emit(Failed(AiTimeout("The request waited past the timeout."), Usage(0, 0)))
+            return
+        if not self._ensure_loaded():
+            job.emit(Failed(ModelUnavailable(), Usage(0, 0)))
+            return
+        try:
+            run = self.model.start(job.request)
+        except ContextLengthExceeded as exc:
+            job.emit(Failed(exc, Usage(0, 0)))
+            return
+        except Exception as exc:  # never the prompt in a log line: PHI
+            log.error("ai generation failed to start", extra={"error": type(exc).__name__})
+            job.emit(Failed(Internal(), Usage(0, 0)))
+            return
+        job.emit(self._generate(job, run))
+
+    def _generate(self, job: _Job, run: ModelRun) -> Ending:
+        error: ApiError | None = None
+        try:
+            for piece in run:
+                if job.cancelled.is_set():
+                    error = GenerationCancelled()
+                    break
+                if time.monotonic() >= job.deadline:
+                    error = AiTimeout()
+                    break
+                if piece:
+                    job.emit(TextDelta(piece))
+        except Exception as exc:
+            log.error("ai generation failed", extra={"error": type(exc).__name__})
+            error = Internal()
+        finally:
+            run.close()
+        usage = Usage(run.prompt_tokens, run.completion_tokens)
+        self.completed += 1
+        self.tokens_generated += run.completion_tokens
+        if error is not None:
+            return Failed(error, usage)
+        return Finished(run.finish_reason, usage)

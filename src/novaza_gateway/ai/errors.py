@@ -1,0 +1,100 @@
+"""AI error codes (docs/errors.md). Rendered by the one handler in ``core.errors``."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.errors import ApiError, NotFound
+
+
+class ModelNotFound(NotFound):
+    code = "MODEL_NOT_FOUND"
+    default_message = "No model has this id; GET /ai/models lists them."
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model[:64]}' does not exist; GET /ai/models lists them.",
+            details={"model": model[:64]},
+        )
+
+
+class AgentNotFound(NotFound):
+    code = "AGENT_NOT_FOUND"
+    default_message = "No agent has this id for this tenant; GET /ai/agents lists them."
+
+
+class ConversationNotFound(NotFound):
+    code = "CONVERSATION_NOT_FOUND"
+    default_message = "No conversation of this agent has this id for this tenant."
+
+
+class ConversationBusy(ApiError):
+    status = 409
+    code = "CONVERSATION_BUSY"
+    default_message = "Another message to this conversation was answered meanwhile; resend."
+
+
+class ContextLengthExceeded(ApiError):
+    status = 400
+    code = "CONTEXT_LENGTH_EXCEEDED"
+    default_message = "The messages do not fit the model's context window."
+
+    def __init__(self, prompt_tokens: int, context: int) -> None:
+        super().__init__(
+            f"The messages take {prompt_tokens} tokens; the model's context holds {context}.",
+            details={"promptTokens": prompt_tokens, "contextTokens": context},
+        )
+
+
+class AiQuotaExceeded(ApiError):
+    """The tenant's AI-token allowance for the period is spent and prepaid funds cannot pay."""
+
+    status = 429
+    code = "AI_QUOTA_EXCEEDED"
+    default_message = "The tenant's AI token allowance for this period is used up."
+
+    def __init__(self, allowance: int, used: int, resets_at: datetime) -> None:
+        wait = max(1, math.ceil((resets_at - utcnow()).total_seconds()))
+        super().__init__(
+            details={
+                "allowance": allowance,
+                "used": used,
+                "resetsAt": resets_at.isoformat().replace("+00:00", "Z"),
+            },
+            headers={"Retry-After": str(wait)},
+        )
+
+
+class AiOverloaded(ApiError):
+    """The model's queue is full: every worker is busy and the waiting line is at capacity."""
+
+    status = 503
+    code = "AI_OVERLOADED"
+    default_message = "The model is busy with other requests; retry shortly."
+
+    def __init__(self, queue_size: int) -> None:
+        super().__init__(details={"queueCapacity": queue_size}, headers={"Retry-After": "1"})
+
+
+class AiTimeout(ApiError):
+    status = 504
+    code = "AI_TIMEOUT"
+    default_message = "The model did not finish within the generation timeout."
+
+
+class ModelUnavailable(ApiError):
+    """The model cannot be loaded (missing file, bad GGUF) or the engine is shutting down."""
+
+    status = 503
+    code = "AI_MODEL_UNAVAILABLE"
+    default_message = "The model is not available; retry later."
+
+
+class GenerationCancelled(ApiError):
+    """The caller went away; nobody sees this one, but the usage still counts."""
+
+    status = 499
+    code = "CANCELLED"
+    default_message = "The client closed the request."
