@@ -190,7 +190,7 @@ async def _identifiers(
     params = {"tenant_id": tenant_id, "keys": sorted(keys)}
     for key in keys:
         snap.identifiers[key] = None
-    for ident, patient in (await session.execute(_IDENTIFIERS, params)).tuples():
+    for ident, patient in (await session.execute(_IDENTIFIERS, params)).all():
         snap.patients[patient.id] = patient
         snap.identifiers[(ident.assigning_authority, ident.value)] = ident
 
@@ -224,7 +224,7 @@ async def _orders(
     for name, values in (("placers", placers), ("fillers", fillers), ("accessions", accessions)):
         if values:
             params[name] = sorted(values)
-    rows = (await session.execute(query, params)).tuples().all()
+    rows = (await session.execute(query, params)).all()
     for placer in placers:
         snap.placers[placer] = None
     for filler in fillers:

@@ -25,11 +25,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table
+from sqlalchemy import insert as sql_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapper, configure_mappers
 from sqlalchemy.orm.attributes import manager_of_class
 
+from novaza_gateway.clinical import unnest
 from novaza_gateway.clinical.models import (
     Encounter,
     Order,
@@ -72,8 +74,6 @@ def _columns(model: type[Any]) -> list[tuple[str, str, Any]]:
 
 
 _COLUMNS = {model: _columns(model) for model in MODELS}
-_INSERTS = {model: insert(cast(Table, model.__table__)) for model in MODELS}
-_AUDIT_INSERT = insert(AUDIT)
 _configured: list[bool] = []
 
 
@@ -155,19 +155,45 @@ def audit(
     kept.count += 1
 
 
-async def flush(session: AsyncSession) -> None:
-    """INSERT what the buffer kept (one statement per table), and empty it."""
+Rows = list[tuple[Table, list[dict[str, Any]]]]  # each table's rows, by column key
+
+
+def take(session: AsyncSession) -> Rows:
+    """What the buffer kept, as rows per table (parents first), and empty it. The caller
+    inserts them (``insert``, or with rows of its own in one statement, ``unnest``)."""
     kept = _buffer(session)
     if kept is None:
-        return
-    for model in MODELS:
-        rows = kept.records.get(model)
-        if rows:
-            columns = _COLUMNS[model]
-            params = [
-                {col: row.__dict__.get(attr, value) for attr, col, value in columns} for row in rows
-            ]
-            await session.execute(_INSERTS[model], params)
-    if kept.audits:
-        await session.execute(_AUDIT_INSERT, kept.audits)
+        return []
     session.info[INFO_KEY] = Buffer()
+    tables: Rows = []
+    for model in MODELS:
+        records = kept.records.get(model)
+        if records:
+            columns = _COLUMNS[model]
+            rows = [
+                {col: record.__dict__.get(attr, value) for attr, col, value in columns}
+                for record in records
+            ]
+            tables.append((cast(Table, model.__table__), rows))
+    if kept.audits:
+        tables.append((AUDIT, kept.audits))
+    return tables
+
+
+async def insert(connection: AsyncConnection, tables: Rows) -> None:
+    """Plain INSERTs on the connection (not the ORM's bulk path): on PostgreSQL one
+    statement for every table (``unnest``), elsewhere an executemany per table."""
+    if not tables:
+        return
+    if connection.dialect.name == "postgresql":
+        await connection.execute(*unnest.insert_all(tables))
+        return
+    for table, rows in tables:
+        await connection.execute(sql_insert(table), rows)
+
+
+async def flush(session: AsyncSession) -> None:
+    """INSERT what the buffer kept, and empty it."""
+    tables = take(session)
+    if tables:
+        await insert(await session.connection(), tables)

@@ -179,7 +179,7 @@ async def receive_group(
     else:  # the rows go last, with their outcome: one INSERT; a key taken meanwhile: redo
         for i, (_, result) in done.items():
             rows[i].update(result.columns())
-        inserted = await repository.insert_inbound(session, list(rows.values()))
+        inserted = await _write(session, list(rows.values()))
         if len(inserted) != len(rows):
             raise Redo()
     for i, (outcome, result) in done.items():
@@ -256,13 +256,19 @@ async def _process_all(
                 await _prefetch(session, [group[j] for j in taken[n:]], steps)
             patient_id, error = await _unisolated(session, received, steps)
         done[i] = _conclude(session, received, message_id, patient_id, error)
-    if not isolate:
-        try:
-            await writes.flush(session)
-            await session.flush()
-        except IntegrityError as exc:  # a concurrent transaction inserted what we did
-            raise Redo() from exc
     return done
+
+
+async def _write(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
+    """A group run without SAVEPOINTs ends here: its new clinical rows and audit records and
+    the message rows (on PostgreSQL one statement), then the ORM's changes to loaded rows.
+    Answers the message rows inserted (a key taken meanwhile is not)."""
+    try:
+        inserted = await repository.insert_inbound(session, rows, before=writes.take(session))
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent transaction inserted what we did
+        raise Redo() from exc
+    return inserted
 
 
 async def _prefetch(session: AsyncSession, group: Sequence[Received], steps: Steps) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import ReturningInsert
 
+from novaza_gateway.clinical import unnest, writes
 from novaza_gateway.hl7.models import DeliveryAttempt, InboundMessage, OutboundMessage
 
 QUEUED, SENDING, DELIVERED, DEAD = "queued", "sending", "delivered", "dead"
@@ -90,12 +91,24 @@ async def begin_writing(session: AsyncSession) -> None:
         await session.execute(_TOUCH)
 
 
-async def insert_inbound(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
+async def insert_inbound(
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    before: Sequence[tuple[Table, list[dict[str, Any]]]] = (),
+) -> set[str]:
     """INSERT the rows, skipping any whose key is taken; answers the ids inserted. On
-    PostgreSQL a key another transaction is inserting makes this wait for its outcome."""
+    PostgreSQL a key another transaction is inserting makes this wait for its outcome.
+    ``before``: other tables' rows to insert first (a group's new clinical rows and audit
+    records, ``clinical.writes``): on PostgreSQL all in one statement."""
+    connection = await session.connection()  # plain INSERTs, not the ORM's bulk path
+    if connection.dialect.name == "postgresql":
+        tables = [*before, (INBOUND, list(rows))]
+        statement, params = unnest.insert_all(tables, "id", [c.name for c in _KEY])
+        return set((await connection.execute(statement, params)).scalars())
+    await writes.insert(connection, list(before))
     if not rows:
         return set()
-    result = await session.execute(_insert(session.get_bind().dialect.name), list(rows))
+    result = await connection.execute(_insert(connection.dialect.name), list(rows))
     return set(result.scalars())
 
 

@@ -1,0 +1,88 @@
+"""PostgreSQL: rows of several tables inserted by one statement, a column per array.
+
+``INSERT ... SELECT * FROM unnest($1::type[], $2::type[], ...)`` inserts any number of rows
+in one execution (an executemany runs the statement once per row), and data-modifying CTEs
+put several tables' rows in one statement, so one round trip. Foreign keys are checked at
+the end of the statement, so children may name parents inserted by an earlier CTE of it.
+
+Values are bound as the columns' types bind them (``TypeDecorator.process_bind_param``;
+JSON serialized as SQLAlchemy does, ``none_as_null`` honoured).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import JSON, Table, TextClause, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import TypeDecorator
+
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+Convert = Callable[[Any], Any] | None
+_LENGTH = re.compile(r"\(\d+\)")
+
+
+def _converter(column_type: Any) -> Convert:
+    if isinstance(column_type, TypeDecorator):
+        decorator = column_type
+        return lambda value: decorator.process_bind_param(value, _DIALECT)
+    if isinstance(column_type, JSON):
+        none_as_null = column_type.none_as_null
+        return lambda value: None if value is None and none_as_null else json.dumps(value)
+    return None
+
+
+@functools.cache
+def _columns(table: Table) -> tuple[tuple[str, str, Convert], ...]:
+    """(column, its PostgreSQL array type, how a value is bound) for each column."""
+    found = []
+    for column in table.columns:
+        # no length: a value too long for its column fails as an INSERT's would (a CAST to
+        # VARCHAR(n) would cut it)
+        pg_type = _LENGTH.sub("", column.type.compile(dialect=_DIALECT))
+        found.append((column.key, f"{pg_type}[]", _converter(column.type)))
+    return tuple(found)
+
+
+@functools.cache
+def _statement(
+    tables: tuple[Table, ...], returning: str | None, conflict: tuple[str, ...]
+) -> TextClause:
+    parts = []
+    for n, table in enumerate(tables):
+        columns = _columns(table)
+        names = ", ".join(f'"{name}"' for name, _, _ in columns)
+        arrays = ", ".join(f"CAST(:t{n}_{i} AS {kind})" for i, (_, kind, _) in enumerate(columns))
+        # names from the tables' metadata, values bound: nothing of a message is in the text
+        insert = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays})'  # noqa: S608
+        parts.append(insert)
+    if returning is not None:  # the last table's insert is the statement, with its answer
+        *ctes, last = parts
+        target = ", ".join(f'"{name}"' for name in conflict)
+        last += f' ON CONFLICT ({target}) DO NOTHING RETURNING "{returning}"'
+    else:
+        ctes, last = parts, "SELECT 1"
+    if ctes:
+        last = "WITH " + ", ".join(f"i{n} AS ({sql})" for n, sql in enumerate(ctes)) + " " + last
+    return text(last)
+
+
+def insert_all(
+    tables: Sequence[tuple[Table, Sequence[dict[str, Any]]]],
+    returning: str | None = None,
+    conflict: Sequence[str] = (),
+) -> tuple[TextClause, dict[str, Any]]:
+    """One statement inserting each table's rows (dicts by column key), parents first.
+    ``returning``: a column of the last table, answered for the rows it inserted; a row of
+    it whose unique key (the ``conflict`` columns) is taken is skipped."""
+    params: dict[str, Any] = {}
+    for n, (table, rows) in enumerate(tables):
+        for i, (name, _, convert) in enumerate(_columns(table)):
+            values = [row[name] for row in rows]
+            params[f"t{n}_{i}"] = [convert(v) for v in values] if convert else values
+    statement = _statement(tuple(table for table, _ in tables), returning, tuple(conflict))
+    return statement, params
