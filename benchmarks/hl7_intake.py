@@ -5,7 +5,7 @@ drives it with C concurrent senders (MLLP: one connection each, one message in f
 interface engines do; HTTP: keep-alive clients), and prints messages/s and ACK latency
 p50/p99. The baseline in the same run is python-hl7 parsing the same messages in a loop.
 
-    .venv/bin/python benchmarks/hl7_intake.py [--messages 3000] [--concurrency 8]
+    .venv/bin/python benchmarks/hl7_intake.py [--messages 3000] [--concurrency 8] [--repeat 1]
 
 Target (issue 5): >= 1,000 messages/s over MLLP with p99 ACK under 25 ms on PostgreSQL.
 """
@@ -52,10 +52,12 @@ ORM = (
 )
 
 
-def messages(kind: str, count: int, run: str) -> list[bytes]:
+def messages(kind: str, count: int, run: str, offset: int = 0) -> list[bytes]:
+    """``count`` messages for the 500 patients M0..M499; an A08's address is its number
+    (plus ``offset``): the first run after the warm-up changes all but 500 patients' rows."""
     template = A08 if kind == "A08" else ORM
     return [
-        template.format(cid=f"{run}{kind[0]}{n:07d}", mrn=f"M{n % 500}", n=n).encode()
+        template.format(cid=f"{run}{kind[0]}{n:07d}", mrn=f"M{n % 500}", n=n + offset).encode()
         for n in range(count)
     ]
 
@@ -199,23 +201,25 @@ async def backend(
                 for kind in args.kinds:
                     await drive_mllp(mllp, messages(kind, args.warmup, f"W{run}"), concurrency)
                 await analyze(data_dir, database_url)
-            for kind in args.kinds:
-                for channel in args.channels:
-                    batch = messages(kind, count, f"{run}{channel[0]}")
-                    meter = await Meter.start(process.pid, database_url, http)
-                    if channel == "mllp":
-                        took, lat = await drive_mllp(mllp, batch, concurrency)
-                    else:
-                        path = "/med/hl7/adt" if kind == "A08" else "/med/hl7/orm"
-                        took, lat = await drive_http(
-                            f"http://127.0.0.1:{http}", token, path, batch, concurrency
-                        )
-                    used = await meter.stop(count)
-                    p50 = statistics.median(lat) * 1000
-                    p99 = percentile(lat, 0.99) * 1000
-                    rate, parsed = count / took, baseline(batch)
-                    row = f"| {name} | {channel} | {kind} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |"
-                    print(f"{row} {used} {parsed:,.0f} |", flush=True)
+            rows = [
+                (k, c, r) for k in args.kinds for c in args.channels for r in range(args.repeat)
+            ]
+            for kind, channel, rep in rows:  # a repeat changes every address again
+                batch = messages(kind, count, f"{run}{channel[0]}{rep}", offset=rep * count)
+                meter = await Meter.start(process.pid, database_url, http)
+                if channel == "mllp":
+                    took, lat = await drive_mllp(mllp, batch, concurrency)
+                else:
+                    path = "/med/hl7/adt" if kind == "A08" else "/med/hl7/orm"
+                    took, lat = await drive_http(
+                        f"http://127.0.0.1:{http}", token, path, batch, concurrency
+                    )
+                used = await meter.stop(count)
+                p50 = statistics.median(lat) * 1000
+                p99 = percentile(lat, 0.99) * 1000
+                rate, parsed = count / took, baseline(batch)
+                row = f"| {name} | {channel} | {kind} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |"
+                print(f"{row} {used} {parsed:,.0f} |", flush=True)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
@@ -322,6 +326,7 @@ async def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=500, help="messages of each kind sent, then ANALYZE, first"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="rows per kind and channel")
     args = parser.parse_args()
     print(
         f"{args.messages} messages per row, {args.concurrency} concurrent senders, "
