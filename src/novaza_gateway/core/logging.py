@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from novaza_gateway.core import accesslog
+
 request_id_var: ContextVar[str | None] = ContextVar("novaza_request_id", default=None)
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -57,6 +59,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    accesslog.use_json_lines(sys.stderr.fileno() if json else None)
     # uvicorn's access log prints raw paths and query strings (signed tokens live there).
     logging.getLogger("uvicorn.access").disabled = True
     # The lines carry none of these, and gathering them is most of the cost of a log call
