@@ -134,7 +134,8 @@ async def _ping_through_a_stalled_loop(redis_url: str) -> object:
         pending = asyncio.ensure_future(client.execute("PING"))
         for _ in range(3):  # the task sends; the write leaves on the next turn
             await asyncio.sleep(0)
-        time.sleep(0.1)  # the loop is stuck five deadlines long; Redis answers meanwhile
+        time.sleep(0.5)  # the loop is stuck 25 deadlines long; Redis answers meanwhile, even
+        # on a machine so loaded that Redis needs 100 ms for a PING
         return await pending
     finally:
         await client.aclose()

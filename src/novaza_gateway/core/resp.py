@@ -137,6 +137,14 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(error)
 
 
+def _expire_after_a_turn(loop: asyncio.AbstractEventLoop, reply: asyncio.Future[Any]) -> None:
+    def second_hop() -> None:
+        if not reply.done():
+            reply.set_exception(TimeoutError("no reply from Redis within the deadline"))
+
+    loop.call_soon(loop.call_soon, second_hop)  # a turn (its I/O poll included) in between
+
+
 class PipelinedRedis:
     def __init__(
         self,
@@ -172,12 +180,25 @@ class PipelinedRedis:
         )
 
     async def execute(self, *args: str | bytes | int) -> Any:
-        """One command and its reply, within ``timeout`` seconds in all (connecting included)."""
-        async with asyncio.timeout(self.timeout):
-            connection = self._connection
-            if connection is None or connection.closed:
+        """One command and its reply, within ``timeout`` seconds in all (connecting included).
+
+        A deadline that passes while the event loop itself was stalled (a long synchronous
+        step elsewhere) is not a slow Redis: the reply may be waiting in the socket. When the
+        deadline fires, the loop gets one more full turn, I/O included, before the command
+        fails; only a reply still missing then is a timeout.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        connection = self._connection
+        if connection is None or connection.closed:
+            async with asyncio.timeout_at(deadline):
                 connection = await self._connect()
-            return await connection.send(encode_command(*args))
+        reply = connection.send(encode_command(*args))
+        expiry = loop.call_at(deadline, _expire_after_a_turn, loop, reply)
+        try:
+            return await reply
+        finally:
+            expiry.cancel()
 
     async def eval_script(self, script: Script, keys: list[str], args: list[str]) -> Any:
         try:
