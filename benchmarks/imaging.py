@@ -384,7 +384,6 @@ async def load_studies(dsn: str, tenant_id: str, count: int) -> None:
                     f"|{modality}|",
                     1,
                     1,
-                    "pending",
                     "{}",
                     now,
                     now,
@@ -422,7 +421,6 @@ async def load_studies(dsn: str, tenant_id: str, count: int) -> None:
             "modalities",
             "num_series",
             "num_instances",
-            "qc_status",
             "attributes",
             "created_at",
             "updated_at",
@@ -433,8 +431,49 @@ async def load_studies(dsn: str, tenant_id: str, count: int) -> None:
             studies,
         )
         await conn.execute("ANALYZE imaging_studies")
+        await load_registry(conn, tenant_id, [p[2] for p in patients], now)
     finally:
         await conn.close()
+
+
+async def load_registry(
+    conn: asyncpg.Connection, tenant_id: str, identifiers: list[str], now: datetime
+) -> None:
+    """The archive's patients in the clinical registry too (one MR identifier each), with an
+    ADT A40 merge for every tenth: P..0 absorbed P..1, whose identifier moved to it. QIDO
+    resolves merges per page (``clinical.merges``): this makes that lookup find rows."""
+    patients, idents = [], []
+    survivor = ""
+    for n, value in enumerate(identifiers):
+        pk = uuid.uuid4().hex
+        merged_into = survivor if n % 10 == 1 else None
+        survivor = pk if n % 10 == 0 else survivor
+        patients.append((pk, tenant_id, "Bench", "", "", "O", "{}", "", merged_into, now, now))
+        idents.append((uuid.uuid4().hex, tenant_id, merged_into or pk, value, "BENCH", "MR"))
+    await conn.copy_records_to_table(
+        "clinical_patients",
+        records=patients,
+        columns=[
+            "id",
+            "tenant_id",
+            "family_name",
+            "given_name",
+            "middle_name",
+            "sex",
+            "address",
+            "phone",
+            "merged_into_id",
+            "created_at",
+            "updated_at",
+        ],
+    )
+    await conn.copy_records_to_table(
+        "clinical_patient_identifiers",
+        records=idents,
+        columns=["id", "tenant_id", "patient_id", "value", "assigning_authority", "type_code"],
+    )
+    await conn.execute("ANALYZE clinical_patients")
+    await conn.execute("ANALYZE clinical_patient_identifiers")
 
 
 def bench_qido(count: int) -> None:
@@ -476,6 +515,9 @@ def bench_qido(count: int) -> None:
             shapes = {
                 "newest 100": lambda: {},
                 "PatientID": lambda: {"PatientID": f"P{random.randrange(count // 10):06d}"},
+                "PatientID merged (A40)": lambda: {
+                    "PatientID": f"P{random.randrange(count // 100) * 10:06d}"
+                },
                 "StudyDate range": lambda: {"StudyDate": "20220101-20220131"},
                 "ModalitiesInStudy": lambda: {"ModalitiesInStudy": random.choice(MODALITIES)},
                 "PatientName fuzzy": lambda: {"PatientName": "mull", "fuzzymatching": "true"},

@@ -9,21 +9,31 @@ that other patients were merged into. Patients that were never part of a merge a
 answered, so their identifiers keep matching only themselves.
 
 Both lookups are indexed (migration ``0008_imaging_qc_merges``: identifiers by
-(tenant, value), patients by (tenant, merged_into_id)); a page of values costs one query, and
-a second one only when one of them belongs to a survivor.
+(tenant, value), patients by (tenant, merged_into_id)); a page of values costs one query.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from sqlalchemy import exists, select
+from sqlalchemy import ColumnElement, String, and_, any_, bindparam, exists, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
-from novaza_gateway.clinical import repository
 from novaza_gateway.clinical.models import Patient, PatientIdentifier
+
+
+@dataclass(frozen=True, slots=True)
+class SurvivorIdentifier:
+    """One identifier of a survivor, as plain values (no ORM object to load)."""
+
+    id: str
+    patient_id: str
+    value: str
+    assigning_authority: str
+    type_code: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +44,7 @@ class MergedIdentifiers:
     into it)."""
 
     owners: dict[str, set[str]] = field(default_factory=dict)
-    identifiers: dict[str, list[PatientIdentifier]] = field(default_factory=dict)
+    identifiers: dict[str, list[SurvivorIdentifier]] = field(default_factory=dict)
 
     def values_of(self, value: str) -> set[str]:
         """Every identifier value of the survivor(s) ``value`` names (empty: none)."""
@@ -49,29 +59,49 @@ async def survivor_identifiers(
     session: AsyncSession, tenant_id: str, values: Collection[str]
 ) -> MergedIdentifiers:
     """For the identifier ``values`` (any assigning authority) that belong to a patient other
-    patients were merged into: that survivor and all its identifiers."""
+    patients were merged into: that survivor and all its identifiers. One query."""
     wanted = sorted({v for v in values if v})
     if not wanted:
         return MergedIdentifiers()
+    hit = aliased(PatientIdentifier)
     merged = aliased(Patient)
     absorbed = exists().where(
-        merged.tenant_id == tenant_id, merged.merged_into_id == PatientIdentifier.patient_id
+        merged.tenant_id == tenant_id, merged.merged_into_id == hit.patient_id
     )
-    query = select(PatientIdentifier.value, PatientIdentifier.patient_id).where(
-        PatientIdentifier.tenant_id == tenant_id,
-        PatientIdentifier.value.in_(wanted),
-        absorbed,
+    query = (
+        select(
+            hit.value,
+            PatientIdentifier.id,
+            PatientIdentifier.patient_id,
+            PatientIdentifier.value,
+            PatientIdentifier.assigning_authority,
+            PatientIdentifier.type_code,
+        )
+        .join(
+            PatientIdentifier,
+            and_(
+                PatientIdentifier.tenant_id == tenant_id,
+                PatientIdentifier.patient_id == hit.patient_id,
+            ),
+        )
+        .where(hit.tenant_id == tenant_id, _one_of(session, hit.value, wanted), absorbed)
     )
-    rows: Sequence[tuple[str, str]] = [
-        (row[0], row[1]) for row in (await session.execute(query)).all()
-    ]
-    if not rows:
-        return MergedIdentifiers()
-    owners: dict[str, set[str]] = {}
-    for value, patient_id in rows:
-        owners.setdefault(value, set()).add(patient_id)
-    survivors = sorted({patient_id for _, patient_id in rows})
-    identifiers: dict[str, list[PatientIdentifier]] = {}
-    for ident in await repository.identifiers_of_patients(session, tenant_id, survivors):
-        identifiers.setdefault(ident.patient_id, []).append(ident)
-    return MergedIdentifiers(owners, identifiers)
+    found = MergedIdentifiers()
+    seen: set[str] = set()
+    for row in (await session.execute(query)).tuples():
+        value, ident = row[0], SurvivorIdentifier(*row[1:])
+        found.owners.setdefault(value, set()).add(ident.patient_id)
+        if ident.id not in seen:
+            seen.add(ident.id)
+            found.identifiers.setdefault(ident.patient_id, []).append(ident)
+    return found
+
+
+def _one_of(
+    session: AsyncSession, column: InstrumentedAttribute[str], values: list[str]
+) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL as ``= ANY(:array)``: one statement (and plan)
+    whatever the number of values, where an IN list is planned anew for each length."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("merge_values", values, type_=ARRAY(String())))
+    return column.in_(values)

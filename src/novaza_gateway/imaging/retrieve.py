@@ -195,7 +195,8 @@ async def metadata(
         vr = _pixel_vr(instance)
         found.append(await anyio.to_thread.run_sync(wado.instance_metadata, path, url, vr))
     stored = selection.study.patient_id
-    patient_merges.coerce(found, await patient_merges.coercions(session, tenant_id, {stored}))
+    coerced = await patient_merges.MergeLookup(session, tenant_id).coercions({stored})
+    patient_merges.coerce(found, coerced)
     return found
 
 

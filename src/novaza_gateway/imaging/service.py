@@ -58,11 +58,10 @@ async def qido(
         elif await repo.get_study(session, tenant_id, study_uid) is None:
             raise StudyNotFound()
         query = query.with_study(study_uid)
-    query = await patient_merges.expand_patient_ids(session, tenant_id, query)
+    merged = patient_merges.MergeLookup(session, tenant_id)  # ADT A40, resolved when read
+    query = await merged.expand(query)
     hits, more = await search.run(session, tenant_id, query)
-    coerced = await patient_merges.coercions(
-        session, tenant_id, {hit.study.patient_id for hit in hits}
-    )
+    coerced = await merged.coercions({hit.study.patient_id for hit in hits})
     studies = {
         hit.study.study_uid: coerced.get(hit.study.patient_id, hit.study.patient_id) for hit in hits
     }

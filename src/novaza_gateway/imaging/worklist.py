@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -200,7 +201,19 @@ async def patient_refs(
     return {row.id: _ref(row, by_patient.get(row.id, [])) for row in rows}
 
 
-def preferred_identifier(identifiers: Sequence[PatientIdentifier]) -> PatientIdentifier | None:
+class IdentifierLike(Protocol):
+    @property
+    def value(self) -> str: ...
+    @property
+    def assigning_authority(self) -> str: ...
+    @property
+    def type_code(self) -> str: ...
+
+
+Ident = TypeVar("Ident", bound=IdentifierLike)
+
+
+def preferred_identifier(identifiers: Sequence[Ident]) -> Ident | None:
     """The identifier modalities see as Patient ID: a medical record number (type MR) first."""
     ranked = sorted(
         identifiers, key=lambda i: (i.type_code != "MR", i.assigning_authority, i.value)
