@@ -204,5 +204,4 @@ async def test_ai_health(ai_lite: AiGateway) -> None:
     assert model["state"] == "ready"
     assert model["completed"] == 1 and model["loadSeconds"] > 0
     ready = (await ai_lite.gw.client.get("/health/ready")).json()
-    assert ready["checks"]["ai"]["status"] == "ok"
-    assert f"{MODEL} ready" in ready["checks"]["ai"]["detail"]
+    assert "ai" not in ready["checks"]  # loaded on demand: not a readiness concern

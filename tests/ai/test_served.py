@@ -70,6 +70,12 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
         yield served
 
 
+def test_readiness_shows_the_preloaded_model(served: Served) -> None:
+    check = httpx.get(f"{served.server.url}/health/ready").json()["checks"]["ai"]
+    assert check["status"] == "ok" and check["critical"] is False
+    assert check["detail"] == f"{MODEL} ready, 0 queued"
+
+
 async def wait_for(condition: object, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not await asyncio.to_thread(condition):  # type: ignore[arg-type]

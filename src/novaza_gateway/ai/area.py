@@ -57,7 +57,10 @@ class AiArea:
         lifecycle.on_shutdown(self.registry.stop)
 
     def probes(self) -> list[Probe]:
-        """Readiness notes (not critical: imaging and HL7 serve without the model)."""
+        """Readiness, when the model is preloaded (lazily loaded, it is no start-up concern):
+        the model's state and queue, not critical (imaging and HL7 serve without it)."""
+        if not self.config.preload:
+            return []
         return [Probe("ai", self._note, critical=False)]
 
     async def _note(self) -> str | None:

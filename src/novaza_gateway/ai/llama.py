@@ -44,7 +44,7 @@ def packaged_model_path() -> Path | None:
 
 
 @contextlib.contextmanager
-def _weight_repacking(enabled: bool) -> Iterator[None]:
+def weight_repacking(enabled: bool) -> Iterator[None]:
     """llama.cpp repacks quantized weights into "extra" buffers (AMX, AVX-512) when the CPU
     advertises them. Virtual machines that advertise AMX without enabling it crash in the
     first decode (SIGSEGV); llama-cpp-python exposes no switch, so the model parameters it
@@ -84,7 +84,7 @@ class LlamaCppModel:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        with _weight_repacking(self.config.repack_weights):
+        with weight_repacking(self.config.repack_weights):
             llm = llama_cpp.Llama(
                 model_path=str(self.path),
                 n_ctx=self.config.context_size,
