@@ -299,6 +299,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
         settings.tenant_cache_ttl_seconds,
         usage=rt.billing.meter,
         quota=rt.billing.quota,
+        http=rt.http,  # an OpenAI-compatible upstream, when configured
     )
     ai.wire(rt.lifecycle)
     mwl = wire_mwl(rt)

@@ -97,6 +97,11 @@ class AiSettings:
     preload: bool  # load the model in the background at start-up instead of on first use
     repack_weights: bool  # llama.cpp's extra (AMX/AVX-512 repacked) weight buffers
     history_messages: int  # agent conversations: earlier messages sent with a new one
+    # an OpenAI-compatible upstream (vLLM, another gateway): models served through it
+    upstream_url: str | None = None  # its API base, e.g. http://host:8000/v1
+    upstream_api_key: SecretStr | None = None
+    upstream_models: tuple[tuple[str, str], ...] = ()  # (id served here, id upstream)
+    upstream_max_concurrency: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +197,12 @@ class Settings(BaseSettings):
     ai_preload: bool = False
     ai_repack_weights: bool = False
     ai_history_messages: int = Field(default=20, ge=0, le=1000)
+    ai_upstream_url: str | None = Field(default=None, pattern=r"^https?://[^/]")
+    ai_upstream_api_key: SecretStr | None = None
+    ai_upstream_models: str = Field(  # "id" or "id=upstream-id", comma separated
+        default="", pattern=r"^([A-Za-z0-9._:/-]+(=[A-Za-z0-9._:/-]+)?(,|$))*$"
+    )
+    ai_upstream_max_concurrency: int = Field(default=8, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _production_needs_real_issuer(self) -> Settings:
@@ -248,6 +259,16 @@ class Settings(BaseSettings):
             preload=self.ai_preload,
             repack_weights=self.ai_repack_weights,
             history_messages=self.ai_history_messages,
+            upstream_url=self.ai_upstream_url,
+            upstream_api_key=self.ai_upstream_api_key,
+            upstream_models=tuple(
+                (name.strip(), (upstream or name).strip())
+                for name, _, upstream in (
+                    m.partition("=") for m in self.ai_upstream_models.split(",")
+                )
+                if name.strip()
+            ),
+            upstream_max_concurrency=self.ai_upstream_max_concurrency,
         )
 
     @property

@@ -1,12 +1,13 @@
 """AI over a real ``novaza serve`` process: streaming as it is generated, a client that hangs
-up mid-stream (the generation stops, its tokens are billed), a full queue (503)."""
+up mid-stream (the generation stops, its tokens are billed), a full queue (503), and the same
+process as the OpenAI-compatible upstream of an in-process gateway."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import openai
 import pytest
 
 from tests import procs
-from tests.ai.conftest import MODEL
+from tests.ai.conftest import MODEL, AiGateway, metered, with_tenant
+from tests.conftest import gateway_settings, start_gateway
 from tests.test_process import copy_database
 
 LONG = {"max_tokens": 1500, "extra_body": {"ignore_eos": True}}
@@ -144,3 +146,78 @@ async def test_a_full_queue_answers_503(served: Served) -> None:
     await holding.close()
     answer = await queued  # the waiting request runs once the worker is free
     assert answer.choices[0].message.content is not None
+
+
+# ------------------------------------------------------------------ an OpenAI-compatible upstream
+
+
+@pytest.fixture
+async def relaying(served: Served, tmp_path: Path, sqlite_url: str) -> AsyncIterator[AiGateway]:
+    """An in-process gateway serving ``remote-smol`` through the served gateway's /ai API."""
+    settings = gateway_settings(
+        tmp_path / "data",
+        sqlite_url,
+        ai_upstream_url=f"{served.server.url}/ai",
+        ai_upstream_api_key=served.token,
+        ai_upstream_models=f"remote-smol={MODEL}",
+    )
+    async for gw in start_gateway(settings):
+        yield await with_tenant(gw)
+
+
+async def test_a_model_served_by_an_upstream_gateway(served: Served, relaying: AiGateway) -> None:
+    client = relaying.sdk()
+    assert {m.id for m in (await client.models.list()).data} == {MODEL, "remote-smol"}
+    upstream_before = served.health()["completed"]
+    answer = await client.chat.completions.create(
+        model="remote-smol", messages=COUNT, max_tokens=5, extra_body={"ignore_eos": True}
+    )
+    assert answer.model == "remote-smol"
+    assert answer.choices[0].message.content
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage is not None and answer.usage.completion_tokens == 5
+    assert served.health()["completed"] == int(upstream_before) + 1  # type: ignore[call-overload]
+
+    stream = await client.chat.completions.create(
+        model="remote-smol",
+        messages=COUNT,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
+    rows = await metered(relaying.gw, relaying.tenant_id)
+    assert {r.dimensions for r in rows} == {
+        "kind=completion,model=remote-smol",
+        "kind=prompt,model=remote-smol",
+    }
+    assert sum(r.quantity for r in rows) == (
+        answer.usage.total_tokens + chunks[-1].usage.total_tokens
+    )
+    local = (await relaying.gw.client.get("/ai/health", headers=relaying.auth())).json()
+    remote = {m["id"]: m for m in local["models"]}["remote-smol"]
+    assert (remote["provider"], remote["completed"], remote["error"]) == (
+        "openai-compatible",
+        2,
+        None,
+    )
+
+
+async def test_an_upstream_refusal_is_upstream_unavailable(
+    served: Served, tmp_path: Path, sqlite_url: str
+) -> None:
+    settings = gateway_settings(
+        tmp_path / "data",
+        sqlite_url,
+        ai_upstream_url=f"{served.server.url}/ai",
+        ai_upstream_api_key="not-a-token",
+        ai_upstream_models="remote-smol",  # unknown upstream too, but refused first
+    )
+    async for gw in start_gateway(settings):
+        ai = await with_tenant(gw)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ai.sdk().chat.completions.create(model="remote-smol", messages=COUNT)
+        assert caught.value.status_code == 502
+        assert caught.value.response.json()["code"] == "UPSTREAM_UNAVAILABLE"
+        assert "token" not in caught.value.response.text  # never the upstream's own words

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+
 from novaza_gateway.ai.agents import AgentCatalog, SettingsSource
 from novaza_gateway.ai.engine import InferenceEngine
 from novaza_gateway.ai.llama import LlamaCppModel, packaged_model_path
 from novaza_gateway.ai.registry import LocalProvider, ModelInfo, ModelRegistry
+from novaza_gateway.ai.upstream import UpstreamProvider, upstream_info
 from novaza_gateway.config import AiSettings
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.health import Probe
@@ -30,6 +33,24 @@ def local_provider(config: AiSettings) -> LocalProvider:
     return LocalProvider(info, engine, preload=config.preload)
 
 
+def upstream_providers(config: AiSettings, http: httpx.AsyncClient) -> list[UpstreamProvider]:
+    if config.upstream_url is None:
+        return []
+    key = config.upstream_api_key.get_secret_value() if config.upstream_api_key else None
+    return [
+        UpstreamProvider(
+            upstream_info(name, config.context_size),
+            upstream,
+            config.upstream_url,
+            key,
+            http,
+            timeout_seconds=config.timeout_seconds,
+            max_concurrency=config.upstream_max_concurrency,
+        )
+        for name, upstream in config.upstream_models
+    ]
+
+
 class AiArea:
     def __init__(
         self,
@@ -40,16 +61,16 @@ class AiArea:
         *,
         usage: UsageRecorder | None = None,
         quota: UsageQuota | None = None,
-        registry: ModelRegistry | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.config = config
         self.db = db
         self.usage = usage  # billing's recorder: AI tokens by kind and model
         self.quota = quota  # billing's AI token allowance; None: not enforced
-        if registry is None:
-            registry = ModelRegistry()
-            registry.register(local_provider(config))
-        self.registry = registry
+        self.registry = ModelRegistry()
+        self.registry.register(local_provider(config))
+        for provider in upstream_providers(config, http) if http is not None else []:
+            self.registry.register(provider)
         self.agents = AgentCatalog(config.model_id, source, settings_ttl_seconds)
 
     def wire(self, lifecycle: Lifecycle) -> None:

@@ -8,6 +8,7 @@ with an ``{"error": ...}`` event, which the OpenAI SDKs raise as an API error.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -28,6 +29,7 @@ from novaza_gateway.ai.engine import (
 )
 from novaza_gateway.ai.schemas import ChatCompletionIn
 from novaza_gateway.ai.sse import DONE, event
+from novaza_gateway.core.errors import ApiError
 
 ROLES: dict[str, Role] = {
     "system": "system",
@@ -63,13 +65,14 @@ class Result:
 async def collect(generation: Generation) -> Result:
     """The whole answer; raises the generation's error (usage was metered all the same)."""
     pieces: list[str] = []
-    async for item in generation.events():
-        if isinstance(item, TextDelta):
-            pieces.append(item.text)
-        elif isinstance(item, Failed):
-            raise item.error
-        else:
-            return Result("".join(pieces), item)
+    async with contextlib.aclosing(generation.events()) as events:
+        async for item in events:
+            if isinstance(item, TextDelta):
+                pieces.append(item.text)
+            elif isinstance(item, Failed):
+                raise item.error
+            else:
+                return Result("".join(pieces), item)
     raise RuntimeError("generation ended without an ending")
 
 
@@ -134,18 +137,19 @@ class ChunkWriter:
     async def stream(self, generation: Generation) -> AsyncGenerator[bytes, None]:
         """Server-sent events; closing this iterator early cancels the generation."""
         yield self.chunk({"role": "assistant", "content": ""})
-        async for item in generation.events():
-            if isinstance(item, TextDelta):
-                yield self.chunk({"content": item.text})
-            elif isinstance(item, Finished):
-                yield self.chunk({}, item.finish_reason)
-                if self.include_usage:
-                    yield self.usage(item.usage)
-                yield DONE
-            else:
-                error = item.error
-                yield event(
-                    orjson.dumps(
-                        {"error": {"code": error.code, "message": error.message, "type": "error"}}
-                    )
-                )
+        async with contextlib.aclosing(generation.events()) as events:
+            async for item in events:
+                if isinstance(item, TextDelta):
+                    yield self.chunk({"content": item.text})
+                elif isinstance(item, Finished):
+                    yield self.chunk({}, item.finish_reason)
+                    if self.include_usage:
+                        yield self.usage(item.usage)
+                    yield DONE
+                else:
+                    yield self.error(item.error)
+
+    @staticmethod
+    def error(error: ApiError) -> bytes:
+        body = {"error": {"code": error.code, "message": error.message, "type": "error"}}
+        return event(orjson.dumps(body))

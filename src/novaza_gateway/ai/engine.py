@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -138,16 +138,20 @@ class _Job:
 
 
 class Generation:
-    """The caller's handle on a submitted request: its events, and a way to stop it."""
+    """The caller's handle on a submitted request: its events, and a way to stop it.
 
-    def __init__(self, job: _Job) -> None:
-        self._job = job
+    Any provider makes one: ``events`` is fed by the producer (the engine's worker thread
+    through the loop, an upstream stream's task), ``cancel`` tells the producer to stop."""
 
-    async def events(self) -> AsyncIterator[Event]:
+    def __init__(self, events: asyncio.Queue[Event], cancel: Callable[[], None]) -> None:
+        self._events = events
+        self._cancel = cancel
+
+    async def events(self) -> AsyncGenerator[Event, None]:
         """Text deltas, then one ``Finished`` or ``Failed``. Leaving early cancels."""
         try:
             while True:
-                event = await self._job.events.get()
+                event = await self._events.get()
                 yield event
                 if not isinstance(event, TextDelta):
                     return
@@ -155,7 +159,7 @@ class Generation:
             self.cancel()
 
     def cancel(self) -> None:
-        self._job.cancelled.set()
+        self._cancel()
 
 
 class InferenceEngine:
@@ -212,7 +216,7 @@ class InferenceEngine:
             self._queue.put_nowait(job)
         except queue.Full:
             raise AiOverloaded(self.queue_size) from None
-        return Generation(job)
+        return Generation(job.events, job.cancelled.set)
 
     async def stop(self) -> None:
         """Refuse new requests, end the waiting and running ones, stop the worker."""
