@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import select
@@ -168,3 +169,20 @@ async def test_tenant_defined_agents(ai_lite: AiGateway) -> None:
     )
     assert invalid.status_code == 422
     assert invalid.json()["code"] == "VALIDATION_FAILED"
+
+
+async def test_concurrent_messages_to_one_conversation(ai: AiGateway) -> None:
+    """Both read the same history; the reply finished second was written for a history that
+    moved on: 409 CONVERSATION_BUSY, nothing stored for it (its tokens are billed)."""
+    first = await message(ai, SUMMARIZER, {"message": NOTE})
+    conversation = first.json()["conversationId"]
+    both = await asyncio.gather(
+        *(
+            message(ai, SUMMARIZER, {"message": text, "conversationId": conversation})
+            for text in ("Shorter.", "Longer.")
+        )
+    )
+    assert sorted(r.status_code for r in both) == [200, 409]
+    busy = next(r for r in both if r.status_code == 409)
+    assert busy.json()["code"] == "CONVERSATION_BUSY"
+    assert [r.seq for r in await stored(ai, conversation)] == [1, 2, 3, 4]

@@ -62,6 +62,12 @@ class Result:
     finished: Finished
 
 
+@dataclass(frozen=True, slots=True)
+class Completed:
+    completion_id: str
+    result: Result
+
+
 async def collect(generation: Generation) -> Result:
     """The whole answer; raises the generation's error (usage was metered all the same)."""
     pieces: list[str] = []

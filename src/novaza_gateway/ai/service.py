@@ -114,9 +114,38 @@ async def agent_message(
     completion_id = chat.new_completion_id()
     generation = provider.submit(request, meter(area.usage, tenant.id, completion_id, agent.model))
     result = await chat.collect(generation)
+    conversation_id = await _store(
+        area, tenant, actor, agent, body, turns, chat.Completed(completion_id, result)
+    )
     usage = result.finished.usage
+    reply = AgentReplyOut(
+        conversation_id=conversation_id,
+        agent_id=agent.id,
+        model=agent.model,
+        reply=result.text,
+        finish_reason=result.finished.finish_reason,
+        usage=AgentUsageOut(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        ),
+    )
+    return reply, headers
+
+
+async def _store(
+    area: AiArea,
+    tenant: TenantContext,
+    actor: Actor,
+    agent: Agent,
+    body: AgentMessageIn,
+    turns: int,
+    done: chat.Completed,
+) -> str:
+    """The exchange and its audit event, in one transaction; 409 if the history moved on."""
+    usage = done.result.finished.usage
     turn = repository.Turn(
-        body.message, result.text, agent.model, usage.prompt_tokens, usage.completion_tokens
+        body.message, done.result.text, agent.model, usage.prompt_tokens, usage.completion_tokens
     )
     async with area.db.session_scope() as session:
         conversation_id = body.conversation_id or repository.new_conversation(
@@ -134,26 +163,14 @@ async def agent_message(
             after={  # figures only: the message and reply are clinical content
                 "agentId": agent.id,
                 "model": agent.model,
-                "completionId": completion_id,
+                "completionId": done.completion_id,
                 "turn": turns + 1,
                 "promptTokens": usage.prompt_tokens,
                 "completionTokens": usage.completion_tokens,
-                "finishReason": result.finished.finish_reason,
+                "finishReason": done.result.finished.finish_reason,
             },
         )
-    reply = AgentReplyOut(
-        conversation_id=conversation_id,
-        agent_id=agent.id,
-        model=agent.model,
-        reply=result.text,
-        finish_reason=result.finished.finish_reason,
-        usage=AgentUsageOut(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-        ),
-    )
-    return reply, headers
+    return conversation_id
 
 
 async def _history(
