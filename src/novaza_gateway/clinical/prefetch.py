@@ -20,9 +20,20 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import BindParameter, Select, String, bindparam, select, tuple_, union
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    String,
+    bindparam,
+    select,
+    tuple_,
+    union,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
 
+from novaza_gateway.clinical import unnest
 from novaza_gateway.clinical.models import (
     Encounter,
     Order,
@@ -95,27 +106,41 @@ class Snapshot:
                 items.append(row)
 
 
-# Built once (their cache keys too); the lists are expanding parameters.
+# Built once per dialect (their cache keys too). PostgreSQL takes each list as one array
+# parameter (``unnest.any_of``: index probes, one prepared statement); elsewhere the lists are
+# expanding parameters.
 _TENANT: BindParameter[str] = bindparam("tenant_id", type_=String())
-_IDENTIFIERS = (
-    select(PatientIdentifier, Patient)
-    .join(Patient, Patient.id == PatientIdentifier.patient_id)
-    .where(
-        PatientIdentifier.tenant_id == _TENANT,
-        Patient.tenant_id == _TENANT,
-        tuple_(PatientIdentifier.assigning_authority, PatientIdentifier.value).in_(
-            bindparam("keys", expanding=True)
-        ),
-    )
-)
-_ENCOUNTERS = select(Encounter).where(
-    Encounter.tenant_id == _TENANT,
-    Encounter.visit_number.in_(bindparam("visits", expanding=True)),
-)
+
+
+def _match(column: QueryableAttribute[str], name: str, pg: bool) -> ColumnElement[bool]:
+    return unnest.any_of(column, name) if pg else column.in_(bindparam(name, expanding=True))
 
 
 @functools.cache
-def _orders_query(placers: bool, fillers: bool, accessions: bool) -> Select[Order, WorklistItem]:
+def _identifiers_query(pg: bool) -> Select[PatientIdentifier, Patient]:
+    columns = (PatientIdentifier.assigning_authority, PatientIdentifier.value)
+    if pg:
+        keys = unnest.in_rows(columns, ("authorities", "values"))
+    else:
+        keys = tuple_(*columns).in_(bindparam("keys", expanding=True))
+    return (
+        select(PatientIdentifier, Patient)
+        .join(Patient, Patient.id == PatientIdentifier.patient_id)
+        .where(PatientIdentifier.tenant_id == _TENANT, Patient.tenant_id == _TENANT, keys)
+    )
+
+
+@functools.cache
+def _encounters_query(pg: bool) -> Select[Encounter]:
+    return select(Encounter).where(
+        Encounter.tenant_id == _TENANT, _match(Encounter.visit_number, "visits", pg)
+    )
+
+
+@functools.cache
+def _orders_query(
+    pg: bool, placers: bool, fillers: bool, accessions: bool
+) -> Select[Order, WorklistItem]:
     """Orders by placer or filler number, or holding an item with one of the accessions,
     each with all its items. Each arm of the union reads one key's own index; the items join
     on their order id alone (an order's items are its tenant's) so that no tenant-wide index
@@ -124,22 +149,20 @@ def _orders_query(placers: bool, fillers: bool, accessions: bool) -> Select[Orde
     if placers:
         wanted.append(
             select(Order.id).where(
-                Order.tenant_id == _TENANT,
-                Order.placer_order_number.in_(bindparam("placers", expanding=True)),
+                Order.tenant_id == _TENANT, _match(Order.placer_order_number, "placers", pg)
             )
         )
     if fillers:
         wanted.append(
             select(Order.id).where(
-                Order.tenant_id == _TENANT,
-                Order.filler_order_number.in_(bindparam("fillers", expanding=True)),
+                Order.tenant_id == _TENANT, _match(Order.filler_order_number, "fillers", pg)
             )
         )
     if accessions:
         wanted.append(
             select(WorklistItem.order_id).where(
                 WorklistItem.tenant_id == _TENANT,
-                WorklistItem.accession_number.in_(bindparam("accessions", expanding=True)),
+                _match(WorklistItem.accession_number, "accessions", pg),
             )
         )
     return (
@@ -148,6 +171,10 @@ def _orders_query(placers: bool, fillers: bool, accessions: bool) -> Select[Orde
         .where(Order.tenant_id == _TENANT, Order.id.in_(union(*wanted)))
         .order_by(WorklistItem.created_at, WorklistItem.id)
     )
+
+
+def _postgresql(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def snapshot(session: AsyncSession, tenant_id: str) -> Snapshot | None:
@@ -187,10 +214,17 @@ async def _identifiers(
 ) -> None:
     if not keys:
         return
-    params = {"tenant_id": tenant_id, "keys": sorted(keys)}
+    pg = _postgresql(session)
+    ordered = sorted(keys)
+    params: dict[str, object] = {"tenant_id": tenant_id}
+    if pg:
+        params["authorities"] = [authority for authority, _ in ordered]
+        params["values"] = [value for _, value in ordered]
+    else:
+        params["keys"] = ordered
     for key in keys:
         snap.identifiers[key] = None
-    for ident, patient in (await session.execute(_IDENTIFIERS, params)).all():
+    for ident, patient in (await session.execute(_identifiers_query(pg), params)).all():
         snap.patients[patient.id] = patient
         snap.identifiers[(ident.assigning_authority, ident.value)] = ident
 
@@ -203,7 +237,8 @@ async def _encounters(
     params = {"tenant_id": tenant_id, "visits": sorted(visits)}
     for visit in visits:
         snap.encounters[visit] = None
-    for encounter in (await session.execute(_ENCOUNTERS, params)).scalars():
+    query = _encounters_query(_postgresql(session))
+    for encounter in (await session.execute(query, params)).scalars():
         snap.encounters[encounter.visit_number] = encounter
 
 
@@ -219,7 +254,7 @@ async def _orders(
     each with all its items: one query."""
     if not (placers or fillers or accessions):
         return
-    query = _orders_query(bool(placers), bool(fillers), bool(accessions))
+    query = _orders_query(_postgresql(session), bool(placers), bool(fillers), bool(accessions))
     params: dict[str, object] = {"tenant_id": tenant_id}
     for name, values in (("placers", placers), ("fillers", fillers), ("accessions", accessions)):
         if values:

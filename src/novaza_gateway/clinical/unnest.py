@@ -17,8 +17,22 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Table, TextClause, text
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    String,
+    Table,
+    TextClause,
+    any_,
+    bindparam,
+    func,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.types import TypeDecorator
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -86,3 +100,20 @@ def insert_all(
             params[f"t{n}_{i}"] = [convert(v) for v in values] if convert else values
     statement = _statement(tuple(table for table, _ in tables), returning, tuple(conflict))
     return statement, params
+
+
+def any_of(column: ColumnElement[Any] | QueryableAttribute[Any], name: str) -> ColumnElement[bool]:
+    """``column = ANY(:name)``: one array parameter, so one statement whatever the number of
+    values, and a plan that probes the column's index (an IN list of a dozen parameters is
+    planned as a scan of the table while the table is small)."""
+    return column == any_(bindparam(name, type_=ARRAY(String())))
+
+
+def in_rows(
+    columns: Sequence[ColumnElement[Any] | QueryableAttribute[Any]], names: Sequence[str]
+) -> ColumnElement[bool]:
+    """``(c1, c2, ...) IN (SELECT * FROM unnest(:n1, :n2, ...))``: the tuple form of
+    ``any_of`` (one text array per column, the i-th elements making the i-th tuple)."""
+    arrays = [bindparam(name, type_=ARRAY(String())) for name in names]
+    rows = func.unnest(*arrays).table_valued(*names).render_derived()
+    return tuple_(*columns).in_(select(*(rows.c[name] for name in names)))

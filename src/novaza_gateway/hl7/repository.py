@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, false, func, select, tuple_, update
+from sqlalchemy import Select, Table, bindparam, false, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -31,15 +31,25 @@ _KEY = (
 )
 
 
-_BY_KEYS = select(
-    *_KEY,
-    INBOUND.c.id,
-    INBOUND.c.content_sha256,
-    INBOUND.c.ack,
-    INBOUND.c.ack_code,
-    INBOUND.c.error_code,
-    INBOUND.c.error_text,
-).where(tuple_(*_KEY).in_(bindparam("keys", expanding=True)))
+_KEY_NAMES = ("tenants", "applications", "facilities", "controls")
+
+
+@functools.cache
+def _by_keys(pg: bool) -> Select[Any]:
+    """PostgreSQL: the keys as four arrays (``unnest.in_rows``); elsewhere an IN list."""
+    if pg:
+        keys = unnest.in_rows(_KEY, _KEY_NAMES)
+    else:
+        keys = tuple_(*_KEY).in_(bindparam("keys", expanding=True))
+    return select(
+        *_KEY,
+        INBOUND.c.id,
+        INBOUND.c.content_sha256,
+        INBOUND.c.ack,
+        INBOUND.c.ack_code,
+        INBOUND.c.error_code,
+        INBOUND.c.error_text,
+    ).where(keys)
 
 
 _TOUCH = update(INBOUND).where(false()).values(status=INBOUND.c.status)
@@ -73,7 +83,12 @@ async def inbound_by_keys(
     """The stored messages with these keys (each key names its tenant): one query."""
     if not keys:
         return {}
-    rows = await session.execute(_BY_KEYS, {"keys": sorted(set(keys))})
+    ordered = sorted(set(keys))
+    if session.get_bind().dialect.name == "postgresql":
+        params = {name: [key[n] for key in ordered] for n, name in enumerate(_KEY_NAMES)}
+        rows = await session.execute(_by_keys(True), params)
+    else:
+        rows = await session.execute(_by_keys(False), {"keys": ordered})
     return {
         (r.tenant_id, r.sending_application, r.sending_facility, r.control_id): StoredMessage(
             r.id, r.content_sha256, r.ack, r.ack_code, r.error_code, r.error_text
