@@ -33,6 +33,8 @@ A11_UNKNOWN_VISIT = fixture("adt_a11_v25.hl7")  # V5077 was never admitted: AE
 CA_UNKNOWN_ORDER = fixture("bad_orm_unknown_order_ca.hl7")  # AE 204
 A02 = fixture("adt_a02_v251.hl7")
 NW = fixture("orm_o01_nw_v251_epic.hl7")
+XO = fixture("orm_o01_xo_v251.hl7")
+SC_IN_PROGRESS = fixture("orm_o01_sc_v251.hl7")
 WARM = fixture("adt_a04_v23_meditech.hl7")  # another tenant's patient: fills the caches
 
 
@@ -114,6 +116,29 @@ async def test_one_group_each_message_its_own_outcome(mllp: Gateway) -> None:
         assert not await repository.identifiers_with_value(session, tenant_id, "100777")
     processed_once = select(func.count()).where(AuditEvent.action == "hl7.adt.a01")
     assert await count(mllp, processed_once) == 1
+
+
+async def test_an_order_placed_changed_and_started_in_one_group(mllp: Gateway) -> None:
+    """NW (its patient registered), XO and SC of one order in one group: the rows the group
+    creates are written once, as the last message left them (ADR 0014), and audited."""
+    redone = sample("novaza_hl7_intake_redo_total")
+    acks = await exchange(mllp, NW, XO, SC_IN_PROGRESS)
+    assert [msa(a)[0] for a in acks] == ["AA", "AA", "AA"]
+    assert sample("novaza_hl7_intake_redo_total") == redone
+    tenant_id = mllp.tenants["stmarys"]["id"]
+    async with mllp.app.state.db.sessionmaker() as session:
+        item = await repository.worklist_item(session, tenant_id, "ACC7001")
+        assert item is not None
+        assert (item.status, item.requested_procedure_code) == ("in_progress", "CT-CHEST-WO")
+        assert item.modality == "CT" and item.station_ae_title == "CT_SCANNER_1"
+        (ident,) = await repository.identifiers_with_value(session, tenant_id, "100234")
+        assert ident.patient_id == item.patient_id
+    actions = select(AuditEvent.action, func.count()).group_by(AuditEvent.action)
+    async with mllp.app.state.db.sessionmaker() as session:
+        counts = {action: n for action, n in (await session.execute(actions)).all()}
+    assert counts["order.place"] == 1 and counts["order.change"] == 1
+    assert counts["order.in_progress"] == 1 and counts["patient.create"] == 2  # + WARM's
+    assert counts["hl7.orm.o01"] == 3
 
 
 async def test_a_failure_after_a_change_is_undone_by_the_savepoint_run(
