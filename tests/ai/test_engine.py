@@ -114,14 +114,14 @@ async def test_context_overflow_and_stop_refuses_the_rest(tmp_path: Path) -> Non
         "promptTokens": failed.error.details["promptTokens"],
         "contextTokens": 256,
     }  # type: ignore[index]
-    running = eng.submit(LONG)
-    await until(lambda: eng.in_flight == 1)
+    running = eng.submit(LONG).events()
+    assert isinstance(await anext(running), TextDelta)  # generating (not waiting)
     queued = eng.submit(SHORT)
     await eng.stop()
     assert eng.state == "stopped"
     ended = (await drain(queued))[-1]
     assert isinstance(ended, Failed) and isinstance(ended.error, ModelUnavailable)
-    ran = (await drain(running))[-1]
+    ran = [event async for event in running][-1]
     assert isinstance(ran, Failed) and isinstance(ran.error, GenerationCancelled)
     with pytest.raises(ModelUnavailable):
         eng.submit(SHORT)
