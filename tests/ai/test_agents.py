@@ -49,7 +49,7 @@ async def test_builtin_agents_are_listed_as_drafts_for_review(ai_lite: AiGateway
 
 
 async def test_conversation_continues_and_is_stored(ai: AiGateway) -> None:
-    first = await message(ai, SUMMARIZER, {"message": NOTE})
+    first = await message(ai, SUMMARIZER, {"message": NOTE, "maxTokens": 8})
     assert first.status_code == 200, first.text
     body = first.json()
     assert set(body) == {"conversationId", "agentId", "model", "reply", "finishReason", "usage"}
@@ -60,7 +60,9 @@ async def test_conversation_continues_and_is_stored(ai: AiGateway) -> None:
     conversation = body["conversationId"]
     assert first.headers["x-ratelimit-remaining-tokens"]
 
-    follow = await message(ai, SUMMARIZER, {"message": "Shorter.", "conversationId": conversation})
+    follow = await message(
+        ai, SUMMARIZER, {"message": "Shorter.", "conversationId": conversation, "maxTokens": 8}
+    )
     assert follow.status_code == 200, follow.text
     assert follow.json()["conversationId"] == conversation
     # the follow-up's prompt carries the first exchange
@@ -99,7 +101,7 @@ async def test_conversation_continues_and_is_stored(ai: AiGateway) -> None:
 
 async def test_conversations_are_tenant_scoped(ai: AiGateway) -> None:
     other = await ai.gw.create_tenant("elsewhere", plan="starter")
-    first = await message(ai, SUMMARIZER, {"message": NOTE})
+    first = await message(ai, SUMMARIZER, {"message": NOTE, "maxTokens": 8})
     conversation = first.json()["conversationId"]
     foreign = await message(
         ai,
@@ -158,7 +160,9 @@ async def test_tenant_defined_agents(ai_lite: AiGateway) -> None:
     assert by_id["triage-helper"]["builtin"] is False
     assert by_id["triage-helper"]["maxTokens"] == 4
     assert by_id[SUMMARIZER]["name"] == "House summarizer"
-    reply = await message(ai_lite, "triage-helper", {"message": "Fever 39C since yesterday."})
+    reply = await message(
+        ai_lite, "triage-helper", {"message": "Fever 39C since yesterday.", "maxTokens": 50}
+    )
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["completionTokens"] <= 4
 
@@ -174,11 +178,13 @@ async def test_tenant_defined_agents(ai_lite: AiGateway) -> None:
 async def test_concurrent_messages_to_one_conversation(ai: AiGateway) -> None:
     """Both read the same history; the reply finished second was written for a history that
     moved on: 409 CONVERSATION_BUSY, nothing stored for it (its tokens are billed)."""
-    first = await message(ai, SUMMARIZER, {"message": NOTE})
+    first = await message(ai, SUMMARIZER, {"message": NOTE, "maxTokens": 8})
     conversation = first.json()["conversationId"]
     both = await asyncio.gather(
         *(
-            message(ai, SUMMARIZER, {"message": text, "conversationId": conversation})
+            message(
+                ai, SUMMARIZER, {"message": text, "conversationId": conversation, "maxTokens": 8}
+            )
             for text in ("Shorter.", "Longer.")
         )
     )

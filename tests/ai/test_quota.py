@@ -31,7 +31,7 @@ async def test_refused_when_the_allowance_is_spent(ai_lite: AiGateway) -> None:
 
     agent = await ai_lite.gw.client.post(
         "/ai/agents/clinical-note-summarizer/message",
-        json={"message": "Note."},
+        json={"message": "Note.", "maxTokens": 2},
         headers=ai_lite.auth(),
     )
     assert (agent.status_code, agent.json()["code"]) == (429, "AI_QUOTA_EXCEEDED")

@@ -162,6 +162,7 @@ class AgentListOut(ApiResponse):
 class AgentMessageIn(ApiModel):
     message: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
     conversation_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None  # at most the agent's own budget
 
 
 class AgentUsageOut(ApiResponse):

@@ -107,7 +107,7 @@ async def agent_message(
             *_fit(history, agent, area.config.context_size, body.message),
             ChatMessage("user", body.message),
         ),
-        max_tokens=agent.max_tokens,
+        max_tokens=min(body.max_tokens or agent.max_tokens, agent.max_tokens),
         temperature=agent.temperature,
     )
     headers = await admit(area.quota, tenant.id)
