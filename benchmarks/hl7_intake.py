@@ -28,12 +28,21 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from sqlalchemy import event
+from sqlalchemy import text as sql_text
 
 import hl7 as python_hl7
 from novaza_gateway.app import create_app
 from novaza_gateway.config import Settings
 from novaza_gateway.core import devkeys
+from novaza_gateway.core.audit import Actor
+from novaza_gateway.core.db import Database, create_engine
+from novaza_gateway.hl7.batcher import IntakeBatcher
+from novaza_gateway.hl7.intake import Received
 from novaza_gateway.hl7.mllp import MllpDecoder, frame
+from novaza_gateway.hl7.parser import parse
+from novaza_gateway.hl7.processing import Hl7Context
+from novaza_gateway.hl7.settings import Hl7Settings
 from novaza_gateway.migrate import upgrade
 
 PG_ADMIN = os.environ.get("NOVAZA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -238,14 +247,14 @@ class Meter:
     """CPU the gateway and this database's PostgreSQL backends spent on a row, per message,
     and the gateway's mean messages per group commit (from its /metrics)."""
 
-    def __init__(self, pid: int, database_url: str | None, http: int) -> None:
+    def __init__(self, pid: int, database_url: str | None, http: int | None) -> None:
         self.pid, self.database_url, self.http = pid, database_url, http
         self.gateway = 0.0
         self.backends: dict[int, float] = {}
         self.groups = (0.0, 0.0)
 
     @classmethod
-    async def start(cls, pid: int, database_url: str | None, http: int) -> Meter:
+    async def start(cls, pid: int, database_url: str | None, http: int | None) -> Meter:
         meter = cls(pid, database_url, http)
         meter.gateway = cpu_seconds(pid)
         meter.backends = {p: cpu_seconds(p) for p in await meter.backend_pids()}
@@ -264,6 +273,8 @@ class Meter:
         return [int(r["pid"]) for r in rows]
 
     def group_counts(self) -> tuple[float, float]:
+        if self.http is None:
+            return 0.0, 0.0
         text = httpx.get(f"http://127.0.0.1:{self.http}/metrics", timeout=5).text
         found = {"sum": 0.0, "count": 0.0}
         for line in text.splitlines():
@@ -271,6 +282,14 @@ class Meter:
                 if line.startswith(f"novaza_hl7_intake_group_messages_{part} "):
                     found[part] += float(line.split()[-1])
         return found["sum"], found["count"]
+
+    async def database_cpu(self, messages: int) -> str:
+        """The database backends' CPU per message since ``start`` ("-" for SQLite)."""
+        if self.database_url is None:
+            return "-"
+        pids = await self.backend_pids()
+        spent = sum(cpu_seconds(p) - self.backends.get(p, 0.0) for p in pids)
+        return f"{spent / messages * 1000:.3f}"
 
     async def stop(self, messages: int) -> str:
         gateway = (cpu_seconds(self.pid) - self.gateway) / messages * 1000
@@ -316,6 +335,65 @@ async def drop(name: str) -> None:
         await conn.close()
 
 
+async def in_process(name: str, database_url: str | None, args: argparse.Namespace) -> None:
+    """The intake's own cost, without sockets: messages parsed and handed to an
+    ``IntakeBatcher`` in this process, ``--concurrency`` at a time (so groups of that size).
+    Reported: the process's CPU per message (parsing, storing and processing, ACKs built),
+    the database backends' CPU per message, and statements per group (BEGIN and COMMIT not
+    counted). Steadier than rates on a shared machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        settings, _ = await prepare(data_dir, database_url)
+        db = Database(create_engine(settings.sqlalchemy_url))
+        statements = [0]
+
+        def counted(*_: object) -> None:
+            statements[0] += 1
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", counted)
+        async with db.engine.connect() as conn:
+            query = sql_text("SELECT id FROM tenants WHERE slug = 'bench'")
+            tenant_id = (await conn.execute(query)).scalar_one()
+        routes = {"mllpRoutes": [{"receivingApplication": "NOVAZA"}]}
+        ctx = Hl7Context(
+            tenant_id, Actor("mllp:EPIC", tenant_id), Hl7Settings.model_validate(routes)
+        )
+        batcher = IntakeBatcher(db)
+        batcher.start()
+
+        async def feed(batch: list[bytes]) -> None:
+            for i in range(0, len(batch), args.concurrency):
+                wave = [
+                    batcher.submit(Received(ctx, data, parse(data), "mllp"))
+                    for data in batch[i : i + args.concurrency]
+                ]
+                for outcome in await asyncio.gather(*wave):
+                    assert outcome.ack.code == "AA", outcome.ack.text[:200]
+
+        try:
+            run = uuid.uuid4().hex[:4].upper()
+            for kind in args.kinds:
+                await feed(messages(kind, args.warmup, f"W{run}"))
+            await analyze(data_dir, database_url)
+            for kind, rep in [(k, r) for k in args.kinds for r in range(args.repeat)]:
+                batch = messages(kind, args.messages, f"{run}I{rep}", offset=rep * args.messages)
+                meter = await Meter.start(os.getpid(), database_url, None)
+                before, cpu, wall = statements[0], time.process_time(), time.perf_counter()
+                await feed(batch)
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                pg = await meter.database_cpu(args.messages)
+                groups = -(-args.messages // args.concurrency)
+                per_group = (statements[0] - before) / groups
+                print(
+                    f"| {name} | {kind} | {args.concurrency} | {cpu / args.messages * 1000:.3f} "
+                    f"| {pg} | {per_group:.1f} | {args.messages / wall:,.0f} |",
+                    flush=True,
+                )
+        finally:
+            await batcher.stop()
+            await db.dispose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=3000)
@@ -327,7 +405,25 @@ async def main() -> None:
         "--warmup", type=int, default=500, help="messages of each kind sent, then ANALYZE, first"
     )
     parser.add_argument("--repeat", type=int, default=1, help="rows per kind and channel")
+    parser.add_argument(
+        "--in-process", action="store_true", help="the intake's CPU and statements, no sockets"
+    )
     args = parser.parse_args()
+    if args.in_process:
+        print(
+            "| store | message | msgs/group | gateway CPU ms/msg | PostgreSQL CPU ms/msg "
+            "| statements/group | msgs/s |\n|---|---|---|---|---|---|---|"
+        )
+        if "sqlite" in args.stores:
+            await in_process("SQLite", None, args)
+        if "postgresql" in args.stores:
+            url, name = await pg_database()
+            if url and name:
+                try:
+                    await in_process("PostgreSQL", url, args)
+                finally:
+                    await drop(name)
+        return
     print(
         f"{args.messages} messages per row, {args.concurrency} concurrent senders, "
         f"after {args.warmup} warm-up messages of each kind and ANALYZE\n"

@@ -36,7 +36,7 @@ _KEY_NAMES = ("tenants", "applications", "facilities", "controls")
 
 @functools.cache
 def _by_keys(pg: bool) -> Select[Any]:
-    """PostgreSQL: the keys as four arrays (``unnest.in_rows``); elsewhere an IN list."""
+    """Several keys on PostgreSQL: four arrays (``unnest.in_rows``); else an IN list."""
     if pg:
         keys = unnest.in_rows(_KEY, _KEY_NAMES)
     else:
@@ -84,7 +84,7 @@ async def inbound_by_keys(
     if not keys:
         return {}
     ordered = sorted(set(keys))
-    if session.get_bind().dialect.name == "postgresql":
+    if len(ordered) > 1 and session.get_bind().dialect.name == "postgresql":
         params = {name: [key[n] for key in ordered] for n, name in enumerate(_KEY_NAMES)}
         rows = await session.execute(_by_keys(True), params)
     else:
