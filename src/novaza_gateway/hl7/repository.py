@@ -114,9 +114,10 @@ async def insert_inbound(
     """INSERT the rows, skipping any whose key is taken; answers the ids inserted. On
     PostgreSQL a key another transaction is inserting makes this wait for its outcome.
     ``before``: other tables' rows to insert first (a group's new clinical rows and audit
-    records, ``clinical.writes``): on PostgreSQL all in one statement."""
+    records, ``clinical.writes``): on PostgreSQL all in one statement (``unnest``; a lone
+    row goes in with a plain INSERT, cheaper for the server)."""
     connection = await session.connection()  # plain INSERTs, not the ORM's bulk path
-    if connection.dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql" and (before or len(rows) > 1):
         tables = [*before, (INBOUND, list(rows))]
         statement, params = unnest.insert_all(tables, "id", [c.name for c in _KEY])
         return set((await connection.execute(statement, params)).scalars())
