@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections import deque
@@ -82,7 +81,6 @@ class MllpListener:
             self._connection, self.config.mllp_host, self.config.mllp_port or 0
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        _freeze_startup_objects()
         log.info("mllp listening", extra={"port": self.port})
 
     @property
@@ -230,20 +228,6 @@ class MllpListener:
         wanted = entry.always or ack_wanted(outcome.header, outcome.ack.code)
         metrics.count("mllp", outcome, acked=wanted)
         return outcome.ack.data if wanted else None
-
-
-_frozen: list[bool] = []
-
-
-def _freeze_startup_objects() -> None:
-    """Take what is alive once the gateway has started (modules, mappers, settings: ~200k
-    objects) out of the cyclic garbage collector, once per process. Otherwise every full
-    collection walks them all: measured 80-150 ms, every ~10 s under MLLP load, a stall of
-    every message in flight that alone decided the ACK p99 (ADR 0014)."""
-    if not _frozen:
-        _frozen.append(True)
-        gc.collect()
-        gc.freeze()
 
 
 def _done(outcome: Outcome) -> asyncio.Future[Outcome]:
