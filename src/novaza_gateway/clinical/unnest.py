@@ -1,9 +1,11 @@
-"""PostgreSQL: rows of several tables inserted by one statement, a column per array.
+"""PostgreSQL: rows of several tables inserted by one statement, and key lists as arrays.
 
-``INSERT ... SELECT * FROM unnest($1::type[], $2::type[], ...)`` inserts any number of rows
-in one execution (an executemany runs the statement once per row), and data-modifying CTEs
-put several tables' rows in one statement, so one round trip. Foreign keys are checked at
-the end of the statement, so children may name parents inserted by an earlier CTE of it.
+``INSERT INTO t (...) SELECT ... FROM unnest($1::t[])`` inserts any number of rows in one
+execution (an executemany runs the statement once per row): the rows are bound as one array
+of the table's row type, each a dict by column name (asyncpg encodes it as the composite;
+the server checks every value against its column, lengths included). Data-modifying CTEs put
+several tables' rows in one statement, so one round trip; foreign keys are checked at the
+end of the statement, so children may name parents inserted by an earlier CTE of it.
 
 Values are bound as the columns' types bind them (``TypeDecorator.process_bind_param``;
 JSON serialized as SQLAlchemy does, ``none_as_null`` honoured).
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,11 +37,10 @@ from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.types import TypeDecorator
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
-Convert = Callable[[Any], Any] | None
-_LENGTH = re.compile(r"\(\d+\)")
+Convert = Callable[[Any], Any]
 
 
-def _converter(column_type: Any) -> Convert:
+def _converter(column_type: Any) -> Convert | None:
     if isinstance(column_type, TypeDecorator):
         decorator = column_type
         return lambda value: decorator.process_bind_param(value, _DIALECT)
@@ -51,15 +51,15 @@ def _converter(column_type: Any) -> Convert:
 
 
 @functools.cache
-def _columns(table: Table) -> tuple[tuple[str, str, Convert], ...]:
-    """(column, its PostgreSQL array type, how a value is bound) for each column."""
-    found = []
-    for column in table.columns:
-        # no length: a value too long for its column fails as an INSERT's would (a CAST to
-        # VARCHAR(n) would cut it)
-        pg_type = _LENGTH.sub("", column.type.compile(dialect=_DIALECT))
-        found.append((column.key, f"{pg_type}[]", _converter(column.type)))
-    return tuple(found)
+def _columns(table: Table) -> tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]:
+    """The table's column names, and those whose values need converting before binding."""
+    names = tuple(column.key for column in table.columns)
+    converted = tuple(
+        (column.key, convert)
+        for column in table.columns
+        if (convert := _converter(column.type)) is not None
+    )
+    return names, converted
 
 
 @functools.cache
@@ -68,11 +68,12 @@ def _statement(
 ) -> TextClause:
     parts = []
     for n, table in enumerate(tables):
-        columns = _columns(table)
-        names = ", ".join(f'"{name}"' for name, _, _ in columns)
-        arrays = ", ".join(f"CAST(:t{n}_{i} AS {kind})" for i, (_, kind, _) in enumerate(columns))
+        names = ", ".join(f'"{name}"' for name in _columns(table)[0])
         # names from the tables' metadata, values bound: nothing of a message is in the text
-        insert = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays})'  # noqa: S608
+        insert = (
+            f'INSERT INTO "{table.name}" ({names}) '  # noqa: S608
+            f'SELECT {names} FROM unnest(CAST(:t{n} AS "{table.name}"[]))'
+        )
         parts.append(insert)
     if returning is not None:  # the last table's insert is the statement, with its answer
         *ctes, last = parts
@@ -92,12 +93,15 @@ def insert_all(
 ) -> tuple[TextClause, dict[str, Any]]:
     """One statement inserting each table's rows (dicts by column key), parents first.
     ``returning``: a column of the last table, answered for the rows it inserted; a row of
-    it whose unique key (the ``conflict`` columns) is taken is skipped."""
+    it whose unique key (the ``conflict`` columns) is taken is skipped. Each table's rows are
+    bound as one array of its row type (asyncpg encodes a dict as the composite, by name):
+    binding a text array per column made the driver check every element for nesting."""
     params: dict[str, Any] = {}
     for n, (table, rows) in enumerate(tables):
-        for i, (name, _, convert) in enumerate(_columns(table)):
-            values = [row[name] for row in rows]
-            params[f"t{n}_{i}"] = [convert(v) for v in values] if convert else values
+        converted = _columns(table)[1]
+        params[f"t{n}"] = [
+            {**row, **{name: convert(row[name]) for name, convert in converted}} for row in rows
+        ]
     statement = _statement(tuple(table for table, _ in tables), returning, tuple(conflict))
     return statement, params
 
