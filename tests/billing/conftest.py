@@ -13,7 +13,21 @@ from novaza_gateway.core.deps import TenantDep
 from novaza_gateway.core.policy import policy
 from tests.conftest import Gateway, gateway_settings, start_gateway
 
+BUILTIN = Path(__file__).parents[2] / "src/novaza_gateway/billing/catalog.toml"
+
 probe = APIRouter(prefix="/probe", tags=["test"])
+
+
+def trial_catalog(directory: Path) -> Path:
+    """The built-in catalogue with a 14-day free trial on the starter plan."""
+    catalog = directory / "trial.toml"
+    catalog.write_text(
+        BUILTIN.read_text().replace(
+            "price = 9900\naddons_included = []",
+            "price = 9900\ntrial_days = 14\naddons_included = []",
+        )
+    )
+    return catalog
 
 
 @probe.get("/imaging", **policy("imaging:read", addon="medical_imaging"))

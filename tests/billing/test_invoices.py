@@ -15,10 +15,8 @@ from novaza_gateway.billing.metering import UsageMeter
 from novaza_gateway.billing.models import Subscription
 from novaza_gateway.config import ConfigurationError
 from novaza_gateway.core.metering import dimensions
-from tests.billing.conftest import Clock
+from tests.billing.conftest import BUILTIN, Clock, trial_catalog
 from tests.conftest import Gateway, gateway_settings, start_gateway
-
-BUILTIN = Path(__file__).parents[2] / "src/novaza_gateway/billing/catalog.toml"
 
 
 async def period(gw: Gateway, tenant_id: str) -> tuple[datetime, datetime]:
@@ -252,13 +250,7 @@ async def test_deleting_a_tenant_ends_billing_after_a_final_invoice(
 async def test_a_trial_is_free_then_billing_follows_the_trial_end(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    catalog = tmp_path / "trial.toml"
-    catalog.write_text(
-        BUILTIN.read_text().replace(
-            "price = 9900\naddons_included = []",
-            "price = 9900\ntrial_days = 14\naddons_included = []",
-        )
-    )
+    catalog = trial_catalog(tmp_path)
     settings = gateway_settings(tmp_path / "data", sqlite_url, billing_catalog=catalog)
     async for gw in start_gateway(settings):
         clock = Clock()

@@ -13,8 +13,8 @@ from novaza_gateway.billing.models import WalletEntry
 from novaza_gateway.billing.prepaid import PREPAID_KIND, overage_charge, settle_ai
 from novaza_gateway.billing.quota import QuotaBook
 from novaza_gateway.core.metering import AI_TOKENS, dimensions
-from tests.billing.conftest import Clock
-from tests.billing.test_invoices import BUILTIN, close, period
+from tests.billing.conftest import Clock, trial_catalog
+from tests.billing.test_invoices import close, period
 from tests.conftest import Gateway, gateway_settings, start_gateway
 
 ALLOWANCE = 1_000_000  # the starter plan's AI tokens per period (catalog.toml)
@@ -143,13 +143,7 @@ async def test_funds_run_out_midway_then_the_rest_is_owed_on_the_invoice(
 async def test_free_trial_caps_at_the_allowance_and_debits_nothing(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    catalog = tmp_path / "trial.toml"
-    catalog.write_text(
-        BUILTIN.read_text().replace(
-            "price = 9900\naddons_included = []",
-            "price = 9900\ntrial_days = 14\naddons_included = []",
-        )
-    )
+    catalog = trial_catalog(tmp_path)
     settings = gateway_settings(tmp_path / "data", sqlite_url, billing_catalog=catalog)
     async for gw in start_gateway(settings):
         tenant = await gw.create_tenant("clinic", plan="starter")
