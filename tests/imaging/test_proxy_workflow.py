@@ -16,6 +16,7 @@ from tests.imaging.orthanc import Orthanc, run_orthanc
 from tests.imaging.workflow import audit_events, hl7, schedule, store, workflow_tenant
 
 QC = "/med/imaging/qc-confirm"
+MG_UID = "1.2.840.113619.2.55.3.9001"  # the study UID the worklist hands out for ACC9001
 
 
 @pytest.fixture
@@ -111,6 +112,33 @@ async def test_qc_of_an_upstream_study(gateway: Gateway, orthanc: Orthanc) -> No
     assert (failed.status_code, failed.json()["qcStatus"]) == (200, "failed")
     mine = (await gateway.client.get(f"/med/imaging/study/{study}", headers=auth)).json()
     assert mine["qcStatus"] == "passed"
+
+
+async def test_a_store_through_the_proxy_starts_the_item_handed_that_study_uid(
+    gateway: Gateway, orthanc: Orthanc
+) -> None:
+    auth = await workflow_tenant(gateway, "ordered", **orthanc.settings())
+    other = await workflow_tenant(gateway, "other")  # embedded, same orders, nothing stored
+    await schedule(gateway, auth)
+    await schedule(gateway, other)
+    first = make_instance(study=MG_UID, patient_id="100234", accession="")
+    await store(gateway, auth, first)  # into Orthanc, through the gateway
+    assert await worklist_status(gateway, auth, "ACC9001") == "in_progress"
+    assert await worklist_status(gateway, auth, "ACC7001") == "scheduled"
+    assert await worklist_status(gateway, other, "ACC9001") == "scheduled"
+    await store(gateway, auth, make_instance(study=MG_UID, instance_number=2))
+    (event,) = await audit_events(gateway, "worklist.item.in_progress")
+    assert (event.resource_id, event.tenant_id) == ("ACC9001", gateway.tenants["ordered"]["id"])
+    assert event.after == {
+        "status": "in_progress",
+        "studyInstanceUID": MG_UID,
+        "matchedBy": "studyInstanceUID",
+    }
+    passed = await gateway.client.post(
+        QC, json={"studyInstanceUID": MG_UID, "result": "passed"}, headers=auth
+    )
+    assert passed.status_code == 200, passed.text
+    assert passed.json()["worklistItem"]["status"] == "completed"
 
 
 async def test_qc_when_the_upstream_is_down(gateway: Gateway, orthanc: Orthanc) -> None:

@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from novaza_gateway.clinical import orders
 from novaza_gateway.config import ImagingConfig
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database
@@ -297,7 +298,22 @@ class ImagingProxy:
                 call, "imaging.store", "study", study, patient=patient,
                 after={"stored": stored, "failed": failed, "mode": "proxy"},
             )  # fmt: skip
+            if stored:
+                await self._start_worklist_item(call, study)
         return Response(answer, status_code=response.status_code, media_type=DICOM_JSON)
+
+    async def _start_worklist_item(self, call: Call, study: str) -> None:
+        """As the embedded archive does on a study's first instance: the scheduled item
+        handed this Study Instance UID is now in progress. The upstream's answer names no
+        accession number, so only the UID matches here (the one MWL hands the modality).
+        The study is already stored upstream: a failure here is logged, not answered."""
+        try:
+            async with self.database.session_scope() as session:
+                await orders.start_on_receipt(session, call.actor, call.tenant_id, study, "")
+        except Exception as exc:
+            log.error(
+                "worklist start after a proxied store failed", extra={"error": type(exc).__name__}
+            )
 
     async def _retrieve(self, call: Call, upstream: Upstream, receive: Receive, send: Send) -> None:
         query, _ = forwarded_query(call.query)
