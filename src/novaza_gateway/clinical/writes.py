@@ -21,7 +21,6 @@ go to the session as before). ``count()`` tells the caller whether a message cre
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -41,8 +40,6 @@ from novaza_gateway.clinical.models import (
 )
 from novaza_gateway.core import audit as core_audit
 from novaza_gateway.core.audit import Actor, AuditEvent
-from novaza_gateway.core.db import utcnow
-from novaza_gateway.core.logging import request_id_var
 
 M = TypeVar("M")
 INFO_KEY = "novaza.clinical.writes"
@@ -132,25 +129,30 @@ def audit(
     kept = _buffer(session)
     if kept is None:
         core_audit.record(
-            session, actor, action, resource_type, resource_id, tenant_id=tenant_id,
-            patient_id=patient_id, outcome=outcome, before=before, after=after,
-        )  # fmt: skip
+            session,
+            actor,
+            action,
+            resource_type,
+            resource_id,
+            tenant_id=tenant_id,
+            patient_id=patient_id,
+            outcome=outcome,
+            before=before,
+            after=after,
+        )
         return
     kept.audits.append(
-        {
-            "id": uuid.uuid4().hex,
-            "at": utcnow(),
-            "tenant_id": tenant_id if tenant_id is not None else actor.tenant_id,
-            "actor": actor.subject,
-            "action": action,
-            "resource_type": resource_type,
-            "resource_id": resource_id,
-            "patient_id": patient_id,
-            "outcome": outcome,
-            "request_id": request_id_var.get(),
-            "before": before,
-            "after": after,
-        }
+        core_audit.values(
+            actor,
+            action,
+            resource_type,
+            resource_id,
+            tenant_id=tenant_id,
+            patient_id=patient_id,
+            outcome=outcome,
+            before=before,
+            after=after,
+        )
     )
     kept.count += 1
 

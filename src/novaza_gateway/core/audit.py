@@ -47,6 +47,36 @@ class Actor:
     tenant_id: str | None = None
 
 
+def values(
+    actor: Actor,
+    action: str,
+    resource_type: str,
+    resource_id: str | None,
+    *,
+    tenant_id: str | None = None,
+    patient_id: str | None = None,
+    outcome: str = "success",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An audit row's columns: the one place that says what an event records (an insert
+    that bypasses the session, e.g. HL7 group writes, takes these too)."""
+    return {
+        "id": uuid.uuid4().hex,
+        "at": utcnow(),
+        "tenant_id": tenant_id if tenant_id is not None else actor.tenant_id,
+        "actor": actor.subject,
+        "action": action,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "patient_id": patient_id,
+        "outcome": outcome,
+        "request_id": request_id_var.get(),
+        "before": before,
+        "after": after,
+    }
+
+
 def record(
     session: AsyncSession,
     actor: Actor,
@@ -61,18 +91,17 @@ def record(
     after: dict[str, Any] | None = None,
 ) -> AuditEvent:
     event = AuditEvent(
-        id=uuid.uuid4().hex,
-        at=utcnow(),
-        tenant_id=tenant_id if tenant_id is not None else actor.tenant_id,
-        actor=actor.subject,
-        action=action,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        patient_id=patient_id,
-        outcome=outcome,
-        request_id=request_id_var.get(),
-        before=before,
-        after=after,
+        **values(
+            actor,
+            action,
+            resource_type,
+            resource_id,
+            tenant_id=tenant_id,
+            patient_id=patient_id,
+            outcome=outcome,
+            before=before,
+            after=after,
+        )
     )
     session.add(event)
     return event
