@@ -30,6 +30,7 @@ from novaza_gateway.imaging.models import (
     ImagingSeries,
     ImagingStudy,
 )
+from novaza_gateway.rooms.models import Room
 from novaza_gateway.tenants.models import Tenant
 
 metadata = Base.metadata
@@ -63,3 +64,5 @@ __all__ += [
 __all__ += ["ImagingInstance", "ImagingPatient", "ImagingSeries", "ImagingStudy"]
 
 __all__ += ["AiConversation", "AiMessage"]
+
+__all__ += ["Room"]
