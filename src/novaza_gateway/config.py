@@ -105,6 +105,30 @@ class AiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeskConfig:
+    """The Desk area's upstream push: the outbox of contacts bound for a tenant's Desk."""
+
+    outbox_poll_seconds: float
+    max_attempts: int
+    backoff_seconds: float
+    backoff_max_seconds: float
+    push_timeout_seconds: float
+    settings_ttl_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsConfig:
+    """Personeo clinical messaging rooms (docs/rooms.md)."""
+
+    token_secret: SecretStr | None  # HS256 key of Personeo access tokens; None: a dev secret
+    token_ttl_seconds: int  # the default lifetime of an access token, and its cap
+    token_issuer: str  # ``iss`` of the access tokens
+    personeo_url: str | None  # where clients reach Personeo, unless the tenant names its own
+    upstream_timeout_seconds: float  # each call to a tenant's Personeo API
+    production: bool  # no generated dev secret: an unset secret refuses to mint
+
+
+@dataclass(frozen=True, slots=True)
 class BillingSettings:
     catalog: Path | None
     flush_interval_seconds: float
@@ -180,6 +204,14 @@ class Settings(BaseSettings):
     mwl_max_results: int = Field(default=1000, ge=1, le=100_000)
     mwl_query_timeout_seconds: float = Field(default=30.0, gt=0)
 
+    # -- rooms: Personeo access tokens (a dev secret is generated in the data dir when unset,
+    # outside production) and the tenants' Personeo APIs
+    rooms_token_secret: SecretStr | None = None
+    rooms_token_ttl_seconds: int = Field(default=900, ge=30, le=86400)
+    rooms_token_issuer: str = Field(default="novaza-gateway", min_length=1, max_length=255)
+    rooms_personeo_url: str | None = Field(default=None, pattern=r"^https?://[^/]")
+    rooms_upstream_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
     # -- billing
     billing_catalog: Path | None = None
     billing_flush_interval_seconds: float = Field(default=1.0, gt=0)
@@ -203,6 +235,13 @@ class Settings(BaseSettings):
         default="", pattern=r"^([A-Za-z0-9._:/-]+(=[A-Za-z0-9._:/-]+)?(,|$))*$"
     )
     ai_upstream_max_concurrency: int = Field(default=8, ge=1, le=10_000)
+
+    # -- desk: contacts pushed to a tenant's Desk (upstream mode)
+    desk_outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    desk_outbox_max_attempts: int = Field(default=8, ge=1)
+    desk_outbox_backoff_seconds: float = Field(default=2.0, gt=0)
+    desk_outbox_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    desk_push_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
     def _production_needs_real_issuer(self) -> Settings:
@@ -272,6 +311,17 @@ class Settings(BaseSettings):
         )
 
     @property
+    def rooms(self) -> RoomsConfig:
+        return RoomsConfig(
+            token_secret=self.rooms_token_secret,
+            token_ttl_seconds=self.rooms_token_ttl_seconds,
+            token_issuer=self.rooms_token_issuer,
+            personeo_url=self.rooms_personeo_url,
+            upstream_timeout_seconds=self.rooms_upstream_timeout_seconds,
+            production=self.env == "production",
+        )
+
+    @property
     def imaging(self) -> ImagingConfig:
         return ImagingConfig(
             signing_keys=self.imaging_signing_keys,
@@ -304,6 +354,17 @@ class Settings(BaseSettings):
             backoff_seconds=self.hl7_outbox_backoff_seconds,
             backoff_max_seconds=self.hl7_outbox_backoff_max_seconds,
             ack_timeout_seconds=self.hl7_ack_timeout_seconds,
+            settings_ttl_seconds=self.tenant_cache_ttl_seconds,
+        )
+
+    @property
+    def desk(self) -> DeskConfig:
+        return DeskConfig(
+            outbox_poll_seconds=self.desk_outbox_poll_seconds,
+            max_attempts=self.desk_outbox_max_attempts,
+            backoff_seconds=self.desk_outbox_backoff_seconds,
+            backoff_max_seconds=self.desk_outbox_backoff_max_seconds,
+            push_timeout_seconds=self.desk_push_timeout_seconds,
             settings_ttl_seconds=self.tenant_cache_ttl_seconds,
         )
 
