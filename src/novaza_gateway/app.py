@@ -61,6 +61,9 @@ from novaza_gateway.imaging.settings import ImagingSettings
 from novaza_gateway.imaging.stow_router import router as stow_router
 from novaza_gateway.imaging.upstream import clash as imaging_upstream_clash
 from novaza_gateway.imaging.wado_router import router as wado_router
+from novaza_gateway.rooms.area import RoomsArea
+from novaza_gateway.rooms.router import router as rooms_router
+from novaza_gateway.rooms.settings import RoomsTenantSettings
 from novaza_gateway.tenants.directory import TenantSettingsDirectory
 from novaza_gateway.tenants.entitlements import DatabaseTenantSource
 from novaza_gateway.tenants.router import router as tenants_router
@@ -77,6 +80,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     imaging_router,
     patient_router,
     ai_router,
+    rooms_router,
 )
 # The product area each router's admitted requests are billed to (meter api_requests, by
 # area). Routes may declare their own ``meter=``; identity, admin and billing's own reads are
@@ -89,6 +93,7 @@ METERED_AREAS: dict[int, str] = {
     id(imaging_router): "imaging",
     id(patient_router): "patients",
     id(ai_router): "ai",
+    id(rooms_router): "rooms",
 }
 
 
@@ -235,6 +240,7 @@ def settings_sections() -> SettingsSections:
     sections.register("hl7", Hl7Settings)
     sections.register("billing", BillingTenantSettings)
     sections.register("ai", AiTenantSettings)
+    sections.register("rooms", RoomsTenantSettings)
     return sections
 
 
@@ -327,6 +333,9 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.invalidator = rt.invalidator
     app.state.hl7 = hl7
     app.state.ai = ai
+    app.state.rooms = RoomsArea(
+        settings.rooms, settings.data_dir, TenantSettingsDirectory(rt.db), rt.http
+    )
     app.state.imaging = imaging = ImagingArea(
         settings.imaging, settings.data_dir, usage=rt.billing.meter
     )
