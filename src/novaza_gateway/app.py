@@ -48,6 +48,9 @@ from novaza_gateway.core.routeindex import RouteIndex
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 from novaza_gateway.core.tenant_settings import SettingsSections
 from novaza_gateway.core.whoami import router as whoami_router
+from novaza_gateway.desk.area import DeskArea
+from novaza_gateway.desk.router import router as desk_router
+from novaza_gateway.desk.settings import DeskTenantSettings
 from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.router import router as hl7_router
 from novaza_gateway.hl7.settings import Hl7Settings
@@ -81,6 +84,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     patient_router,
     ai_router,
     rooms_router,
+    desk_router,
 )
 # The product area each router's admitted requests are billed to (meter api_requests, by
 # area). Routes may declare their own ``meter=``; identity, admin and billing's own reads are
@@ -93,6 +97,7 @@ METERED_AREAS: dict[int, str] = {
     id(imaging_router): "imaging",
     id(patient_router): "patients",
     id(ai_router): "ai",
+    id(desk_router): "desk",
     id(rooms_router): "rooms",
 }
 
@@ -240,6 +245,7 @@ def settings_sections() -> SettingsSections:
     sections.register("hl7", Hl7Settings)
     sections.register("billing", BillingTenantSettings)
     sections.register("ai", AiTenantSettings)
+    sections.register("desk", DeskTenantSettings)
     sections.register("rooms", RoomsTenantSettings)
     return sections
 
@@ -308,6 +314,8 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
         http=rt.http,  # an OpenAI-compatible upstream, when configured
     )
     ai.wire(rt.lifecycle)
+    desk = DeskArea(settings.desk, rt.db, TenantSettingsDirectory(rt.db), rt.http)
+    desk.wire(rt.lifecycle)
     mwl = wire_mwl(rt)
 
     @contextlib.asynccontextmanager
@@ -333,6 +341,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.invalidator = rt.invalidator
     app.state.hl7 = hl7
     app.state.ai = ai
+    app.state.desk = desk
     app.state.rooms = RoomsArea(
         settings.rooms, settings.data_dir, TenantSettingsDirectory(rt.db), rt.http
     )

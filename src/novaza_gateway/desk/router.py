@@ -1,0 +1,67 @@
+"""``/med/desk``: contact sync (desk:write) and reads (desk:read), tenant required."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+
+from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
+from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
+from novaza_gateway.core.policy import policy
+from novaza_gateway.desk import service
+from novaza_gateway.desk.schemas import ContactOut, SyncIn, SyncOut
+
+router = APIRouter(prefix="/med/desk", tags=["Desk"])
+ContactId = Annotated[str, Path(alias="contactID", min_length=1, max_length=300)]
+
+SYNC = policy(
+    "desk:write",
+    max_body_bytes=8 * 1024 * 1024,
+    errors={409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 422: "VALIDATION_FAILED"},
+)
+READ = policy("desk:read", errors={404: "CONTACT_NOT_FOUND", 422: "VALIDATION_FAILED"})
+
+
+@router.post(
+    "/contacts/sync",
+    **SYNC,
+    summary="Synchronize contacts into Desk (batch upsert by externalId, up to 1000)",
+)
+async def sync_contacts(
+    body: SyncIn, request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
+) -> SyncOut:
+    return await service.sync(session, request.app.state.desk, tenant, actor, body)
+
+
+@router.get("/contacts", **READ, summary="List Desk contacts, oldest change first")
+async def list_contacts(
+    session: SessionDep,
+    tenant: TenantDep,
+    actor: ActorDep,
+    limit: LimitQuery = 100,
+    cursor: CursorQuery = None,
+    updated_since: Annotated[datetime | None, Query(alias="updatedSince")] = None,
+    include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
+) -> Page[ContactOut]:
+    return await service.list_contacts(
+        session,
+        tenant,
+        actor,
+        limit=limit,
+        cursor=cursor,
+        updated_since=updated_since,
+        include_deleted=include_deleted,
+    )
+
+
+@router.get(
+    "/contacts/{contactID}",
+    **READ,
+    summary="Retrieve a Desk contact by its id, or by ext:{externalId}",
+)
+async def get_contact(
+    contact_id: ContactId, session: SessionDep, tenant: TenantDep, actor: ActorDep
+) -> ContactOut:
+    return await service.get_contact(session, tenant, actor, contact_id)
