@@ -83,7 +83,15 @@ async def test_a_bad_item_fails_alone(desk: Desk) -> None:
             contact("ok-2"),
         ]
     )
-    assert statuses(answer) == ["created", "failed", "failed", "failed", "failed", "failed", "created"]
+    assert statuses(answer) == [
+        "created",
+        "failed",
+        "failed",
+        "failed",
+        "failed",
+        "failed",
+        "created",
+    ]
     assert counts(answer) == (2, 0, 0, 0, 5)
     bad_email = answer["results"][1]
     assert bad_email["externalId"] == "bad-email" and bad_email["contactId"] is None
@@ -97,7 +105,12 @@ async def test_a_bad_item_fails_alone(desk: Desk) -> None:
 
 
 async def test_a_malformed_body_or_too_many_contacts_is_refused(desk: Desk) -> None:
-    for body in ({"contact": []}, {"contacts": {"a": 1}}, [1, 2], {"contacts": [], "mode": "merge"}):
+    for body in (
+        {"contact": []},
+        {"contacts": {"a": 1}},
+        [1, 2],
+        {"contacts": [], "mode": "merge"},
+    ):
         response = await desk.post(body)
         assert response.status_code == 422, body
         assert response.json()["code"] == "VALIDATION_FAILED"
