@@ -17,6 +17,11 @@ async def test_get_by_id_and_by_external_id(desk: Desk) -> None:
     assert body["createdAt"].endswith("Z") or body["createdAt"].endswith("+00:00")
     by_external = await desk.get("ext:crm-42")
     assert by_external.status_code == 200 and by_external.json()["id"] == contact_id
+    slashed = (await desk.sync([contact("crm/7")]))["results"][0]["contactId"]
+    filtered = await desk.gw.client.get(
+        "/med/desk/contacts", params={"externalId": "crm/7"}, headers=desk.auth(READ)
+    )
+    assert [c["id"] for c in filtered.json()["data"]] == [slashed]
     missing = await desk.get("ext:crm-43")
     assert missing.status_code == 404 and missing.json()["code"] == "CONTACT_NOT_FOUND"
 

@@ -78,6 +78,7 @@ async def contacts_page(
     after: tuple[datetime, str] | None,
     updated_since: datetime | None,
     include_deleted: bool,
+    external_id: str | None = None,
 ) -> Sequence[DeskContact]:
     """Oldest change first, by (updated_at, id): a cursor survives rows changing meanwhile
     (a changed row moves to the end, where an incremental reader finds it again)."""
@@ -86,6 +87,8 @@ async def contacts_page(
         query = query.where(DeskContact.updated_at >= updated_since)
     if not include_deleted:
         query = query.where(DeskContact.deleted_at.is_(None))
+    if external_id is not None:
+        query = query.where(DeskContact.external_id == external_id)
     if after is not None:
         at, last_id = after
         query = query.where(

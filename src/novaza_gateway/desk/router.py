@@ -44,6 +44,7 @@ async def list_contacts(
     cursor: CursorQuery = None,
     updated_since: Annotated[datetime | None, Query(alias="updatedSince")] = None,
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
+    external_id: Annotated[str | None, Query(alias="externalId", max_length=255)] = None,
 ) -> Page[ContactOut]:
     return await service.list_contacts(
         session,
@@ -53,6 +54,7 @@ async def list_contacts(
         cursor=cursor,
         updated_since=updated_since,
         include_deleted=include_deleted,
+        external_id=external_id,
     )
 
 

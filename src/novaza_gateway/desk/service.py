@@ -101,6 +101,7 @@ async def list_contacts(
     cursor: str | None,
     updated_since: datetime | None,
     include_deleted: bool,
+    external_id: str | None = None,
 ) -> Page[ContactOut]:
     after = None
     if cursor is not None:
@@ -118,6 +119,7 @@ async def list_contacts(
         after=after,
         updated_since=updated_since,
         include_deleted=include_deleted,
+        external_id=external_id,
     )
     page, more = list(rows[:limit]), len(rows) > limit
     _audit_reads(session, actor, tenant.id, page)
