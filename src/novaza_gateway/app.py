@@ -1,7 +1,8 @@
 """``create_app(settings)``: wiring. Middleware order, routers, guards, lifespan.
 
 The request path, outermost first:
-RequestContext (id, version, last-resort 500, access log) -> Metrics -> routing ->
+FrontDoor (id, version, metrics, access log, last-resort 500; finds the route) ->
+[framework: exception handlers, exit stack; skipped by StateRoutes] ->
 RouteGuard per route (authenticate, tenant, authorize, rate limit, body limit) -> endpoint.
 """
 
@@ -35,14 +36,14 @@ from novaza_gateway.config import Settings
 from novaza_gateway.core.auth import TokenVerifier
 from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import install_handlers
+from novaza_gateway.core.frontdoor import GatewayApp
 from novaza_gateway.core.health import HealthRegistry, Probe
 from novaza_gateway.core.health import router as health_router
 from novaza_gateway.core.jwks import KeyStore
 from novaza_gateway.core.lifecycle import Lifecycle
-from novaza_gateway.core.metrics import DB_POOL_CHECKED_OUT, DB_POOL_SIZE, MetricsMiddleware
+from novaza_gateway.core.metrics import DB_POOL_CHECKED_OUT, DB_POOL_SIZE
 from novaza_gateway.core.policy import POLICY_KEY, Gatekeeper, Policy, RouteGuard
 from novaza_gateway.core.ratelimit import RateLimiter, RedisLimiter
-from novaza_gateway.core.requestid import RequestContextMiddleware
 from novaza_gateway.core.resp import PipelinedRedis
 from novaza_gateway.core.routeindex import RouteIndex
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
@@ -326,7 +327,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
         finally:
             await rt.lifecycle.stop()
 
-    app = FastAPI(
+    app = GatewayApp(  # the front door outermost (core/frontdoor.py)
         title="Novaza Gateway",
         version=__version__,
         summary="The one front door of the Novaza clinical platform.",
@@ -376,8 +377,6 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     guard_routes(app, ROUTERS + extra_routers, gate)
     app.router.middleware_stack = RouteIndex(app.router)  # no linear search of 60 routes
     _watch_pool(rt.db, settings.db_pool_size)
-    app.add_middleware(MetricsMiddleware)
-    app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

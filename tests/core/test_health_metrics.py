@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from novaza_gateway.core.health import HealthRegistry, Probe
+from novaza_gateway.core.whoami import WhoAmI
 from tests.conftest import Gateway, free_port, gateway_settings, start_gateway
 
 
@@ -125,6 +126,10 @@ async def test_state_routes_answer_and_document_like_fastapi_routes(gw: Gateway)
     body = answer.json()
     assert body["tenant"] == "acme" and body["addons"] == ["emr"]
     assert set(body["rateLimit"]) == {"ratePerSecond", "burst"}  # by alias, as FastAPI sends
+    # whoami builds its wire form by hand: exactly the documented model's fields, valid
+    wire_names = {f.alias or n for n, f in WhoAmI.model_fields.items()}
+    assert set(body) == wire_names
+    assert WhoAmI.model_validate(body).rate_limit.burst == body["rateLimit"]["burst"]
     assert answer.headers["x-request-id"] and answer.headers["ratelimit-policy"]
     assert (await gw.client.get("/health")).json() == {"status": "ok"}
 

@@ -25,6 +25,7 @@ from novaza_gateway.core.errors import (
 )
 from novaza_gateway.core.metering import API_REQUESTS, Dimensions, UsageRecorder
 from novaza_gateway.core.ratelimit import RateLimiter
+from novaza_gateway.core.requestid import RESPONSE_HEADERS
 from novaza_gateway.core.tenancy import TenantCache, TenantContext
 
 POLICY_KEY = "x-novaza-policy"
@@ -214,7 +215,11 @@ class RouteGuard:
             await send_error(send, error)
             return
         if extra_headers:
-            send = _with_headers(send, extra_headers)
+            outgoing = scope.get(RESPONSE_HEADERS)
+            if outgoing is not None:  # the front door adds them: no send wrapper per request
+                outgoing.extend(extra_headers)
+            else:
+                send = _with_headers(send, extra_headers)
         meter = self.policy.meter_bytes
         if meter is None or self.gate.usage is None:
             await self._serve(scope, receive, send)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from novaza_gateway.config import RateLimitSettings
-from novaza_gateway.core.metrics import RATELIMIT_DECISIONS, RATELIMIT_FALLBACKS
+from novaza_gateway.core.metrics import RATELIMIT_DECISIONS, RATELIMIT_FALLBACKS, TALLY
 from novaza_gateway.core.resp import PipelinedRedis, Script
 from novaza_gateway.core.tenancy import RateLimitPolicy
 
@@ -216,4 +216,4 @@ class RateLimiter:
 
     @staticmethod
     def _count(decision: Decision, backend: str) -> None:
-        _DECISIONS[decision.allowed, backend].inc()
+        TALLY.inc(_DECISIONS[decision.allowed, backend])

@@ -17,6 +17,9 @@ from starlette.types import Receive, Scope, Send
 
 _MAX_CACHED = 4096  # distinct (segment, segment) keys; junk paths beyond it are not cached
 Key = tuple[str, str | None]
+# The route the front door already matched for this request (core.frontdoor): the router
+# below the framework's layers hands the request to it without searching again.
+FOUND = "novaza.route_found"
 
 
 def _route_path(scope: Scope) -> str:
@@ -56,15 +59,24 @@ class RouteIndex:
         self._indexed = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for route in self.candidates(_route_path(scope)):
-                match, child_scope = route.matches(scope)
-                if match is Match.FULL:
-                    scope.setdefault("router", self.router)
-                    scope.update(child_scope)
-                    await route.handle(scope, receive, send)
-                    return
+        route = scope.pop(FOUND, None) or self.find(scope)
+        if route is not None:
+            await route.handle(scope, receive, send)
+            return
         await self.fallback(scope, receive, send)
+
+    def find(self, scope: Scope) -> BaseRoute | None:
+        """The route fully matching this HTTP request, with its path parameters put in the
+        scope as the router would; None for anything the framework's router must answer."""
+        if scope["type"] != "http":
+            return None
+        for route in self.candidates(_route_path(scope)):
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope.setdefault("router", self.router)
+                scope.update(child_scope)
+                return route
+        return None
 
     def candidates(self, path: str) -> tuple[BaseRoute, ...]:
         routes = self.router.routes

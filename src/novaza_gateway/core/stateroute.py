@@ -5,7 +5,9 @@ return value again against the response model) is a third to a half of the CPU o
 that does no I/O (docs/benchmarks.md). A hot route that takes no parameters and reads only the
 principal and tenant the ``RouteGuard`` resolved does not need it: its endpoint gets the
 ``Request`` and returns a pydantic model, which goes out as JSON by alias, as FastAPI would
-send it. The route stays an ``APIRoute``, so OpenAPI documents it and the guard wraps it.
+send it (or a dict already in the model's wire form, where building the model costs too
+much). The route stays an ``APIRoute``, so OpenAPI documents it and the guard wraps it, and
+the front door (``core.frontdoor``) calls it without the framework's layers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -21,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 _JSON = (b"content-type", b"application/json")
 
-StateEndpoint = Callable[[Request], Awaitable[BaseModel]]
+# A model goes out by alias; a dict is taken as the model's wire form already (whoami).
+StateEndpoint = Callable[[Request], Awaitable[BaseModel | dict[str, Any]]]
 
 
 class StateRoute(APIRoute):
@@ -35,8 +39,11 @@ class StateRoute(APIRoute):
 
 def _answer(endpoint: StateEndpoint, status: int) -> Callable[[Scope, Receive, Send], Any]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        model = await endpoint(Request(scope, receive))
-        body = model.__pydantic_serializer__.to_json(model, by_alias=True)
+        answer = await endpoint(Request(scope, receive))
+        if isinstance(answer, BaseModel):
+            body = answer.__pydantic_serializer__.to_json(answer, by_alias=True)
+        else:
+            body = orjson.dumps(answer)
         await send(
             {
                 "type": "http.response.start",

@@ -16,7 +16,7 @@ from typing import Protocol
 import redis.asyncio as redis
 
 from novaza_gateway.core.errors import TenantInactive, TenantSuspended, TenantUnknown
-from novaza_gateway.core.metrics import TENANT_CACHE
+from novaza_gateway.core.metrics import TALLY, TENANT_CACHE
 
 log = logging.getLogger("novaza.tenancy")
 
@@ -73,7 +73,7 @@ class TenantCache:
     async def get(self, key: str) -> TenantContext | None:
         entry = self._entries.get(key)
         if entry is not None and entry[1] > time.monotonic():
-            _HIT.inc()
+            TALLY.inc(_HIT)
             return entry[0]
         _MISS.inc()
         inflight = self._inflight.get(key)
