@@ -28,6 +28,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import uvloop
 from sqlalchemy import event
 from sqlalchemy import text as sql_text
 
@@ -107,6 +108,48 @@ async def drive_mllp(port: int, batch: list[bytes], concurrency: int) -> tuple[f
     started = time.perf_counter()
     await asyncio.gather(*(sender() for _ in range(concurrency)))
     return time.perf_counter() - started, latencies
+
+
+async def drive_mllp_open(
+    port: int, batch: list[bytes], connections: int, rate: float
+) -> tuple[float, list[float]]:
+    """Open loop: message i is due at start + i/rate and goes out on the first idle
+    connection (one message in flight each, as engines send); its latency runs from when it
+    was due, so time spent waiting for a free connection counts (no coordinated omission)."""
+    latencies: list[float] = []
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter, MllpDecoder]]
+    idle = asyncio.Queue()
+    for _ in range(connections):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        idle.put_nowait((reader, writer, MllpDecoder(1 << 20)))
+
+    async def send_one(payload: bytes, due: float) -> None:
+        conn = await idle.get()
+        reader, writer, decoder = conn
+        writer.write(frame(payload))
+        acks: list[bytes] = []
+        while not acks:
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise ConnectionError("connection closed without an ACK")
+            acks = decoder.feed(chunk)
+        latencies.append(time.perf_counter() - due)
+        assert b"MSA|AA|" in acks[0], acks[0][:200]
+        idle.put_nowait(conn)
+
+    tasks = []
+    started = time.perf_counter()
+    for n, payload in enumerate(batch):
+        due = started + n / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(send_one(payload, due)))
+    await asyncio.gather(*tasks)
+    took = time.perf_counter() - started
+    while not idle.empty():
+        idle.get_nowait()[1].close()
+    return took, latencies
 
 
 async def drive_http(
@@ -216,7 +259,9 @@ async def backend(
             for kind, channel, rep in rows:  # a repeat changes every address again
                 batch = messages(kind, count, f"{run}{channel[0]}{rep}", offset=rep * count)
                 meter = await Meter.start(process.pid, database_url, http)
-                if channel == "mllp":
+                if channel == "mllp" and args.rate:
+                    took, lat = await drive_mllp_open(mllp, batch, concurrency, args.rate)
+                elif channel == "mllp":
                     took, lat = await drive_mllp(mllp, batch, concurrency)
                 else:
                     path = "/med/hl7/adt" if kind == "A08" else "/med/hl7/orm"
@@ -227,7 +272,12 @@ async def backend(
                 p50 = statistics.median(lat) * 1000
                 p99 = percentile(lat, 0.99) * 1000
                 rate, parsed = count / took, baseline(batch)
-                row = f"| {name} | {channel} | {kind} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |"
+                shown = (
+                    f"{channel} @ {args.rate:,.0f}/s"
+                    if channel == "mllp" and args.rate
+                    else channel
+                )
+                row = f"| {name} | {shown} | {kind} | {rate:,.0f} | {p50:.1f} | {p99:.1f} |"
                 print(f"{row} {used} {parsed:,.0f} |", flush=True)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
@@ -406,6 +456,13 @@ async def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="rows per kind and channel")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="MLLP open loop: offer this many messages/s over --concurrency connections and "
+        "time each ACK from when its message was due (default: closed loop, as fast as ACKs)",
+    )
+    parser.add_argument(
         "--in-process", action="store_true", help="the intake's CPU and statements, no sockets"
     )
     args = parser.parse_args()
@@ -425,7 +482,8 @@ async def main() -> None:
                     await drop(name)
         return
     print(
-        f"{args.messages} messages per row, {args.concurrency} concurrent senders, "
+        f"{args.messages} messages per row, {args.concurrency} concurrent senders"
+        f"{f' (MLLP open loop at {args.rate:,.0f}/s)' if args.rate else ''}, "
         f"after {args.warmup} warm-up messages of each kind and ANALYZE\n"
     )
     print(
@@ -448,4 +506,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # the senders share the two CPUs with the gateway: keep them light
