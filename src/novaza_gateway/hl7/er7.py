@@ -6,6 +6,7 @@ ACK's ERR segment needs; ``ParseError`` is the AR kind.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -192,15 +193,26 @@ def _escape_text(seq: str, seps: Separators, charset: str) -> str:
 
 def escape(value: str, seps: Separators = DEFAULT_SEPARATORS) -> str:
     """Text into a field: separators and line breaks become escape sequences."""
-    table = {
-        seps.escape: f"{seps.escape}E{seps.escape}",
-        seps.field: f"{seps.escape}F{seps.escape}",
-        seps.component: f"{seps.escape}S{seps.escape}",
-        seps.subcomponent: f"{seps.escape}T{seps.escape}",
-        seps.repetition: f"{seps.escape}R{seps.escape}",
-        "\r": f"{seps.escape}.br{seps.escape}",
-        "\n": f"{seps.escape}.br{seps.escape}",
-    }
-    if not any(c in value for c in table):
+    pattern, table = _escaping(seps)
+    if pattern.search(value) is None:  # most values: nothing to escape
         return value
-    return "".join(table.get(c, c) for c in value.replace("\r\n", "\n"))
+    return pattern.sub(lambda found: table[found.group()], value)
+
+
+@functools.lru_cache(maxsize=32)
+def _escaping(seps: Separators) -> tuple[re.Pattern[str], dict[str, str]]:
+    """Per set of separators, once: the characters to escape and their sequences (a CR LF
+    pair is one line break)."""
+    e = seps.escape
+    br = f"{e}.br{e}"
+    table = {
+        "\r\n": br,
+        e: f"{e}E{e}",
+        seps.field: f"{e}F{e}",
+        seps.component: f"{e}S{e}",
+        seps.subcomponent: f"{e}T{e}",
+        seps.repetition: f"{e}R{e}",
+        "\r": br,
+        "\n": br,
+    }
+    return re.compile("|".join(re.escape(key) for key in table)), table
