@@ -88,6 +88,24 @@ async def test_redis_backend_shares_state_between_limiters(redis_url: str) -> No
         await b.aclose()
 
 
+async def test_redis_backend_follows_a_changed_limit_and_a_flushed_script(redis_url: str) -> None:
+    """Each tenant's call is encoded once; a new limit is a new call, and a Redis that lost
+    the script (restart, SCRIPT FLUSH) gets it again."""
+    key = uuid.uuid4().hex
+    client = PipelinedRedis.from_url(redis_url, timeout=1.0)
+    try:
+        limiter = RedisLimiter(client)
+        assert (await limiter.decide(key, POLICY)).limit == 5
+        wider = RateLimitPolicy(rate_per_second=1.0, burst=50)
+        decision = await limiter.decide(key, wider)
+        assert decision.limit == 50 and decision.allowed
+        assert await client.execute("SCRIPT", "FLUSH") == "OK"
+        again = await limiter.decide(key, wider)
+        assert again.allowed and again.remaining < decision.remaining
+    finally:
+        await client.aclose()
+
+
 async def test_redis_backend_down_falls_back_to_local_quickly() -> None:
     port = free_port()  # nothing listens here
     client = PipelinedRedis.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.025)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from novaza_gateway.config import RateLimitSettings
 from novaza_gateway.core.metrics import RATELIMIT_DECISIONS, RATELIMIT_FALLBACKS, TALLY
-from novaza_gateway.core.resp import PipelinedRedis, Script
+from novaza_gateway.core.resp import PipelinedRedis, Script, encode_command
 from novaza_gateway.core.tenancy import RateLimitPolicy
 
 log = logging.getLogger("novaza.ratelimit")
@@ -121,16 +121,28 @@ class RedisLimiter:
 
     def __init__(self, client: PipelinedRedis) -> None:
         self._client = client
+        # A tenant's call is the same bytes every time until its limits change: encoded once.
+        self._calls: dict[tuple[str, RateLimitPolicy], tuple[list[str], list[str], bytes]] = {}
 
     async def decide(self, key: str, policy: RateLimitPolicy) -> Decision:
-        interval = 1.0 / policy.rate_per_second
-        result = await self._client.eval_script(
-            _GCRA, [f"novaza:rl:{key}"], [repr(interval), repr(policy.burst * interval)]
-        )
+        call = self._calls.get((key, policy))
+        if call is None:
+            call = self._encode(key, policy)
+        keys, args, evalsha = call
+        result = await self._client.eval_script(_GCRA, keys, args, evalsha)
         allowed, remaining, reset_ms, retry_ms = (int(x) for x in result)
         return Decision(
             bool(allowed), policy.burst, remaining, reset_ms / 1000.0, retry_ms / 1000.0
         )
+
+    def _encode(self, key: str, policy: RateLimitPolicy) -> tuple[list[str], list[str], bytes]:
+        interval = 1.0 / policy.rate_per_second
+        keys, args = [f"novaza:rl:{key}"], [repr(interval), repr(policy.burst * interval)]
+        call = (keys, args, encode_command("EVALSHA", _GCRA.sha, len(keys), *keys, *args))
+        if len(self._calls) >= 10_000:  # tenants x limit changes: start over rather than grow
+            self._calls.clear()
+        self._calls[key, policy] = call
+        return call
 
     async def aclose(self) -> None:
         await self._client.aclose()

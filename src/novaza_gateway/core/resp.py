@@ -187,22 +187,32 @@ class PipelinedRedis:
         deadline fires, the loop gets one more full turn, I/O included, before the command
         fails; only a reply still missing then is a timeout.
         """
+        return await self.send(encode_command(*args))
+
+    async def send(self, command: bytes) -> Any:
+        """``execute`` for a command already encoded (a caller sending the same one often)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         connection = self._connection
         if connection is None or connection.closed:
             async with asyncio.timeout_at(deadline):
                 connection = await self._connect()
-        reply = connection.send(encode_command(*args))
+        reply = connection.send(command)
         expiry = loop.call_at(deadline, _expire_after_a_turn, loop, reply)
         try:
             return await reply
         finally:
             expiry.cancel()
 
-    async def eval_script(self, script: Script, keys: list[str], args: list[str]) -> Any:
+    async def eval_script(
+        self, script: Script, keys: list[str], args: list[str], evalsha: bytes | None = None
+    ) -> Any:
+        """The script by its SHA (``evalsha``: that command, encoded), sent in full once
+        when the server does not know it yet."""
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            if evalsha is None:
+                evalsha = encode_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.send(evalsha)
         except RespError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
