@@ -214,6 +214,9 @@ async def prepare(data_dir: Path, database_url: str | None) -> tuple[Settings, s
     return settings, token
 
 
+WORKERS = [1]  # --workers
+
+
 def serve(
     data_dir: Path, database_url: str | None, http: int, mllp: int
 ) -> subprocess.Popen[bytes]:
@@ -226,7 +229,7 @@ def serve(
         env["NOVAZA_DATABASE_URL"] = database_url
     log = (data_dir / "serve.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "novaza_gateway", "serve"],
+        [sys.executable, "-m", "novaza_gateway", "serve", "--workers", str(WORKERS[0])],
         env=env, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -293,6 +296,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree_cpu(pid: int) -> float:
+    """A process's CPU and its children's (``--workers``: uvicorn's worker processes)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+
+
 class Meter:
     """CPU the gateway and this database's PostgreSQL backends spent on a row, per message,
     and the gateway's mean messages per group commit (from its /metrics)."""
@@ -306,7 +318,7 @@ class Meter:
     @classmethod
     async def start(cls, pid: int, database_url: str | None, http: int | None) -> Meter:
         meter = cls(pid, database_url, http)
-        meter.gateway = cpu_seconds(pid)
+        meter.gateway = process_tree_cpu(pid)
         meter.backends = {p: cpu_seconds(p) for p in await meter.backend_pids()}
         meter.groups = meter.group_counts()
         return meter
@@ -342,7 +354,7 @@ class Meter:
         return f"{spent / messages * 1000:.3f}"
 
     async def stop(self, messages: int) -> str:
-        gateway = (cpu_seconds(self.pid) - self.gateway) / messages * 1000
+        gateway = (process_tree_cpu(self.pid) - self.gateway) / messages * 1000
         pids = await self.backend_pids()
         spent = sum(cpu_seconds(p) - self.backends.get(p, 0.0) for p in pids)
         database = f"{spent / messages * 1000:.2f}" if self.database_url else "-"
@@ -465,7 +477,9 @@ async def main() -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="the intake's CPU and statements, no sockets"
     )
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     args = parser.parse_args()
+    WORKERS[0] = args.workers
     if args.in_process:
         print(
             "| store | message | msgs/group | gateway CPU ms/msg | PostgreSQL CPU ms/msg "

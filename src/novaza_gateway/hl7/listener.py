@@ -77,8 +77,13 @@ class MllpListener:
 
     async def start(self) -> None:
         self._batcher.start()
+        # reuse_port: with ``novaza serve --workers N`` every worker listens on the one port
+        # and the kernel spreads the connections over them (a connection stays with one).
         self._server = await asyncio.start_server(
-            self._connection, self.config.mllp_host, self.config.mllp_port or 0
+            self._connection,
+            self.config.mllp_host,
+            self.config.mllp_port or 0,
+            reuse_port=bool(self.config.mllp_port),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp listening", extra={"port": self.port})
