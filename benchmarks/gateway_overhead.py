@@ -11,10 +11,13 @@ httptools, access log off):
 It drives each with wrk (closed loop, saturating) and reports requests/s and p50/p99 for
 ``GET /health``, ``GET /api/v1/whoami`` with a Bearer token (auth, tenant cache, rate limit; no
 database except the tenant cache's reload once per TTL) and the bare app's hello route, then
-the ratio whoami/bare. It does this twice: with the in-process limiter, and with a second
-gateway process on ``NOVAZA_REDIS_URL``. Then an open-loop generator (below) drives whoami at
-half its measured peak and reports p50/p99 from each request's *scheduled* send time, so a
-stalled server cannot hide its queue (no coordinated omission).
+the ratio whoami/bare. With ``--repeat N`` it measures N rounds, each running every route once
+in turn, and reports the median round's figures and the median of the rounds' ratios: the
+host this runs on drifts by tens of percent over minutes, and a whoami run compared with the
+bare run next to it cancels most of that. It does this twice: with the in-process limiter, and
+with a second gateway process on ``NOVAZA_REDIS_URL``. Then an open-loop generator (below)
+drives whoami at half its measured peak and reports p50/p99 from each request's *scheduled*
+send time, so a stalled server cannot hide its queue (no coordinated omission).
 
 With two or more CPUs and ``taskset``, servers run on the first CPU and the load generators
 (wrk, and this process for the open-loop runs) on the second; Redis is not pinned. Each run
@@ -380,7 +383,7 @@ class Bench:
         return max(1, round(float(self.args.duration)))
 
 
-def measure(
+def run_once(
     bench: Bench,
     label: str,
     server: Server,
@@ -388,65 +391,85 @@ def measure(
     lua: Path,
     around: Callable[[], dict[str, float]] | None = None,
 ) -> LoadResult:
-    """Warm up, then ``--repeat`` measured wrk runs; the run with the median rate is reported.
+    """Warm up, then one measured wrk run.
 
-    ``around`` is called before and after each measured run (e.g. to read gateway counters);
+    ``around`` is called before and after the measured run (e.g. to read gateway counters);
     the difference lands in ``extra``.
     """
     url = server.url + path
-    runs = []
-    for _ in range(bench.args.repeat):
-        wait_quiet(bench)
-        if bench.args.warmup > 0:
-            run_wrk(
-                bench.wrk,
-                bench.pin,
-                url,
-                lua,
-                max(1, round(bench.args.warmup)),
-                bench.args.connections,
-            )
-        marks = around() if around else {}
-        before = CpuSnapshot.take(server.proc.pid, bench.redis_url)
-        raw = run_wrk(bench.wrk, bench.pin, url, lua, bench.seconds, bench.args.connections)
-        cpu = before.until(CpuSnapshot.take(server.proc.pid, bench.redis_url))
-        extra = {}
-        if around:
-            after = around()
-            extra = {k: after.get(k, 0.0) - marks.get(k, 0.0) for k in after}
-        lat = raw["latency_us"]
-        runs.append(
-            LoadResult(
-                label=label,
-                url=url,
-                rps=raw["requests"] / (raw["duration_us"] / 1e6),
-                p50_ms=lat["p50"] / 1000,
-                p90_ms=lat["p90"] / 1000,
-                p99_ms=lat["p99"] / 1000,
-                p99_9_ms=lat["p99_9"] / 1000,
-                max_ms=lat["max"] / 1000,
-                requests=raw["requests"],
-                errors={k: v for k, v in raw["errors"].items() if v},
-                cpu_us_per_request=1e6 * cpu.pop("server_cpu_seconds") / max(1, raw["requests"]),
-                cpu=cpu,
-                extra=extra,
-            )
+    wait_quiet(bench)
+    if bench.args.warmup > 0:
+        run_wrk(
+            bench.wrk,
+            bench.pin,
+            url,
+            lua,
+            max(1, round(bench.args.warmup)),
+            bench.args.connections,
         )
-    runs.sort(key=lambda r: r.rps)
-    result = runs[(len(runs) - 1) // 2]
-    if len(runs) > 1:
+    marks = around() if around else {}
+    before = CpuSnapshot.take(server.proc.pid, bench.redis_url)
+    raw = run_wrk(bench.wrk, bench.pin, url, lua, bench.seconds, bench.args.connections)
+    cpu = before.until(CpuSnapshot.take(server.proc.pid, bench.redis_url))
+    extra = {}
+    if around:
+        after = around()
+        extra = {k: after.get(k, 0.0) - marks.get(k, 0.0) for k in after}
+    lat = raw["latency_us"]
+    return LoadResult(
+        label=label,
+        url=url,
+        rps=raw["requests"] / (raw["duration_us"] / 1e6),
+        p50_ms=lat["p50"] / 1000,
+        p90_ms=lat["p90"] / 1000,
+        p99_ms=lat["p99"] / 1000,
+        p99_9_ms=lat["p99_9"] / 1000,
+        max_ms=lat["max"] / 1000,
+        requests=raw["requests"],
+        errors={k: v for k, v in raw["errors"].items() if v},
+        cpu_us_per_request=1e6 * cpu.pop("server_cpu_seconds") / max(1, raw["requests"]),
+        cpu=cpu,
+        extra=extra,
+    )
+
+
+def summarize(runs: list[LoadResult]) -> LoadResult:
+    """The run with the median rate, carrying every run's figures; printed."""
+    ordered = sorted(runs, key=lambda r: r.rps)
+    result = ordered[(len(ordered) - 1) // 2]
+    if len(ordered) > 1:
         result.repeats = [
             {"rps": r.rps, "p99_ms": r.p99_ms, "cpu_us_per_request": r.cpu_us_per_request}
             for r in runs
         ]
     print(
-        f"  {label:<30} {result.rps:>7.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+        f"  {result.label:<30} {result.rps:>7.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
         f"p99 {result.p99_ms:6.2f} ms  {result.cpu_us_per_request:5.0f} us CPU/req  "
         f"server {result.cpu['server_cpu_pct']:3.0f}% other {result.cpu['other_cpu_pct']:3.0f}%"
         + (f"  ERRORS {result.errors}" if result.errors else ""),
         flush=True,
     )
     return result
+
+
+def interleaved(
+    bench: Bench,
+    targets: list[tuple[str, Server, str, Path, Callable[[], dict[str, float]] | None]],
+) -> list[list[LoadResult]]:
+    """``--repeat`` rounds, each measuring every target once in turn: a slow minute of the
+    shared host then weighs on the gateway and the bare app alike, and each round's whoami
+    and bare runs, minutes apart at most, make one pair."""
+    runs: list[list[LoadResult]] = [[] for _ in targets]
+    for _ in range(bench.args.repeat):
+        for index, target in enumerate(targets):
+            runs[index].append(run_once(bench, *target))
+    return runs
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 # ----------------------------------------------------------------------------- open loop
@@ -776,14 +799,17 @@ def limiter_round(
         def counters() -> dict[str, float]:
             return limiter_summary(gateway_counters(gateway))
 
-        health = measure(bench, "gateway GET /health", gateway, "/health", plain_lua)
-        whoami = measure(
-            bench, "gateway GET /api/v1/whoami", gateway, "/api/v1/whoami", auth_lua, counters
-        )
-        hello = measure(bench, "bare Starlette GET /", bare, "/", plain_lua)
-        runs = [health, whoami, hello]
+        targets: list[tuple[str, Server, str, Path, Callable[[], dict[str, float]] | None]] = [
+            ("gateway GET /health", gateway, "/health", plain_lua, None),
+            ("gateway GET /api/v1/whoami", gateway, "/api/v1/whoami", auth_lua, counters),
+            ("bare Starlette GET /", bare, "/", plain_lua, None),
+        ]
         if reference is not None:
-            runs.append(measure(bench, "FastAPI hello (reference)", reference, "/", plain_lua))
+            targets.append(("FastAPI hello (reference)", reference, "/", plain_lua, None))
+        measured = interleaved(bench, targets)
+        runs = [summarize(target_runs) for target_runs in measured]
+        whoami = runs[1]
+        pairs = list(zip(measured[1], measured[2], strict=True))  # whoami and bare, per round
         decisions = whoami.extra
         if decisions.get("fallbacks") or decisions.get("limited"):
             print(
@@ -811,10 +837,20 @@ def limiter_round(
             "limiter": limiter,
             "limiter_detail": backend,
             "closed_loop": [asdict(r) for r in runs],
-            "ratio_whoami_over_bare": whoami.rps / hello.rps,
-            "ratio_health_over_bare": health.rps / hello.rps,
-            "ratio_fastapi_hello_over_bare": runs[3].rps / hello.rps if reference else None,
-            "cpu_ratio_bare_over_whoami": hello.cpu_us_per_request / whoami.cpu_us_per_request,
+            # medians of the per-round ratios (each round's runs minutes apart at most)
+            "ratio_whoami_over_bare": median([w.rps / b.rps for w, b in pairs]),
+            "ratio_health_over_bare": median(
+                [h.rps / b.rps for h, b in zip(measured[0], measured[2], strict=True)]
+            ),
+            "ratio_fastapi_hello_over_bare": median(
+                [f.rps / b.rps for f, b in zip(measured[3], measured[2], strict=True)]
+            )
+            if reference
+            else None,
+            "cpu_ratio_bare_over_whoami": median(
+                [b.cpu_us_per_request / w.cpu_us_per_request for w, b in pairs]
+            ),
+            "ratios_per_round": [round(w.rps / b.rps, 3) for w, b in pairs],
             "noisy_runs": [r.label for r in runs if r.noisy],
             "open_loop": loops,
             "gateway_counters": gateway_counters(gateway),
@@ -832,7 +868,8 @@ def print_table(report: dict[str, Any]) -> None:
     )
     print(
         f"closed loop: wrk -t1 -c{meta['connections']}, {meta['duration_s']:.0f} s per run after "
-        f"{meta['warmup_s']:g} s warm-up, median of {meta['repeat']}; {meta['pinning']}"
+        f"{meta['warmup_s']:g} s warm-up, {meta['repeat']} interleaved rounds (rates: the "
+        f"median round; ratios: the median of the rounds' ratios); {meta['pinning']}"
     )
     print(
         f"open loop: {meta['open_connections']} connections, latency from each request's "
@@ -857,7 +894,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(
             f"{rnd['limiter']:<8} {'ratio whoami / bare':<30} {ratio:>8.3f}   "
             f"target >= {target:.2f}: {'MET' if ratio >= target else 'MISSED'}   "
-            f"(CPU per request bare/whoami {rnd['cpu_ratio_bare_over_whoami']:.3f})"
+            f"(CPU per request bare/whoami {rnd['cpu_ratio_bare_over_whoami']:.3f}; "
+            f"rounds {' '.join(f'{r:.3f}' for r in rnd['ratios_per_round'])})"
         )
         if (fastapi := rnd["ratio_fastapi_hello_over_bare"]) is not None:
             print(f"{rnd['limiter']:<8} {'ratio FastAPI hello / bare':<30} {fastapi:>8.3f}")
@@ -912,7 +950,12 @@ def parse_args() -> argparse.Namespace:
     add = parser.add_argument
     add("--duration", type=float, default=10.0, help="seconds per measured run (whole) [10]")
     add("--warmup", type=float, default=2.0, help="seconds of warm-up before each run [2]")
-    add("--repeat", type=int, default=1, help="measured runs per route, median reported [1]")
+    add(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds, each measuring every route once in turn; medians reported [1]",
+    )
     add("--connections", type=int, default=32, help="wrk connections [32]")
     add("--open-connections", type=int, default=32, help="open-loop connections [32]")
     add("--open-fraction", type=float, default=0.5, help="open-loop rate / whoami peak [0.5]")

@@ -47,6 +47,15 @@ async def test_every_route_is_found_as_the_router_finds_it(gw: Gateway) -> None:
             full = [r for r in router.routes if r.matches(scope)[0] is Match.FULL]
             indexed = [r for r in index.candidates(path) if r.matches(scope)[0] is Match.FULL]
             assert indexed[:1] == full[:1], (method, path)
+            # find(), twice: the second time from the exact-path memo for routes without
+            # parameters; the same route and path parameters either way
+            for _ in range(2):
+                found_scope = dict(scope)
+                found = index.find(found_scope)
+                assert [found] == full[:1] or (found is None and not full), (method, path)
+                if found is not None:
+                    child = full[0].matches(scope)[1]
+                    assert {k: found_scope[k] for k in child} == child, (method, path)
 
 
 async def test_answers_through_the_index_are_the_routers_answers(gw: Gateway) -> None:

@@ -9,6 +9,7 @@ never a 500, never a hang.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -40,14 +41,23 @@ class Decision:
 
     def headers(self, window_seconds: float) -> list[tuple[bytes, bytes]]:
         reset = max(0, math.ceil(self.reset_seconds))
-        window = max(1, math.ceil(window_seconds))
+        policy, limit = _policy_headers(self.limit, max(1, math.ceil(window_seconds)))
         return [
-            (b"ratelimit-policy", f'"tenant";q={self.limit};w={window}'.encode()),
-            (b"ratelimit", f'"tenant";r={self.remaining};t={reset}'.encode()),
-            (b"x-ratelimit-limit", str(self.limit).encode()),
-            (b"x-ratelimit-remaining", str(self.remaining).encode()),
-            (b"x-ratelimit-reset", str(reset).encode()),
+            policy,
+            (b"ratelimit", b'"tenant";r=%d;t=%d' % (self.remaining, reset)),
+            limit,
+            (b"x-ratelimit-remaining", b"%d" % self.remaining),
+            (b"x-ratelimit-reset", b"%d" % reset),
         ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_headers(limit: int, window: int) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """A tenant's policy headers, the same on every answer until its limits change."""
+    return (
+        (b"ratelimit-policy", b'"tenant";q=%d;w=%d' % (limit, window)),
+        (b"x-ratelimit-limit", b"%d" % limit),
+    )
 
 
 def gcra(tat: float, now: float, policy: RateLimitPolicy) -> tuple[Decision, float]:

@@ -56,6 +56,9 @@ class RouteIndex:
         self.router = router
         self.fallback = router.app  # the framework's full search: partials, redirects, 404
         self._cache: dict[Key, tuple[BaseRoute, ...]] = {}
+        # (method, path) -> a route without path parameters that matched it in full: the
+        # next request for it skips the regular expressions (whoami, /health, /metrics).
+        self._exact: dict[tuple[str, str], tuple[BaseRoute, Scope]] = {}
         self._indexed = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,11 +73,22 @@ class RouteIndex:
         scope as the router would; None for anything the framework's router must answer."""
         if scope["type"] != "http":
             return None
-        for route in self.candidates(_route_path(scope)):
+        path = _route_path(scope)
+        candidates = self.candidates(path)  # first: it notices routes added since
+        exact = self._exact.get((scope["method"], path))
+        if exact is not None:
+            route, child_scope = exact
+            scope.setdefault("router", self.router)
+            scope.update(child_scope)
+            scope["path_params"] = dict(scope.get("path_params", {}))
+            return route
+        for route in candidates:
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
                 scope.setdefault("router", self.router)
                 scope.update(child_scope)
+                if not getattr(route, "param_convertors", True) and len(self._exact) < _MAX_CACHED:
+                    self._exact[scope["method"], path] = (route, child_scope)
                 return route
         return None
 
@@ -82,6 +96,7 @@ class RouteIndex:
         routes = self.router.routes
         if len(routes) != self._indexed:  # routes added after the first request
             self._cache.clear()
+            self._exact.clear()
             self._indexed = len(routes)
         key = _segments(path)
         found = self._cache.get(key)
