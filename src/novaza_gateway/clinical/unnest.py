@@ -40,7 +40,9 @@ _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 Convert = Callable[[Any], Any]
 
 
-def _converter(column_type: Any) -> Convert | None:
+def bind_converter(column_type: Any) -> Convert | None:
+    """How a column's Python value becomes what its PostgreSQL row-type array binds; None:
+    as it is. (Also ``desk.bulk``'s.)"""
     if isinstance(column_type, TypeDecorator):
         decorator = column_type
         return lambda value: decorator.process_bind_param(value, _DIALECT)
@@ -57,7 +59,7 @@ def _columns(table: Table) -> tuple[tuple[str, ...], tuple[tuple[str, Convert], 
     converted = tuple(
         (column.key, convert)
         for column in table.columns
-        if (convert := _converter(column.type)) is not None
+        if (convert := bind_converter(column.type)) is not None
     )
     return names, converted
 

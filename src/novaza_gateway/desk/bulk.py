@@ -8,27 +8,15 @@ SQLite (in-process, no round trips) takes an executemany.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Table, TextClause, bindparam, insert, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Table, TextClause, bindparam, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import TypeDecorator
 
-_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+from novaza_gateway.clinical.unnest import bind_converter
+
 Row = dict[str, Any]
-
-
-def _converter(column_type: Any) -> Callable[[Any], Any] | None:
-    if isinstance(column_type, TypeDecorator):
-        decorator = column_type
-        return lambda value: decorator.process_bind_param(value, _PG)
-    if isinstance(column_type, JSON):
-        none_as_null = column_type.none_as_null
-        return lambda value: None if value is None and none_as_null else json.dumps(value)
-    return None
 
 
 @functools.cache
@@ -36,7 +24,7 @@ def _converters(table: Table) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     return tuple(
         (column.key, convert)
         for column in table.columns
-        if (convert := _converter(column.type)) is not None
+        if (convert := bind_converter(column.type)) is not None
     )
 
 

@@ -14,7 +14,6 @@ a newer one of the same contact is queued.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -29,6 +28,7 @@ from sqlalchemy import Row, and_, bindparam, or_, select, update
 from novaza_gateway.config import DeskConfig
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database, utcnow
+from novaza_gateway.core.outboxloop import run_passes
 from novaza_gateway.desk import bulk
 from novaza_gateway.desk.repository import CONTACTS, DEAD, DELIVERED, OUTBOX, QUEUED, SENDING
 from novaza_gateway.desk.upstream import TenantDeskSettings
@@ -71,18 +71,7 @@ class DeskPusher:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store is away: wait and try again
-                log.warning("desk outbox pass failed", extra={"error": type(exc).__name__})
-                busy = 0
-            if not busy:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.outbox_poll_seconds)
+        await run_passes(self.run_once, self._wake, self.config.outbox_poll_seconds, log)
 
     async def run_once(self) -> int:
         """One pass: claim what is due, push it (tenants in parallel). Answers a count."""

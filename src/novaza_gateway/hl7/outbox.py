@@ -24,6 +24,7 @@ from datetime import timedelta
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database, utcnow
+from novaza_gateway.core.outboxloop import run_passes
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.ack import read_ack
 from novaza_gateway.hl7.metrics import DELIVERY_ATTEMPTS
@@ -115,18 +116,7 @@ class OutboxWorker:
         self.wake()
 
     async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store is away: wait and try again
-                log.warning("outbox pass failed", extra={"error": type(exc).__name__})
-                busy = 0
-            if not busy:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.outbox_poll_seconds)
+        await run_passes(self.run_once, self._wake, self.config.outbox_poll_seconds, log)
 
     async def close(self) -> None:
         for link in self._links.values():
