@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -18,6 +17,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from novaza_gateway.core.secretfile import create_once
 
 DEV_ISSUER = "novaza-dev"
 KEY_FILE = "dev-signing-key.pem"
@@ -30,25 +31,17 @@ def _b64(data: bytes) -> str:
 def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
     path = data_dir / KEY_FILE
     if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise RuntimeError(f"{path} is not an Ed25519 key")
-        return key
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    try:
-        os.link(tmp, path)  # first writer wins when several workers start at once
-    except FileExistsError:
-        tmp.unlink()
-        return load_or_create_key(data_dir)
-    tmp.unlink()
+        pem = path.read_bytes()
+    else:  # several workers starting at once: the first key written is everyone's
+        fresh = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        pem = create_once(path, fresh)
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise RuntimeError(f"{path} is not an Ed25519 key")
     return key
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import orjson
 from starlette.types import Scope
 
 from novaza_gateway.core.auth import Principal
+from novaza_gateway.core.secretfile import create_once
 from novaza_gateway.imaging.errors import SignedUrlInvalid, SignedUrlScope
 
 TOKEN_PREFIX = "nvzs1."  # noqa: S105 - a format marker, not a secret
@@ -53,22 +53,8 @@ def parse_keys(value: str) -> list[SigningKey]:
 
 def dev_keys(data_dir: Path) -> list[SigningKey]:
     """One key generated once in the data dir, for a single machine with no configured keys."""
-    path = data_dir / "imaging-signing.key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        temp = data_dir / f".imaging-signing.{secrets.token_hex(6)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temp, path)  # atomic, and loses quietly to a process that came first
-        except FileExistsError:
-            pass
-        finally:
-            temp.unlink()
-    secret = path.read_text().strip().encode()
+    content = secrets.token_urlsafe(32).encode()
+    secret = create_once(data_dir / "imaging-signing.key", content).strip()
     return [SigningKey("dev-" + hashlib.sha256(secret).hexdigest()[:8], secret)]
 
 

@@ -7,7 +7,6 @@ except the one-time development secret in the data directory.
 
 from __future__ import annotations
 
-import os
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any
 
 import jwt
 
+from novaza_gateway.core.secretfile import create_once
+
 AUDIENCE = "personeo"
 ALGORITHM = "HS256"
 DEV_SECRET_FILE = "personeo-token-secret"  # noqa: S105  # a file name
@@ -24,22 +25,8 @@ DEV_SECRET_FILE = "personeo-token-secret"  # noqa: S105  # a file name
 
 def dev_secret(data_dir: Path) -> bytes:
     """A secret generated once in the data dir (0600), the first of concurrent workers wins."""
-    path = data_dir / DEV_SECRET_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        temp = data_dir / f".{DEV_SECRET_FILE}.{secrets.token_hex(6)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            pass
-        finally:
-            temp.unlink()
-    return path.read_text().strip().encode()
+    content = secrets.token_urlsafe(48).encode()
+    return create_once(data_dir / DEV_SECRET_FILE, content).strip()
 
 
 @dataclass(frozen=True, slots=True)
