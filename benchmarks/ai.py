@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+from readiness import wait_healthy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -149,16 +150,7 @@ def start_gateway(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], s
         [*NOVAZA, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.1)
+    wait_healthy(base, proc, timeout=60)
     httpx.put(  # no rate limit in the way
         f"{base}/admin/tenants/bench",
         json={"rateLimit": {"ratePerSecond": 100000, "burst": 100000}},

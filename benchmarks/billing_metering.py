@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from readiness import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "benchmarks" / "out"
@@ -115,17 +116,13 @@ def pinning() -> tuple[list[str], list[str]]:
 def start_server(data_dir: Path, port: int, pin: list[str]) -> subprocess.Popen[bytes]:
     command = [*pin, sys.executable, __file__, "--serve", str(port), str(data_dir)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://{HOST}:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    server.kill()
-    raise SystemExit(
-        f"gateway did not start: {server.stderr.read().decode() if server.stderr else ''}"
-    )
+    try:
+        wait_healthy(f"http://{HOST}:{port}", server)
+    except RuntimeError as error:
+        server.kill()
+        stderr = server.stderr.read().decode() if server.stderr else ""
+        raise SystemExit(f"gateway did not start ({error}): {stderr}") from None
+    return server
 
 
 def cpu_seconds(pid: int) -> float:

@@ -29,6 +29,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import uvloop
+from readiness import wait_healthy
 from sqlalchemy import event
 from sqlalchemy import text as sql_text
 
@@ -232,14 +233,8 @@ def serve(
         [sys.executable, "-m", "novaza_gateway", "serve", "--workers", str(WORKERS[0])],
         env=env, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("gateway did not start")
+    wait_healthy(f"http://127.0.0.1:{http}", process)
+    return process
 
 
 async def backend(

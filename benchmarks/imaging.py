@@ -33,6 +33,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from readiness import wait_healthy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,16 +65,7 @@ def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         [*NOVAZA, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
         yield proc
     finally:
         proc.terminate()
