@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.billing.metering import UsageMeter
-from novaza_gateway.billing.models import UsageRecord
+from novaza_gateway.billing.models import UsageHourly, UsageRecord
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.metering import dimensions
 from tests.billing.conftest import Clock
@@ -214,8 +214,8 @@ async def test_usage_query_is_validated(billed_lite: tuple[Gateway, Clock]) -> N
         assert response.json()["code"] == "VALIDATION_FAILED"
 
 
-async def test_oversized_labels_never_block_a_flush(billed_lite: tuple[Gateway, Clock]) -> None:
-    gw, _ = billed_lite
+async def test_oversized_labels_never_block_a_flush(billed: tuple[Gateway, Clock]) -> None:
+    gw, _ = billed
     tenant = await gw.create_tenant("long-labels")
     meter = UsageMeter()
     meter.record(tenant["id"], "ai_tokens", 5, dimensions=dimensions(model="m" * 400))
@@ -223,6 +223,44 @@ async def test_oversized_labels_never_block_a_flush(billed_lite: tuple[Gateway, 
     await meter.flush(gw.app.state.db)
     assert not meter.pending
     assert await stored(gw, tenant["id"], "ai_tokens") == 12
+
+
+async def test_one_flush_rolls_up_hours_dimensions_and_duplicates(
+    billed: tuple[Gateway, Clock],
+) -> None:
+    """A batch of mixed hours, dimensions and keyed events: the hourly rows hold exactly
+    what was inserted, and a batch flushed twice adds nothing the second time."""
+    gw, _ = billed
+    tenant = await gw.create_tenant("rollup")
+    now = [T0]
+    meter = UsageMeter(instance="rollup", clock=lambda: now[0])
+    inbound, outbound = dimensions(direction="inbound"), dimensions(direction="outbound")
+    for n in range(300):
+        now[0] = T0 + n * 60  # 22:30 to 03:29: six hours, across midnight and a month
+        dims = inbound if n % 3 else outbound
+        meter.record(tenant["id"], "hl7_messages", dimensions=dims, source="hl7", event_id=f"m{n}")
+    meter.record(tenant["id"], "hl7_messages", source="hl7", event_id="m7")  # already there
+    meter.seal()
+    batch = list(meter.pending[0])
+    await meter.flush(gw.app.state.db)
+    meter.pending.append(batch)  # the same batch again, as after a lost acknowledgement
+    await meter.flush(gw.app.state.db)
+    assert await stored(gw, tenant["id"], "hl7_messages") == 300
+    async with gw.app.state.db.sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(UsageHourly.hour, UsageHourly.dimensions, UsageHourly.quantity).where(
+                    UsageHourly.tenant_id == tenant["id"]
+                )
+            )
+        ).all()
+    expected: dict[tuple[datetime, str], int] = {}
+    for n in range(300):
+        hour = datetime.fromtimestamp((T0 + n * 60) // 3600 * 3600, UTC)
+        key = (hour, "direction=inbound" if n % 3 else "direction=outbound")
+        expected[key] = expected.get(key, 0) + 1
+    assert {(hour, dims): quantity for hour, dims, quantity in rows} == expected
+    assert len(expected) == 12
 
 
 async def test_product_area_routes_are_billed_to_their_area(

@@ -13,6 +13,7 @@ replayed on the next start, so a clean restart loses nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import DateTime, bindparam, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.billing.models import UsageHourly, UsageRecord
@@ -59,11 +61,13 @@ class UsageRow:
         }
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of distinct values, one per sealed row
 def dimensions_key(dimensions: Dimensions) -> str:
     """``k=v,k=v``, cut to the column's 255 characters (a batch must never fail on data)."""
     return ",".join(f"{k}={v}" for k, v in dimensions)[:255]
 
 
+@functools.lru_cache(maxsize=256)
 def _hour(epoch_hour: int) -> datetime:
     return datetime.fromtimestamp(epoch_hour * 3600, UTC)
 
@@ -195,12 +199,42 @@ class UsageMeter:
         return files
 
 
+# PostgreSQL: the batch as one JSON array (orjson writes the rows' dataclasses directly),
+# the events inserted and the new ones rolled up into the hourly rows by the server, in one
+# statement. Parameters per row (a dict and a RETURNING row each) cost the event loop ~14 us
+# of CPU an event, ~18 ms a second at 1,300 HL7 messages/s, stalling whatever ran beside
+# it; arrays cost ~5 us (asyncpg checks each element against three ABCs); JSON well under 1.
+_PG_INSERT = text(
+    """
+    WITH inserted AS (
+        INSERT INTO billing_usage
+            (tenant_id, source, event_id, meter, dimensions, hour, quantity, recorded_at)
+        SELECT tenant_id, source, event_id, meter, dimensions, hour, quantity, :recorded_at
+        FROM json_to_recordset(CAST(:batch AS json)) AS batch(
+            tenant_id text, source text, event_id text, meter text, dimensions text,
+            hour timestamptz, quantity bigint)
+        ON CONFLICT (tenant_id, source, event_id) DO NOTHING
+        RETURNING tenant_id, meter, dimensions, hour, quantity
+    )
+    INSERT INTO billing_usage_hourly AS h (tenant_id, meter, hour, dimensions, quantity)
+    SELECT tenant_id, meter, hour, dimensions, sum(quantity) FROM inserted
+    GROUP BY tenant_id, meter, hour, dimensions
+    ORDER BY tenant_id, meter, dimensions, hour
+    ON CONFLICT (tenant_id, meter, hour, dimensions)
+    DO UPDATE SET quantity = h.quantity + excluded.quantity
+    """
+).bindparams(bindparam("recorded_at", type_=DateTime(timezone=True)))
+
+
 async def insert_rows(session: AsyncSession, rows: list[UsageRow]) -> None:
     if not rows:
         return
     now = utcnow()
     dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    if dialect == "postgresql":
+        await _insert_postgresql(session, rows, now)
+        return
+    insert = sqlite.insert
     statement = (
         insert(UsageRecord)
         .on_conflict_do_nothing(index_elements=["tenant_id", "source", "event_id"])
@@ -221,6 +255,12 @@ async def insert_rows(session: AsyncSession, rows: list[UsageRow]) -> None:
             rollup[key] = rollup.get(key, 0) + quantity
     if rollup:
         await _add_hourly(session, insert, rollup)
+
+
+async def _insert_postgresql(session: AsyncSession, rows: list[UsageRow], now: datetime) -> None:
+    for start in range(0, len(rows), 20_000):  # a bounded document per statement
+        batch = orjson.dumps(rows[start : start + 20_000]).decode()
+        await session.execute(_PG_INSERT, {"batch": batch, "recorded_at": now})
 
 
 async def _add_hourly(
