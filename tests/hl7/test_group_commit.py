@@ -176,7 +176,7 @@ async def test_a_message_that_may_fail_midway_gets_a_savepoint(mllp: Gateway) ->
 async def test_a_store_failure_closes_the_connection_without_an_ack(
     mllp: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batcher = mllp.app.state.hl7.listener._batcher
+    batcher = mllp.app.state.hl7.listener.batcher
     real = batcher._store
 
     async def failing(group: Any) -> Any:

@@ -47,3 +47,10 @@ def test_frame_over_the_limit_is_refused_and_the_decoder_recovers() -> None:
     with pytest.raises(FrameTooLarge):
         decoder.feed(frame(b"y" * 17))
     assert decoder.feed(frame(b"z" * 16)) == [b"z" * 16]
+
+
+def test_frames_before_an_oversized_one_are_kept() -> None:
+    decoder = MllpDecoder(16)
+    with pytest.raises(FrameTooLarge) as refused:
+        decoder.feed(frame(b"MSH|one") + frame(b"MSH|two") + frame(b"y" * 17) + frame(b"MSH|3"))
+    assert refused.value.frames == [b"MSH|one", b"MSH|two"]

@@ -163,6 +163,45 @@ async def test_enhanced_mode_never_ack_and_oversized_frame(mllp: Gateway) -> Non
     assert await client.closed_by_peer()
 
 
+async def test_frames_keep_their_order_while_the_routing_table_loads(mllp: Gateway) -> None:
+    settings = mllp.app.state.hl7.settings
+    assert not settings.route_now("NOVAZA", "RADIOLOGY", "STMARYS")[0]  # nothing loaded yet
+    client = await RawClient.connect(mllp)
+    a01 = fixture("adt_a01_v251_epic.hl7")
+    a04 = fixture("adt_a04_v23_meditech.hl7")  # another tenant (RIVERSIDE)
+    await client.send(frame(a01) + frame(b"garbage") + frame(a04) + frame(a01))
+    acks = [await client.ack() for _ in range(4)]
+    assert b"MSA|AA|EPA01000001" in acks[0]
+    assert b"MSA|AR|" in acks[1]
+    assert b"MSA|AA|MT20260302101512001" in acks[2]
+    assert acks[3] == acks[0]  # the repeat: the original ACK, byte for byte
+    await client.close()
+    assert [r.control_id for r in await stored(mllp)] == ["EPA01000001", "MT20260302101512001"]
+
+
+async def test_frames_before_an_oversized_one_are_answered(mllp: Gateway) -> None:
+    client = await RawClient.connect(mllp)
+    oversized = b"\x0b" + b"MSH|" + b"x" * (70 * 1024) + b"\x1c\r"
+    await client.send(frame(fixture("adt_a01_v251_epic.hl7")) + oversized)
+    assert b"MSA|AA|EPA01000001" in await client.ack()
+    assert b"MSA|AR|" in await client.ack()
+    assert await client.closed_by_peer()
+
+
+async def test_a_sender_that_reads_no_acks_is_paced_not_dropped(mllp: Gateway) -> None:
+    """200 frames written before reading one ACK: the listener reads ahead at most its
+    pipeline, and every ACK comes back in order once the sender reads."""
+    client = await RawClient.connect(mllp)
+    base = fixture("adt_a08_v24_cerner.hl7")
+    frames = [base.replace(b"Q7845120T8521", f"PIPE{n:05d}".encode()) for n in range(200)]
+    await client.send(b"".join(frame(f) for f in frames))
+    for n in range(200):
+        ack = await client.ack()
+        assert f"|PIPE{n:05d}".encode() in ack and b"MSA|" in ack
+    await client.close()
+    assert len(await stored(mllp)) == 200
+
+
 async def test_idle_connection_is_closed(mllp: Gateway) -> None:
     client = await RawClient.connect(mllp)
     assert await client.closed_by_peer()  # idle timeout is 1 s in this fixture

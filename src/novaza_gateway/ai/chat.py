@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from novaza_gateway.ai.engine import (
 from novaza_gateway.ai.schemas import ChatCompletionIn
 from novaza_gateway.ai.sse import DONE, event
 from novaza_gateway.core.errors import ApiError
+from novaza_gateway.core.ids import new_id
 
 ROLES: dict[str, Role] = {
     "system": "system",
@@ -40,7 +40,7 @@ ROLES: dict[str, Role] = {
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{new_id()}"
 
 
 def to_request(body: ChatCompletionIn, default_max_tokens: int) -> GenerationRequest:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.ai.models import AiConversation, AiMessage
 from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.ids import new_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ async def recent_messages(
 def new_conversation(session: AsyncSession, tenant_id: str, agent_id: str, subject: str) -> str:
     now = utcnow()
     conversation = AiConversation(
-        id=uuid.uuid4().hex,
+        id=new_id(),
         tenant_id=tenant_id,
         agent_id=agent_id,
         subject=subject[:255],
@@ -87,7 +87,7 @@ async def append_turn(
     session.add_all(
         [
             AiMessage(
-                id=uuid.uuid4().hex,
+                id=new_id(),
                 tenant_id=tenant_id,
                 conversation_id=conversation_id,
                 seq=seq + 1,
@@ -99,7 +99,7 @@ async def append_turn(
                 created_at=now,
             ),
             AiMessage(
-                id=uuid.uuid4().hex,
+                id=new_id(),
                 tenant_id=tenant_id,
                 conversation_id=conversation_id,
                 seq=seq + 2,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.billing.models import UsageHourly, UsageRecord
 from novaza_gateway.core.db import Database, utcnow
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.metering import Dimensions
 
 log = logging.getLogger("novaza.billing.metering")
@@ -76,7 +76,7 @@ class UsageMeter:
     """Implements ``core.metering.UsageRecorder``; owns the pending batches."""
 
     def __init__(self, instance: str | None = None, clock: Callable[[], float] = time.time):
-        self.instance = instance or f"gw-{uuid.uuid4().hex[:12]}"
+        self.instance = instance or f"gw-{new_id()[:12]}"
         self.clock = clock
         self._aggregate: dict[AggregateKey, int] = {}
         self._keyed: dict[tuple[str, str, str], KeyedEvent] = {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ import redis.asyncio as redis
 
 from novaza_gateway.billing.metering import UsageMeter, UsageRow, insert_rows
 from novaza_gateway.core.db import Database
+from novaza_gateway.core.ids import new_id
 
 # KEYS: lock, list; ARGV: token, count. Trim the drained batches only while holding the lock.
 _TRIM_IF_OWNER = """
@@ -87,7 +87,7 @@ class UsageRelay:
     async def drain(self, db: Database) -> int:
         """Insert the oldest waiting batches into the database; 0 when another replica is
         draining or nothing waits."""
-        token = uuid.uuid4().hex
+        token = new_id()
         if not await self.client.set(self.lock_key, token, nx=True, px=self.lock_ms):
             return 0
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -29,6 +28,7 @@ from novaza_gateway.billing.schemas import (
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.errors import NotFound
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
 from novaza_gateway.core.policy import ADMIN_SCOPE, policy
 from novaza_gateway.core.tenancy import TenantCache, TenantContext, TenantInvalidator
@@ -164,7 +164,7 @@ async def credit_wallet(
 ) -> CreditOut:
     tenant_id = await tenant_id_for(request, slug)
     invalidator: TenantInvalidator = request.app.state.invalidator
-    key = idempotency_key or uuid.uuid4().hex
+    key = idempotency_key or new_id()
     result, created = await service.credit(
         session, billing, tenant_id, key, body, actor, invalidator.announce
     )

@@ -11,7 +11,6 @@ of an unknown visit, or any other move, is an ``InvalidTransition``.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -23,6 +22,7 @@ from novaza_gateway.clinical.errors import InvalidTransition
 from novaza_gateway.clinical.models import Encounter, Patient
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.ids import new_id
 
 PREADMIT, ADMITTED, TRANSFERRED, DISCHARGED, CANCELED = (
     "preadmit",
@@ -104,7 +104,7 @@ async def apply_event(
     if encounter is None:
         encounter = writes.new(
             Encounter,
-            id=uuid.uuid4().hex,
+            id=new_id(),
             tenant_id=tenant_id,
             patient_id=patient.id,
             visit_number=visit.visit_number,

@@ -8,7 +8,6 @@ status an item already has changes nothing, so every order message can be replay
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
 
@@ -19,6 +18,7 @@ from novaza_gateway.clinical.errors import InvalidTransition, OrderNotFound
 from novaza_gateway.clinical.models import Order, Patient, WorklistItem
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.ids import new_id
 
 SCHEDULED, IN_PROGRESS, COMPLETED, CANCELED, DISCONTINUED = (
     "scheduled",
@@ -123,7 +123,7 @@ async def place(
     if order is None:
         order = writes.new(
             Order,
-            id=uuid.uuid4().hex,
+            id=new_id(),
             tenant_id=tenant_id,
             patient_id=patient.id,
             placer_order_number=request.placer_order_number,
@@ -135,7 +135,7 @@ async def place(
             updated_at=now,
         )
         repository.add(session, order)
-    item_id = uuid.uuid4().hex
+    item_id = new_id()
     values = {name: getattr(request, name) for name in _COPIED}
     values.update(
         id=item_id,

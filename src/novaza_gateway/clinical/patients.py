@@ -6,7 +6,6 @@ the survivor: its identifier rows move to the survivor, and its row keeps ``merg
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -18,6 +17,7 @@ from novaza_gateway.clinical import repository, writes
 from novaza_gateway.clinical.models import Patient, PatientIdentifier
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.ids import new_id
 
 MAX_MERGE_HOPS = 16
 # HL7's "delete this value" marker (an explicit null); an empty field means "no change".
@@ -98,7 +98,7 @@ async def register(
     now = utcnow()
     if patient is None:
         patient = writes.new(
-            Patient, id=uuid.uuid4().hex, tenant_id=tenant_id, created_at=now, updated_at=now
+            Patient, id=new_id(), tenant_id=tenant_id, created_at=now, updated_at=now
         )
         _apply(patient, data.demographics, creating=True)
         repository.add(session, patient)
@@ -183,7 +183,7 @@ def _add_identifiers(
             session,
             writes.new(
                 PatientIdentifier,
-                id=uuid.uuid4().hex,
+                id=new_id(),
                 tenant_id=tenant_id,
                 patient_id=patient.id,
                 value=ident.value,

@@ -6,7 +6,6 @@ without its record nor a record of a change that rolled back.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from novaza_gateway.core.db import Base, UtcDateTime, utcnow
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.logging import request_id_var
 
 
@@ -62,7 +62,7 @@ def values(
     """An audit row's columns: the one place that says what an event records (an insert
     that bypasses the session, e.g. HL7 group writes, takes these too)."""
     return {
-        "id": uuid.uuid4().hex,
+        "id": new_id(),
         "at": utcnow(),
         "tenant_id": tenant_id if tenant_id is not None else actor.tenant_id,
         "actor": actor.subject,

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.secretfile import create_once
 
 DEV_ISSUER = "novaza-dev"
@@ -80,7 +80,7 @@ def mint_token(
         "iat": now,
         "nbf": now,
         "exp": now + ttl_seconds,
-        "jti": uuid.uuid4().hex,
+        "jti": new_id(),
         "scope": " ".join(sorted(set(scopes))),
     }
     if tenant:

@@ -70,6 +70,15 @@ class TenantCache:
         tenant.check_active()
         return tenant
 
+    def peek(self, key: str) -> tuple[bool, TenantContext | None]:
+        """``get`` without waiting: (True, tenant or None) when a fresh entry answers,
+        (False, None) when ``get`` would have to load it."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] > time.monotonic():
+            TALLY.inc(_HIT)
+            return True, entry[0]
+        return False, None
+
     async def get(self, key: str) -> TenantContext | None:
         entry = self._entries.get(key)
         if entry is not None and entry[1] > time.monotonic():

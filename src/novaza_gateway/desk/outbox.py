@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from sqlalchemy import Row, and_, bindparam, or_, select, update
 from novaza_gateway.config import DeskConfig
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database, utcnow
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.outboxloop import run_passes
 from novaza_gateway.desk import bulk
 from novaza_gateway.desk.repository import CONTACTS, DEAD, DELIVERED, OUTBOX, QUEUED, SENDING
@@ -88,7 +88,7 @@ class DeskPusher:
             and_(OUTBOX.c.status == QUEUED, OUTBOX.c.next_attempt_at <= now),
             and_(OUTBOX.c.status == SENDING, OUTBOX.c.lease_until < now),
         )
-        token = uuid.uuid4().hex
+        token = new_id()
         lease = now + timedelta(seconds=2 * self.config.push_timeout_seconds + 5)
         async with self.db.session_scope() as session:
             query = select(OUTBOX.c.id).where(due).order_by(OUTBOX.c.next_attempt_at).limit(BATCH)

@@ -8,13 +8,13 @@ insert and update, the outbox rows (upstream mode), and the patient-linked conta
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.desk import normalize
 from novaza_gateway.desk.schemas import ContactIn, FieldError, SyncOut, SyncResult
 from novaza_gateway.desk.views import payload
@@ -116,7 +116,7 @@ class Plan:
         self, external_id: str, content: dict[str, Any], digest: str, old: Any
     ) -> dict[str, Any]:
         return {
-            "id": old.id if old is not None else uuid.uuid4().hex,
+            "id": old.id if old is not None else new_id(),
             "tenant_id": self.tenant_id,
             "external_id": external_id,
             "given_name": content["given"],
@@ -149,7 +149,7 @@ class Plan:
 
     def _outbox_row(self, row: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": uuid.uuid4().hex,
+            "id": new_id(),
             "tenant_id": self.tenant_id,
             "contact_id": row["id"],
             "version": row["version"],

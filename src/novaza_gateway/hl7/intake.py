@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from novaza_gateway.clinical import changes, prefetch, writes
 from novaza_gateway.clinical.errors import InvalidTransition, OrderNotFound, PatientNotFound
 from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.errors import MessageInFlight
 from novaza_gateway.hl7.outcome import Outcome, answered, reject, repeat
@@ -217,7 +217,7 @@ def _row(received: Received, fingerprint: str, now: datetime) -> dict[str, Any]:
     header = received.message.header
     tenant_id, sending_application, sending_facility, control_id = received.key
     return {
-        "id": uuid.uuid4().hex,
+        "id": new_id(),
         "tenant_id": tenant_id,
         "channel": received.channel,
         "received_at": now,

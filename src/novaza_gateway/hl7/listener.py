@@ -6,46 +6,49 @@ messages go to the ``IntakeBatcher`` (group commit); the ACK is written only aft
 message's transaction committed. A connection may pipeline: the next frames are read and
 queued while earlier ones are processed, and the ACKs go back in the order of the frames.
 If the store fails, the connection is closed without an ACK, so the sender resends.
+
+Each connection is an ``asyncio.Protocol`` (ADR 0015): frames are taken as the bytes
+arrive and each ACK is written from its outcome's callback, with no task, stream or
+``asyncio.wait`` per message. A frame whose tenant is not cached yet waits in a short-lived
+task, and the connection's later frames queue behind it, so the order holds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.metering import UsageRecorder
-from novaza_gateway.core.tenancy import TenantCache
+from novaza_gateway.core.tenancy import TenantCache, TenantContext
 from novaza_gateway.hl7 import intake, metrics
 from novaza_gateway.hl7.ack import ack_wanted
 from novaza_gateway.hl7.batcher import IntakeBatcher
 from novaza_gateway.hl7.intake import Received
-from novaza_gateway.hl7.metrics import MLLP_ACK_SECONDS
 from novaza_gateway.hl7.mllp import FrameTooLarge, MllpDecoder, frame
 from novaza_gateway.hl7.outcome import Outcome, reject
 from novaza_gateway.hl7.parser import (
     APPLICATION_INTERNAL_ERROR,
     UNKNOWN_KEY_IDENTIFIER,
+    Message,
     ParseError,
     parse,
 )
 from novaza_gateway.hl7.processing import Hl7Context
-from novaza_gateway.hl7.routing import TenantHl7Settings
+from novaza_gateway.hl7.routing import Route, TenantHl7Settings
 
 log = logging.getLogger("novaza.hl7.mllp")
 ADDON = "hl7_fhir"
-READ_SIZE = 64 * 1024
 PIPELINE = 64  # frames read ahead of their ACKs, per connection
 
-
-class _Drop(Exception):
-    """Close the connection without an ACK: the sender must resend."""
+# A frame as taken: to store, answered at once, or parsed with its tenant still to load.
+Taken = Received | Outcome | Message
 
 
 @dataclass(slots=True)
@@ -71,16 +74,16 @@ class MllpListener:
         self.settings = settings
         self.tenants = tenants
         self.port: int | None = None
+        self.batcher = IntakeBatcher(db, usage=usage)
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-        self._batcher = IntakeBatcher(db, usage=usage)
+        self._connections: set[_Connection] = set()
 
     async def start(self) -> None:
-        self._batcher.start()
+        self.batcher.start()
         # reuse_port: with ``novaza serve --workers N`` every worker listens on the one port
         # and the kernel spreads the connections over them (a connection stays with one).
-        self._server = await asyncio.start_server(
-            self._connection,
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(self),
             self.config.mllp_host,
             self.config.mllp_port or 0,
             reuse_port=bool(self.config.mllp_port),
@@ -96,121 +99,43 @@ class MllpListener:
         if self._server is None:
             return
         self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await self._batcher.stop()
+        for connection in list(self._connections):
+            connection.abort()
+        await self.batcher.stop()
         await self._server.wait_closed()
         self._server = None
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-        decoder = MllpDecoder(self.config.max_frame_bytes)
-        pending: deque[_Pending] = deque()
-        try:
-            await self._serve(reader, writer, decoder, pending)
-        except (TimeoutError, ConnectionError, _Drop):
-            pass
-        except Exception as exc:  # never a traceback: SQL errors carry message data
-            log.error("mllp connection failed", extra={"error": type(exc).__name__})
-        finally:
-            for entry in pending:  # not yet in a group: never processed; else answered by resend
-                entry.outcome.cancel()
-            if task is not None:
-                self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _serve(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        decoder: MllpDecoder,
-        pending: deque[_Pending],
-    ) -> None:
-        """Read frames while earlier ones are processed; write ACKs in frame order."""
-        reading: asyncio.Task[bytes] | None = None
-        ended = False
-        try:
-            while True:
-                if reading is None and not ended and len(pending) < PIPELINE:
-                    reading = asyncio.ensure_future(reader.read(READ_SIZE))
-                waiting: set[asyncio.Future[bytes] | asyncio.Future[Outcome]] = set()
-                if reading is not None:
-                    waiting.add(reading)
-                if pending:
-                    waiting.add(pending[0].outcome)
-                if not waiting:
-                    return
-                idle = None if pending else self.config.idle_timeout_seconds
-                done, _ = await asyncio.wait(
-                    waiting, timeout=idle, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    raise TimeoutError()
-                if reading is not None and reading in done:
-                    data, reading = reading.result(), None
-                    ended = not data or not await self._frames(data, decoder, pending)
-                await self._answer(writer, pending)
-        finally:
-            if reading is not None:
-                reading.cancel()
-
-    async def _frames(self, data: bytes, decoder: MllpDecoder, pending: deque[_Pending]) -> bool:
-        """Queue the frames in ``data``; False when the connection must end after them."""
-        try:
-            frames = decoder.feed(data)
-        except FrameTooLarge:
-            error = ParseError(f"The frame is larger than {self.config.max_frame_bytes} bytes.")
-            pending.append(_Pending(time.perf_counter(), _done(reject(b"", error)), True))
-            return False
-        for payload in frames:
-            pending.append(await self._submit(payload))
-        return True
-
-    async def _answer(self, writer: asyncio.StreamWriter, pending: deque[_Pending]) -> None:
-        """Write the ACKs that are ready, in order; a store failure drops the connection."""
-        wrote = False
-        while pending and pending[0].outcome.done():
-            entry = pending.popleft()
-            try:
-                outcome = entry.outcome.result()
-            except Exception as exc:
-                raise _Drop() from exc
-            wanted = entry.always or ack_wanted(outcome.header, outcome.ack.code)
-            metrics.count("mllp", outcome, acked=wanted)
-            if wanted:
-                MLLP_ACK_SECONDS.observe(time.perf_counter() - entry.started)
-                writer.write(frame(outcome.ack.data))
-                wrote = True
-        if wrote:
-            await writer.drain()
-
-    async def _submit(self, payload: bytes) -> _Pending:
-        started = time.perf_counter()
-        taken = await self._take(payload)
-        if isinstance(taken, Received):
-            try:
-                return _Pending(started, self._batcher.submit(taken), False)
-            except RuntimeError as exc:  # shutting down
-                raise _Drop() from exc
-        return _Pending(started, _done(taken), True)
-
-    async def _take(self, payload: bytes) -> Received | Outcome:
-        """A routed message to store, or the AR for one that is not taken."""
+    def take_now(self, payload: bytes) -> Taken:
+        """A routed message to store, the AR for one that is not taken, or the parsed
+        message when its routing or tenant must be loaded first (``take_later``)."""
         try:
             message = parse(payload)
-            header = message.header
-            intake.check_type(header, intake.ANY)
+            intake.check_type(message.header, intake.ANY)
         except ParseError as exc:
             return reject(payload, exc)
+        header = message.header
+        known, route = self.settings.route_now(
+            header.receiving_application, header.receiving_facility, header.sending_facility
+        )
+        tenant = None
+        if known and route is not None:
+            known, tenant = self.tenants.peek(route.tenant_id)
+        if not known:
+            return message
+        return self._admit(payload, message, route, tenant)
+
+    async def take_later(self, payload: bytes, message: Message) -> Received | Outcome:
+        header = message.header
         route = await self.settings.route(
             header.receiving_application, header.receiving_facility, header.sending_facility
         )
         tenant = await self.tenants.get(route.tenant_id) if route else None
+        return self._admit(payload, message, route, tenant)
+
+    def _admit(
+        self, payload: bytes, message: Message, route: Route | None, tenant: TenantContext | None
+    ) -> Received | Outcome:
+        header = message.header
         if route is None or tenant is None or tenant.status != "active":
             refusal = ParseError(
                 "No tenant receives messages for this receiving application/facility.",
@@ -226,13 +151,214 @@ class MllpListener:
         actor = Actor(f"mllp:{header.sending_application}"[:255], tenant.id)
         return Received(Hl7Context(tenant.id, actor, route.settings), payload, message, "mllp")
 
-    async def handle(self, payload: bytes) -> bytes | None:
-        """One framed message -> the ACK bytes to send (None: the sender asked for none)."""
-        entry = await self._submit(payload)
-        outcome = await entry.outcome
-        wanted = entry.always or ack_wanted(outcome.header, outcome.ack.code)
-        metrics.count("mllp", outcome, acked=wanted)
-        return outcome.ack.data if wanted else None
+
+class _Connection(asyncio.Protocol):
+    """One MLLP connection: frames in as they arrive, ACKs out in frame order."""
+
+    def __init__(self, listener: MllpListener) -> None:
+        self._listener = listener
+        self._loop = asyncio.get_running_loop()
+        self._decoder = MllpDecoder(listener.config.max_frame_bytes)
+        self._pending: deque[_Pending] = deque()  # handed over, in frame order
+        self._waiting: deque[tuple[float, bytes, Taken]] = deque()  # behind a tenant load
+        self._loading: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._ended = False  # no more frames are read: EOF, a frame too large, a drop
+        self._reading_paused = False
+        self._writing_paused = False
+        self._active = self._loop.time()
+        self._idle: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._listener._connections.add(self)
+        self._idle = self._loop.call_later(self._idle_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self._active = self._loop.time()
+        try:
+            self._frames(data)
+        except Exception as exc:  # never a traceback: it could carry message data
+            self._fail(exc)
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        return self._outstanding  # keep the socket open for the ACKs still owed
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._flow()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._ended = True
+        self._forget()
+        self._listener._connections.discard(self)
+
+    # -- frames in
+    def _frames(self, data: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            payloads, too_large = self._decoder.feed(data), None
+        except FrameTooLarge as exc:
+            payloads, too_large = exc.frames, exc
+        for payload in payloads:
+            if self._waiting:  # its turn comes after the frames waiting for a tenant
+                self._waiting.append((started, payload, self._listener.take_now(payload)))
+            else:
+                self._take(started, payload, self._listener.take_now(payload))
+        if too_large is not None:  # answered AR after the frames before it; then no more
+            limit = self._listener.config.max_frame_bytes
+            error = ParseError(f"The frame is larger than {limit} bytes.")
+            self._take(started, b"", reject(b"", error))
+            self._end_reading()
+        self._flow()
+
+    def _take(self, started: float, payload: bytes, taken: Taken) -> None:
+        if self._waiting or isinstance(taken, Message):
+            self._waiting.append((started, payload, taken))
+            if self._loading is None:
+                self._loading = self._loop.create_task(self._load(), name="mllp-tenant")
+            return
+        self._hand_over(started, taken)
+
+    async def _load(self) -> None:
+        """Take the waiting frames in order, loading routing and tenants as needed."""
+        try:
+            while self._waiting:
+                started, payload, taken = self._waiting[0]
+                if isinstance(taken, Message):
+                    taken = await self._listener.take_later(payload, taken)
+                self._waiting.popleft()
+                self._hand_over(started, taken)
+                self._flow()
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._loading = None
+
+    def _hand_over(self, started: float, taken: Received | Outcome) -> None:
+        if isinstance(taken, Outcome):
+            entry = _Pending(started, _done(taken), True)
+        else:
+            try:
+                entry = _Pending(started, self._listener.batcher.submit(taken), False)
+            except RuntimeError:  # shutting down: no ACK, the sender resends
+                self._drop()
+                return
+        self._pending.append(entry)
+        entry.outcome.add_done_callback(self._ready)
+
+    # -- ACKs out
+    def _ready(self, _: asyncio.Future[Outcome]) -> None:
+        try:
+            self._answer()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _answer(self) -> None:
+        """Write the ACKs that are ready, in order; a store failure drops the connection."""
+        if self._transport is None:
+            return
+        acks: list[bytes] = []
+        while self._pending and self._pending[0].outcome.done():
+            entry = self._pending[0]
+            if entry.outcome.cancelled() or entry.outcome.exception() is not None:
+                break
+            self._pending.popleft()
+            outcome = entry.outcome.result()
+            wanted = entry.always or ack_wanted(outcome.header, outcome.ack.code)
+            metrics.count("mllp", outcome, acked=wanted)
+            if wanted:
+                metrics.ack_latency(time.perf_counter() - entry.started)
+                acks.append(frame(outcome.ack.data))
+        if acks:
+            self._transport.write(b"".join(acks))
+            self._active = self._loop.time()
+        if self._pending and self._pending[0].outcome.done():  # failed: no ACK, resend
+            self._drop()
+        elif self._ended and not self._outstanding:
+            self._transport.close()
+        else:
+            self._flow()
+
+    # -- flow, idleness, endings
+    @property
+    def _outstanding(self) -> bool:
+        return bool(self._pending or self._waiting)
+
+    @property
+    def _idle_timeout(self) -> float:
+        return self._listener.config.idle_timeout_seconds
+
+    def _flow(self) -> None:
+        """Read ahead at most ``PIPELINE`` frames, and not while the peer reads no ACKs."""
+        if self._transport is None or self._ended:
+            return
+        pause = self._writing_paused or len(self._pending) + len(self._waiting) >= PIPELINE
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+
+    def _end_reading(self) -> None:
+        self._ended = True
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _check_idle(self) -> None:
+        """Closes a connection with nothing in flight for ``idle_timeout`` seconds. One timer
+        per idle period, not one per message: it re-arms for what is left."""
+        if self._transport is None:
+            return
+        left = self._active + self._idle_timeout - self._loop.time()
+        if self._outstanding:
+            self._idle = self._loop.call_later(self._idle_timeout, self._check_idle)
+        elif left > 0:
+            self._idle = self._loop.call_later(left, self._check_idle)
+        else:
+            self._transport.close()
+
+    def _fail(self, exc: Exception) -> None:
+        log.error("mllp connection failed", extra={"error": type(exc).__name__})
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close without another ACK (the ACKs already written still go out)."""
+        self._end_reading()
+        self._forget()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._ended = True
+        self._forget()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _forget(self) -> None:
+        """Frames not yet in a group are never processed; the others are answered by the
+        sender's resend. Failed outcomes are read so asyncio does not log them."""
+        for entry in self._pending:
+            if entry.outcome.done():
+                if not entry.outcome.cancelled():
+                    entry.outcome.exception()
+            else:
+                entry.outcome.cancel()
+        self._pending.clear()
+        self._waiting.clear()
+        if self._loading is not None:
+            self._loading.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
 
 
 def _done(outcome: Outcome) -> asyncio.Future[Outcome]:

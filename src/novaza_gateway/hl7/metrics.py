@@ -3,8 +3,11 @@ bounded: channel, message type (ADT, ORM, OMI or other), ACK code, delivery outc
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Histogram
 
+from novaza_gateway.core.metrics import TALLY
 from novaza_gateway.hl7.intake import ANY
 from novaza_gateway.hl7.outcome import Outcome
 
@@ -36,6 +39,15 @@ DELIVERY_ATTEMPTS = Counter(
 
 def count(channel: str, outcome: Outcome, acked: bool = True) -> None:
     kind = outcome.header.message_type.code if outcome.header else ""
-    MESSAGES.labels(
-        channel, kind if kind in ANY else "other", outcome.ack.code if acked else "none"
-    ).inc()
+    TALLY.inc(
+        _messages(channel, kind if kind in ANY else "other", outcome.ack.code if acked else "none")
+    )
+
+
+def ack_latency(seconds: float) -> None:
+    TALLY.observe(MLLP_ACK_SECONDS, seconds)
+
+
+@functools.lru_cache(maxsize=64)  # bounded labels: 2 channels x 4 types x 4 codes
+def _messages(channel: str, kind: str, code: str) -> Counter:
+    return MESSAGES.labels(channel, kind, code)

@@ -11,7 +11,9 @@ END_BLOCK = b"\x1c\x0d"
 
 
 class FrameTooLarge(Exception):
-    pass
+    def __init__(self, message: str, frames: list[bytes]) -> None:
+        super().__init__(message)
+        self.frames = frames  # completed before the one refused, in order
 
 
 def frame(payload: bytes) -> bytes:
@@ -54,12 +56,12 @@ class MllpDecoder:
                 if len(self._buffer) > self.max_frame_bytes + 1:
                     self._buffer.clear()
                     self._in_frame = False
-                    raise FrameTooLarge(f"frame over {self.max_frame_bytes} bytes")
+                    raise FrameTooLarge(f"frame over {self.max_frame_bytes} bytes", frames)
                 return frames
             if end > self.max_frame_bytes:
                 del self._buffer[: end + len(END_BLOCK)]
                 self._in_frame = False
-                raise FrameTooLarge(f"frame over {self.max_frame_bytes} bytes")
+                raise FrameTooLarge(f"frame over {self.max_frame_bytes} bytes", frames)
             frames.append(bytes(self._buffer[:end]))
             del self._buffer[: end + len(END_BLOCK)]
             self._in_frame = False

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import random
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +23,7 @@ from datetime import timedelta
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database, utcnow
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.outboxloop import run_passes
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.ack import read_ack
@@ -209,7 +209,7 @@ class OutboxWorker:
                 row.next_attempt_at = now + timedelta(seconds=delay)
             session.add(
                 DeliveryAttempt(
-                    id=uuid.uuid4().hex,
+                    id=new_id(),
                     tenant_id=job.tenant_id,
                     message_id=job.message_id,
                     at=now,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7.ack import Ack, build_ack
 from novaza_gateway.hl7.parser import DUPLICATE_KEY_IDENTIFIER, Header, Hl7Error, codec_for, peek
 from novaza_gateway.hl7.repository import StoredMessage
@@ -21,7 +21,7 @@ class Outcome:
 
 
 def new_control_id() -> str:
-    return uuid.uuid4().hex[:20]
+    return new_id()[:20]
 
 
 def reject(data: bytes, error: Hl7Error, header: Header | None = None) -> Outcome:

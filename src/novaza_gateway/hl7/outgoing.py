@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +12,7 @@ from novaza_gateway.clinical.models import Patient
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.errors import Conflict, ValidationFailed
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7.errors import DestinationUnknown
 from novaza_gateway.hl7.models import OutboundMessage
 from novaza_gateway.hl7.oru import (
@@ -53,7 +52,7 @@ async def queue_oru(
         )
     now = utcnow()
     row = OutboundMessage(
-        id=uuid.uuid4().hex,
+        id=new_id(),
         tenant_id=tenant_id,
         created_at=now,
         updated_at=now,
@@ -119,7 +118,7 @@ async def _built(
         uid = Coded("113014", "Study Instance UID", "DCM")
         observations.append(Observation(uid, "ST", body.order.study_instance_uid))
     target = settings.destinations[destination]
-    control_id = uuid.uuid4().hex[:20]
+    control_id = new_id()[:20]
     result = Result(
         sending_application=settings.sending_application,
         sending_facility=settings.sending_facility,

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -33,6 +32,7 @@ from novaza_gateway.config import MwlConfig
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.health import Probe
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.lifecycle import Lifecycle
 from novaza_gateway.core.logging import request_id_var
 from novaza_gateway.core.tenancy import TenantCache
@@ -263,7 +263,7 @@ class MwlServer:
         tenant = await self.tenants.get(tenant_id)
         if tenant is None or tenant.status != "active" or ADDON not in tenant.addons:
             raise _Refused()
-        request_id_var.set(f"mwl-{uuid.uuid4().hex[:16]}")  # this task's context only
+        request_id_var.set(f"mwl-{new_id()[:16]}")  # this task's context only
         actor = Actor(f"mwl:{calling}", tenant_id)
         async with self.db.session_scope() as session:
             return await worklist.read(

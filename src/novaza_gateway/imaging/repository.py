@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -11,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.imaging.dicomweb.stow import InstanceInfo
 from novaza_gateway.imaging.models import (
     ImagingInstance,
@@ -19,10 +19,6 @@ from novaza_gateway.imaging.models import (
     ImagingSeries,
     ImagingStudy,
 )
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 async def get_study(session: AsyncSession, tenant_id: str, study_uid: str) -> ImagingStudy | None:

@@ -13,12 +13,13 @@ import asyncio
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Protocol
 
 import anyio
+
+from novaza_gateway.core.ids import new_id
 
 CHUNK_BYTES = 1024 * 1024  # per-chunk overhead dominates below this; memory stays flat
 
@@ -78,7 +79,7 @@ class FileSystemStorage:
         self.staging.mkdir(parents=True, exist_ok=True)
 
     def stage(self) -> StagedFile:
-        return StagedFile(self.staging / f"{uuid.uuid4().hex}.part")
+        return StagedFile(self.staging / f"{new_id()}.part")
 
     def sweep_staging(self, older_than_seconds: float) -> int:
         """Remove staged files a crash left behind (older than any upload in flight)."""

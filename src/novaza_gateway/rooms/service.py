@@ -8,7 +8,6 @@ behind: the session rolls back a transaction that holds no room yet.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from novaza_gateway.clinical.encounters import CANCELED
 from novaza_gateway.core import audit
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import utcnow
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.tenancy import TenantContext
 from novaza_gateway.rooms import repository, tokens
 from novaza_gateway.rooms.area import RoomsArea
@@ -114,7 +114,7 @@ async def create_room(
             await _reopen(session, area, upstream, tenant, actor, existing, body, members), False
         )
     room = Room(
-        id=uuid.uuid4().hex,
+        id=new_id(),
         tenant_id=tenant.id,
         encounter_id=encounter.id,
         visit_number=encounter.visit_number,

@@ -8,7 +8,6 @@ except the one-time development secret in the data directory.
 from __future__ import annotations
 
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import jwt
 
+from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.secretfile import create_once
 
 AUDIENCE = "personeo"
@@ -60,7 +60,7 @@ def mint(
     now: datetime,
     ttl_seconds: int,
 ) -> AccessToken:
-    jti = uuid.uuid4().hex
+    jti = new_id()
     expires_at = now + timedelta(seconds=ttl_seconds)
     claims: dict[str, Any] = {
         "iss": issuer,
