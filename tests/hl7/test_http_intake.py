@@ -211,9 +211,9 @@ async def test_concurrent_twins_are_processed_once(gateway: Gateway) -> None:
     raw = fixture("adt_a01_v251_epic.hl7")
     bare = {"Accept": "application/hl7-v2"}
     answers = await asyncio.gather(*(post(gateway, "adt", auth, raw, **bare) for _ in range(4)))
-    assert {a.status_code for a in answers} <= {200, 409}
-    acks = {a.content for a in answers if a.status_code == 200}
-    assert len(acks) == 1  # whoever got an ACK got the same one
+    assert [a.status_code for a in answers] == [200] * 4  # one group commit: no twin waits
+    acks = {a.content for a in answers}
+    assert len(acks) == 1  # every twin got the first one's ACK, byte for byte
     again = await post(gateway, "adt", auth, raw, **bare)
     assert again.content in acks
     assert len(await stored(gateway)) == 1
@@ -237,3 +237,49 @@ async def test_concurrent_messages_for_one_new_patient_make_one_patient(gateway:
     async with gateway.app.state.db.sessionmaker() as session:
         patients = await session.scalar(select(func.count()).select_from(Patient))
     assert patients == 1
+
+
+async def test_concurrent_requests_share_a_group_commit(gateway: Gateway) -> None:
+    """HTTP messages join the intake batcher's groups (ADR 0016): twenty concurrent requests
+    take fewer than twenty transactions, and each is answered only after its commit."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    def groups() -> float:
+        return REGISTRY.get_sample_value("novaza_hl7_intake_group_messages_count") or 0.0
+
+    auth = await hl7_tenant(gateway)
+    base = fixture("adt_a08_v24_cerner.hl7")
+    bodies = [base.replace(b"Q7845120T8521", f"GRP{n:04d}".encode()) for n in range(20)]
+    before = groups()
+    answers = await asyncio.gather(*(post(gateway, "adt", auth, body) for body in bodies))
+    assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers]
+    await gateway.client.get("/metrics")  # applies the tally
+    assert 1 <= groups() - before < 20
+    ids = {a.json()["messageId"] for a in answers}
+    async with gateway.app.state.db.sessionmaker() as session:
+        rows = await session.execute(select(InboundMessage.id, InboundMessage.status))
+        assert {i for i, status in rows if status == "processed"} >= ids
+
+
+async def test_a_store_failure_answers_503_and_the_retry_stores_once(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth = await hl7_tenant(gateway)
+    batcher = gateway.app.state.hl7.batcher
+    real = batcher._store
+
+    async def failing(group: Any) -> Any:
+        raise ConnectionResetError("the database went away")
+
+    monkeypatch.setattr(batcher, "_store", failing)
+    raw = fixture("adt_a01_v251_epic.hl7")
+    down = await post(gateway, "adt", auth, raw)
+    assert down.status_code == 503
+    assert down.json()["code"] == "UPSTREAM_UNAVAILABLE"
+    assert "EPA01000001" not in down.text and "traceback" not in down.text.lower()
+    monkeypatch.setattr(batcher, "_store", real)
+    again = await post(gateway, "adt", auth, raw)  # the sender retries: stored now, once
+    assert again.status_code == 200 and again.json()["ackCode"] == "AA"
+    assert [r.control_id for r in await stored(gateway)] == ["EPA01000001"]

@@ -1,6 +1,7 @@
-"""Group commit for the MLLP listener: many connections' messages, one transaction.
+"""Group commit for HL7 intake: many connections' and requests' messages, one transaction.
 
-Every connection hands its messages to the one ``IntakeBatcher``. Its task takes whatever is
+Every MLLP connection and every HTTP intake request (ADR 0016) hands its messages to the
+area's one ``IntakeBatcher``. Its task takes whatever is
 queued (up to ``max_group`` messages), stores and processes it in one transaction
 (``intake.receive_group``), commits, and only then answers each message. While a group
 commits, the next one gathers, so the busier the listener the larger the groups, and an
@@ -10,7 +11,7 @@ Groups run one after another: messages keep their order (per connection and over
 no group reads what an earlier one has not committed. A group first runs without a
 SAVEPOINT per message; when ``intake`` asks for it (``Redo``) or the database refuses the
 group's writes, it is rolled back and run again with one. If the store fails, every
-message of the group gets the error and its connection is closed without an ACK.
+message of the group gets the error (MLLP: its connection is closed without an ACK; HTTP: 503).
 """
 
 from __future__ import annotations

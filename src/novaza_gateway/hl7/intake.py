@@ -1,8 +1,9 @@
 """Intake, shared by HTTP and MLLP: messages in, stored and processed, one ACK each.
 
-A group of messages (one for HTTP; for MLLP whatever the connections queued meanwhile, see
-``batcher``) is stored and processed in the caller's one transaction; the caller commits and
-only then sends the ACKs, so an AA always means "on disk and applied" (ADR 0010, 0013).
+A group of messages (whatever MLLP connections and HTTP requests queued meanwhile, see
+``batcher``; ADR 0016) is stored and processed in the caller's one transaction; the caller
+commits and only then sends the ACKs, so an AA always means "on disk and applied" (ADR 0010,
+0013).
 
 1. Keys already stored are answered from the store: the original ACK, byte for byte. A later
    twin inside the group is answered like a repeat of the first.
@@ -14,9 +15,10 @@ only then sends the ACKs, so an AA always means "on disk and applied" (ADR 0010,
    message failed after a change all the same (``clinical.changes`` counts), may fail midway
    (a merge, several order steps: the batcher sends such groups straight to ``isolate=True``),
    or a row's key or a clinical key was taken meanwhile.
-4. ``isolate=True`` (HTTP; a redone group): the message rows go first (a key a concurrent
-   transaction holds waits for its commit, then is answered from the store), each message
-   runs in its SAVEPOINT, and the outcomes and ACKs are written to the rows in one UPDATE.
+4. ``isolate=True`` (a redone group, or one with a merge or several order steps): the
+   message rows go first (a key a concurrent transaction holds waits for its commit, then is
+   answered from the store), each message runs in its SAVEPOINT, and the outcomes and ACKs
+   are written to the rows in one UPDATE.
 5. An audit record per message, in the same transaction.
 """
 
@@ -38,7 +40,7 @@ from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.errors import MessageInFlight
-from novaza_gateway.hl7.outcome import Outcome, answered, reject, repeat
+from novaza_gateway.hl7.outcome import Outcome, answered, repeat
 from novaza_gateway.hl7.parser import (
     APPLICATION_INTERNAL_ERROR,
     UNKNOWN_KEY_IDENTIFIER,
@@ -48,7 +50,6 @@ from novaza_gateway.hl7.parser import (
     Hl7Error,
     Message,
     ParseError,
-    parse,
 )
 from novaza_gateway.hl7.processing import (
     ADT_EVENTS,
@@ -125,25 +126,6 @@ def digest(message: Message) -> str:
     """The content fingerprint: the same segments whatever the line endings or MLLP framing."""
     canonical = "\r".join(s.separators.field.join(s.fields) for s in message.segments)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-async def receive(
-    session: AsyncSession,
-    ctx: Hl7Context,
-    data: bytes,
-    *,
-    channel: str,
-    accepts: frozenset[str] = ANY,
-    parsed: Message | None = None,
-) -> Outcome:
-    """One message in the caller's transaction (HTTP). ``parsed``: already parsed."""
-    try:
-        message = parsed or parse(data)
-        check_type(message.header, accepts)
-    except ParseError as error:
-        return reject(data, error)
-    group = [Received(ctx, data, message, channel)]
-    return (await receive_group(session, group, isolate=True))[0]
 
 
 async def receive_group(

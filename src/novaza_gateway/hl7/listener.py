@@ -24,8 +24,6 @@ from typing import cast
 
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core.audit import Actor
-from novaza_gateway.core.db import Database
-from novaza_gateway.core.metering import UsageRecorder
 from novaza_gateway.core.tenancy import TenantCache, TenantContext
 from novaza_gateway.hl7 import intake, metrics
 from novaza_gateway.hl7.ack import ack_wanted
@@ -64,22 +62,19 @@ class MllpListener:
     def __init__(
         self,
         config: Hl7Config,
-        db: Database,
         settings: TenantHl7Settings,
         tenants: TenantCache,
-        usage: UsageRecorder | None = None,
+        batcher: IntakeBatcher,
     ) -> None:
         self.config = config
-        self.db = db
         self.settings = settings
         self.tenants = tenants
         self.port: int | None = None
-        self.batcher = IntakeBatcher(db, usage=usage)
+        self.batcher = batcher  # the area's, shared with HTTP intake; started and stopped there
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
 
     async def start(self) -> None:
-        self.batcher.start()
         # reuse_port: with ``novaza serve --workers N`` every worker listens on the one port
         # and the kernel spreads the connections over them (a connection stays with one).
         self._server = await asyncio.get_running_loop().create_server(
@@ -101,7 +96,6 @@ class MllpListener:
         self._server.close()
         for connection in list(self._connections):
             connection.abort()
-        await self.batcher.stop()
         await self._server.wait_closed()
         self._server = None
 

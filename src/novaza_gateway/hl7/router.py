@@ -60,26 +60,18 @@ def _intake_route(summary: str) -> dict[str, Any]:
 
 
 @router.post("/adt", **_intake_route("Receive an ADT message"))
-async def receive_adt(
-    request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
-) -> Response:
+async def receive_adt(request: Request, tenant: TenantDep, actor: ActorDep) -> Response:
     body = await request.body()
     area = request.app.state.hl7
-    outcome = await service.receive(
-        session, area.settings, tenant, actor, body, _ctype(request), ADT, usage=area.usage
-    )
+    outcome = await service.receive(area, tenant, actor, body, _ctype(request), ADT)
     return answer(outcome, request)
 
 
 @router.post("/orm", **_intake_route("Receive an ORM (or OMI) order message"))
-async def receive_orm(
-    request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
-) -> Response:
+async def receive_orm(request: Request, tenant: TenantDep, actor: ActorDep) -> Response:
     body = await request.body()
     area = request.app.state.hl7
-    outcome = await service.receive(
-        session, area.settings, tenant, actor, body, _ctype(request), ORDERS, usage=area.usage
-    )
+    outcome = await service.receive(area, tenant, actor, body, _ctype(request), ORDERS)
     return answer(outcome, request)
 
 
@@ -90,7 +82,7 @@ def _ctype(request: Request) -> str:
 def answer(outcome: Outcome, request: Request) -> Response:
     """AA: 200 with the ACK; AR: 400 HL7_REJECTED; AE: 422 HL7_APPLICATION_ERROR.
 
-    Rendered, not raised: the transaction must commit the stored message and its ACK.
+    Rendered, not raised: the outcome is already committed (an AE's message and ACK too).
     """
     metrics.count("http", outcome)
     bare = HL7_MEDIA_TYPE in request.headers.get("accept", "")

@@ -9,16 +9,14 @@ from novaza_gateway.core import audit
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import after_commit, utcnow
 from novaza_gateway.core.errors import Conflict, UnsupportedMediaType, ValidationFailed
-from novaza_gateway.core.metering import UsageRecorder
 from novaza_gateway.core.tenancy import TenantContext
 from novaza_gateway.hl7 import intake, metering, outgoing, repository
 from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.errors import MessageNotFound
-from novaza_gateway.hl7.outcome import Outcome
-from novaza_gateway.hl7.parser import encode
+from novaza_gateway.hl7.outcome import Outcome, reject
+from novaza_gateway.hl7.parser import ParseError, encode, parse
 from novaza_gateway.hl7.processing import Hl7Context
 from novaza_gateway.hl7.repository import DEAD, QUEUED
-from novaza_gateway.hl7.routing import TenantHl7Settings
 from novaza_gateway.hl7.schemas import AttemptOut, MessageOut, QueuedOut, SendOruIn
 
 ER7_MEDIA_TYPES = frozenset(
@@ -46,25 +44,24 @@ def message_bytes(body: bytes, content_type: str) -> bytes:
 
 
 async def receive(
-    session: AsyncSession,
-    settings: TenantHl7Settings,
+    area: Hl7Area,
     tenant: TenantContext,
     actor: Actor,
     body: bytes,
     content_type: str,
     accepts: frozenset[str],
-    usage: UsageRecorder | None = None,
 ) -> Outcome:
+    """One message over HTTP: answered AR at once when it is not taken, else stored and
+    processed in the intake batcher's next group commit (ADR 0016), with MLLP's messages;
+    the outcome comes once that transaction has committed (and billed the message)."""
     data = message_bytes(body, content_type)
-    ctx = Hl7Context(tenant.id, actor, await settings.for_tenant(tenant.id))
-    outcome = await intake.receive(session, ctx, data, channel="http", accepts=accepts)
-    if usage is not None:
-
-        async def billable() -> None:
-            metering.record_inbound(usage, tenant.id, (outcome,))
-
-        after_commit(session, billable)
-    return outcome
+    try:
+        message = parse(data)
+        intake.check_type(message.header, accepts)
+    except ParseError as error:
+        return reject(data, error)
+    ctx = Hl7Context(tenant.id, actor, await area.settings.for_tenant(tenant.id))
+    return await area.batcher.submit(intake.Received(ctx, data, message, "http"))
 
 
 async def send_oru(
