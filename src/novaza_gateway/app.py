@@ -317,6 +317,10 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     ai.wire(rt.lifecycle)
     desk = DeskArea(settings.desk, rt.db, TenantSettingsDirectory(rt.db), rt.http)
     desk.wire(rt.lifecycle)
+    rooms = RoomsArea(
+        settings.rooms, settings.data_dir, TenantSettingsDirectory(rt.db), rt.http, rt.db
+    )
+    rooms.wire(rt.lifecycle)
     mwl = wire_mwl(rt)
 
     @contextlib.asynccontextmanager
@@ -343,9 +347,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.hl7 = hl7
     app.state.ai = ai
     app.state.desk = desk
-    app.state.rooms = RoomsArea(
-        settings.rooms, settings.data_dir, TenantSettingsDirectory(rt.db), rt.http
-    )
+    app.state.rooms = rooms
     app.state.imaging = imaging = ImagingArea(
         settings.imaging, settings.data_dir, usage=rt.billing.meter
     )
@@ -355,7 +357,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.entitlements = rt.billing.entitlements
     app.state.settings_sections = settings_sections()
     app.state.health = health_registry(rt)
-    for probe in [*hl7.probes(), *ai.probes()]:
+    for probe in [*hl7.probes(), *ai.probes(), *rooms.probes()]:
         app.state.health.register(probe)
     app.state.mwl = mwl
     for probe in mwl.probes() if mwl else []:

@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from novaza_gateway.core.db import Database
 from novaza_gateway.rooms.area import RoomsArea
 from novaza_gateway.rooms.errors import RoomsNotConfigured
 from novaza_gateway.rooms.tokens import DEV_SECRET_FILE
@@ -177,14 +179,15 @@ async def test_production_without_a_secret_refuses_to_mint(tmp_path: Path) -> No
     settings = gateway_settings(
         tmp_path / "data", "sqlite:///unused.db", env="production", jwt_issuer="https://sso"
     )
+    db = Database(create_async_engine("sqlite+aiosqlite://"))  # never connected
     async with httpx.AsyncClient() as http:
-        area = RoomsArea(settings.rooms, settings.data_dir, NoSettings(), http)
+        area = RoomsArea(settings.rooms, settings.data_dir, NoSettings(), http, db)
         with pytest.raises(RoomsNotConfigured):
             area.token_secret()
     assert not (settings.data_dir / DEV_SECRET_FILE).exists()
     dev = gateway_settings(tmp_path / "dev", "sqlite:///unused.db")
     async with httpx.AsyncClient() as http:
-        first = RoomsArea(dev.rooms, dev.data_dir, NoSettings(), http).token_secret()
-        second = RoomsArea(dev.rooms, dev.data_dir, NoSettings(), http).token_secret()
+        first = RoomsArea(dev.rooms, dev.data_dir, NoSettings(), http, db).token_secret()
+        second = RoomsArea(dev.rooms, dev.data_dir, NoSettings(), http, db).token_secret()
     assert first == second and len(first) >= 32  # generated once, kept in the data dir
     assert (dev.data_dir / DEV_SECRET_FILE).stat().st_mode & 0o077 == 0

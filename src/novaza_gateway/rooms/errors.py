@@ -38,8 +38,21 @@ class RoomsNotConfigured(ApiError):
 
 
 class PersoneoUnavailable(UpstreamUnavailable):
-    """The tenant's Personeo API failed (refused, timed out, 4xx/5xx, an answer without id)."""
+    """The tenant's Personeo API failed (refused, timed out, 4xx/5xx, an answer without id).
 
-    def __init__(self, reason: str) -> None:
+    ``maybe_applied``: the request may have reached Personeo and taken effect there (a timeout
+    after connecting, a dropped connection, a 2xx without a usable id); a refused connection
+    or a non-2xx answer did not.
+    """
+
+    def __init__(self, reason: str, *, maybe_applied: bool = False) -> None:
         super().__init__("The tenant's Personeo service failed; nothing was changed.", status=502)
         self.details = {"reason": reason}
+        self.maybe_applied = maybe_applied
+
+
+class RoomOperationTakenOver(UpstreamUnavailable):
+    """The request outlived its write-ahead intent: the reconciler undid the Personeo half."""
+
+    def __init__(self) -> None:
+        super().__init__("The room operation took too long and was undone; retry.", status=503)

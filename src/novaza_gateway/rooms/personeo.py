@@ -2,7 +2,8 @@
 
 ``POST {base}/rooms`` with a JSON room answers ``{"id": ...}``; ``DELETE {base}/rooms/{id}``
 archives it (a 404 there counts as archived). Any other answer, a refused connection or a
-timeout is ``PersoneoUnavailable`` (502). Bodies and keys are never logged.
+timeout is ``PersoneoUnavailable`` (502), which says whether the call may have taken effect
+there anyway. Bodies and keys are never logged.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class PersoneoClient:
             remote_id = None
         if not isinstance(remote_id, str) or not remote_id or len(remote_id) > 128:
             log.warning("personeo create answered without a usable room id")
-            raise PersoneoUnavailable("no room id in the answer")
+            raise PersoneoUnavailable("no room id in the answer", maybe_applied=True)
         return remote_id
 
     async def archive_room(self, upstream: Upstream, remote_id: str) -> None:
@@ -67,12 +68,16 @@ class PersoneoClient:
             return await self._http.request(
                 method, url, json=body, headers=upstream.headers(), timeout=self._timeout
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            log.warning("personeo %s failed: %s", method, type(exc).__name__)  # never sent
+            reason = "unreachable" if isinstance(exc, httpx.ConnectError) else "timeout"
+            raise PersoneoUnavailable(reason) from None
         except httpx.TimeoutException:
             log.warning("personeo %s timed out", method)
-            raise PersoneoUnavailable("timeout") from None
+            raise PersoneoUnavailable("timeout", maybe_applied=True) from None
         except httpx.HTTPError as exc:
             log.warning("personeo %s failed: %s", method, type(exc).__name__)
-            raise PersoneoUnavailable("unreachable") from None
+            raise PersoneoUnavailable("unreachable", maybe_applied=True) from None
 
 
 def _failed(operation: str, status: int) -> PersoneoUnavailable:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.policy import policy
@@ -34,19 +36,35 @@ CREATE = policy(
         409: "ENCOUNTER_CANCELED",
         422: "VALIDATION_FAILED",
         502: "UPSTREAM_UNAVAILABLE (upstream mode)",
+        503: "UPSTREAM_UNAVAILABLE (the store failed; a Personeo room is undone)",
     },
     responses={200: {"description": "The encounter's room, which existed (or was reopened)"}},
 )
 READ = policy("rooms:write", errors={404: "ROOM_NOT_FOUND"})
 ARCHIVE = policy(
     "rooms:write",
-    errors={404: "ROOM_NOT_FOUND", 502: "UPSTREAM_UNAVAILABLE (upstream mode)"},
+    errors={
+        404: "ROOM_NOT_FOUND",
+        502: "UPSTREAM_UNAVAILABLE (upstream mode)",
+        503: "UPSTREAM_UNAVAILABLE (the store failed; a Personeo archive is finished)",
+    },
 )
 
 
 def _area(request: Request) -> RoomsArea:
     area: RoomsArea = request.app.state.rooms
     return area
+
+
+async def _journaled_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's transaction, as ``SessionDep``; if it rolls back after a call to the
+    tenant's Personeo, that call is undone (or handed to the reconciler) before the answer."""
+    async with _area(request).journal.transaction() as session:
+        yield session
+
+
+# scope="function": commit (or undo) before the response leaves, as SessionDep does.
+JournaledSessionDep = Annotated[AsyncSession, Depends(_journaled_session, scope="function")]
 
 
 @router.post("/token", **TOKEN, summary="Exchange a JWT for a Personeo access token")
@@ -66,7 +84,7 @@ async def create_room(
     body: RoomIn,
     request: Request,
     response: Response,
-    session: SessionDep,
+    session: JournaledSessionDep,
     tenant: TenantDep,
     actor: ActorDep,
 ) -> RoomOut:
@@ -91,7 +109,7 @@ async def get_room(
 async def archive_room(
     encounter: EncounterId,
     request: Request,
-    session: SessionDep,
+    session: JournaledSessionDep,
     tenant: TenantDep,
     actor: ActorDep,
 ) -> RoomOut:

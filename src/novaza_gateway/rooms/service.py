@@ -1,9 +1,12 @@
 """Rooms use cases: Personeo access tokens, and the room of a clinical encounter.
 
 A room links a patient (through its encounter): creating, reading, archiving it and granting
-it in a token each leave an audit record in the request's transaction. In upstream mode the
-tenant's Personeo is called before anything is written, so its failure (502) leaves nothing
-behind: the session rolls back a transaction that holds no room yet.
+it in a token each leave an audit record in the request's transaction. In upstream mode each
+call to the tenant's Personeo is announced first in the rooms journal (``journal.py``, ADR
+0051) and retired in the request's transaction, so a room that does not commit is undone at
+Personeo (at once, or later by the reconciler) and an archive that does not commit is
+finished. A Personeo failure (502) leaves nothing behind: the session rolls back a
+transaction that holds no room yet.
 """
 
 from __future__ import annotations
@@ -29,11 +32,9 @@ from novaza_gateway.rooms.errors import (
     RoomArchived,
     RoomNotFound,
 )
-from novaza_gateway.rooms.models import ACTIVE, ARCHIVED, Room
+from novaza_gateway.rooms.models import ACTIVE, ARCHIVED, RESOURCE, Room, snapshot
 from novaza_gateway.rooms.personeo import Upstream
 from novaza_gateway.rooms.schemas import RoomIn, RoomOut, TokenIn, TokenOut
-
-RESOURCE = "personeo_room"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +130,11 @@ async def create_room(
         archived_by=None,
     )
     room.updated_at = room.created_at
+    intent = None
     if upstream is not None:
-        room.remote_id = await area.personeo.create_room(upstream, _remote(tenant, room))
+        remote = _remote(tenant, room)
+        intent = await area.journal.create_remote(session, tenant.id, room.id, upstream, remote)
+        room.remote_id = intent.remote_id
     try:
         async with session.begin_nested():
             session.add(room)
@@ -138,8 +142,12 @@ async def create_room(
         winner = await repository.by_encounter(session, tenant.id, encounter.id)
         if winner is None:
             raise
+        if intent is not None:  # this request's Personeo room is not kept
+            await area.journal.hand_over(session, intent)
         return Created(to_out(winner), new=False)
-    _audit(session, actor, "room.created", room, after=_snapshot(room))
+    if intent is not None:
+        await area.journal.settle(session, intent)
+    _audit(session, actor, "room.created", room, after=snapshot(room))
     return Created(to_out(room), new=True)
 
 
@@ -155,19 +163,24 @@ async def _reopen(
 ) -> RoomOut:
     """An archived room comes back active, same id; at Personeo a new room is created (the
     archived one stays archived there)."""
-    before = _snapshot(room)
+    before = snapshot(room)
     if body.display_name:
         room.display_name = body.display_name
     if body.members:
         room.members = members
+    intent = None
     if upstream is not None:
-        room.remote_id = await area.personeo.create_room(upstream, _remote(tenant, room))
+        remote = _remote(tenant, room)
+        intent = await area.journal.create_remote(session, tenant.id, room.id, upstream, remote)
+        room.remote_id = intent.remote_id
     room.status = ACTIVE
     room.archived_at = None
     room.archived_by = None
     room.updated_at = utcnow()
     await session.flush()
-    _audit(session, actor, "room.reopened", room, before=before, after=_snapshot(room))
+    if intent is not None:
+        await area.journal.settle(session, intent)
+    _audit(session, actor, "room.reopened", room, before=before, after=snapshot(room))
     return to_out(room)
 
 
@@ -190,14 +203,19 @@ async def archive_room(
     if room.status == ARCHIVED:
         return to_out(room)
     upstream = area.upstream(await area.tenant_section(tenant.id))
+    intent = None
     if upstream is not None and room.remote_id is not None:
-        await area.personeo.archive_room(upstream, room.remote_id)
-    before = _snapshot(room)
+        intent = await area.journal.archive_remote(
+            session, tenant.id, room.id, upstream, room.remote_id, actor.subject
+        )
+    before = snapshot(room)
     room.status = ARCHIVED
     room.archived_at = room.updated_at = utcnow()
     room.archived_by = actor.subject
     await session.flush()
-    _audit(session, actor, "room.archived", room, before=before, after=_snapshot(room))
+    if intent is not None:
+        await area.journal.settle(session, intent)
+    _audit(session, actor, "room.archived", room, before=before, after=snapshot(room))
     return to_out(room)
 
 
@@ -229,16 +247,6 @@ def _remote(tenant: TenantContext, room: Room) -> dict[str, Any]:
         "encounter": room.visit_number,
         "name": room.display_name,
         "members": list(room.members),
-    }
-
-
-def _snapshot(room: Room) -> dict[str, Any]:
-    """What the audit row keeps: state, not clinical content (no display name)."""
-    return {
-        "status": room.status,
-        "encounter": room.visit_number,
-        "remoteId": room.remote_id,
-        "members": len(room.members),
     }
 
 
