@@ -114,6 +114,7 @@ class DeskConfig:
     backoff_max_seconds: float
     push_timeout_seconds: float
     settings_ttl_seconds: float
+    idempotency_ttl_seconds: float = 86400.0  # how long an Idempotency-Key answer is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,9 @@ class Settings(BaseSettings):
     desk_outbox_backoff_max_seconds: float = Field(default=300.0, gt=0)
     desk_push_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # -- idempotency keys (core.idempotency): how long a keyed answer is kept for replay
+    idempotency_ttl_seconds: int = Field(default=86400, ge=1, le=7 * 86400)
+
     @model_validator(mode="after")
     def _production_needs_real_issuer(self) -> Settings:
         if self.env == "production" and self.auth.dev_mode:
@@ -366,6 +370,7 @@ class Settings(BaseSettings):
             backoff_max_seconds=self.desk_outbox_backoff_max_seconds,
             push_timeout_seconds=self.desk_push_timeout_seconds,
             settings_ttl_seconds=self.tenant_cache_ttl_seconds,
+            idempotency_ttl_seconds=float(self.idempotency_ttl_seconds),
         )
 
     @property

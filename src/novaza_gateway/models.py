@@ -23,6 +23,7 @@ from novaza_gateway.clinical.models import (
 )
 from novaza_gateway.core.audit import AuditEvent
 from novaza_gateway.core.db import Base
+from novaza_gateway.core.idempotency import IdempotencyKey
 from novaza_gateway.desk.models import DeskContact, DeskOutboxEntry
 from novaza_gateway.hl7.models import DeliveryAttempt, InboundMessage, OutboundMessage
 from novaza_gateway.imaging.models import (
@@ -69,3 +70,5 @@ __all__ += ["AiConversation", "AiMessage"]
 __all__ += ["Room"]
 
 __all__ += ["DeskContact", "DeskOutboxEntry"]
+
+__all__ += ["IdempotencyKey"]

@@ -1,18 +1,29 @@
-"""Desk fixtures: a gateway with two tenants, sync and read helpers, patients, audit reads."""
+"""Desk fixtures: a gateway with two tenants, sync and read helpers, patients, audit reads;
+a fake upstream Desk (a real HTTP server over TCP) and a gateway pushing to it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from novaza_gateway.clinical import patients
 from novaza_gateway.core.audit import Actor, AuditEvent
-from tests.conftest import Gateway
+from novaza_gateway.desk.models import DeskOutboxEntry
+from tests.conftest import Gateway, free_port, gateway_settings, start_gateway
 
 WRITE = "desk:write"
 READ = "desk:read"
@@ -91,3 +102,68 @@ async def desk(gateway: Gateway) -> AsyncIterator[Desk]:
 async def desk_lite(gw: Gateway) -> AsyncIterator[Desk]:
     """On SQLite only: behaviour that does not depend on the store."""
     yield await with_tenants(gw)
+
+
+API_KEY = "desk-key-0123456789"
+
+
+@dataclass
+class FakeDesk:
+    """Answers the scripted statuses in turn (then 200) and records every request."""
+
+    script: list[int] = field(default_factory=list)
+    requests: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    url: str = ""
+
+    async def batch(self, request: Request) -> JSONResponse:
+        self.requests.append((dict(request.headers), await request.json()))
+        status = self.script.pop(0) if self.script else 200
+        return JSONResponse({"ok": status == 200}, status_code=status)
+
+
+@pytest.fixture
+def fake_desk() -> Iterator[FakeDesk]:
+    desk = FakeDesk()
+    app = Starlette(routes=[Route("/api/v2/contacts/batch", desk.batch, methods=["POST"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the fake Desk did not start"
+        time.sleep(0.02)
+    desk.url = f"http://127.0.0.1:{port}/api/v2"
+    yield desk
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+async def upstream(tmp_path: Path, db_url: str, fake_desk: FakeDesk) -> AsyncIterator[Desk]:
+    settings = gateway_settings(
+        tmp_path / "data",
+        db_url,
+        desk_outbox_poll_seconds=0.05,
+        desk_outbox_backoff_seconds=0.3,
+        desk_outbox_backoff_max_seconds=0.3,
+        desk_outbox_max_attempts=3,
+    )
+    async for gw in start_gateway(settings):
+        desk_settings = {"baseUrl": fake_desk.url, "apiKey": API_KEY}
+        yield await with_tenants(gw, settings={"desk": desk_settings})
+
+
+async def sync_status(desk: Desk, contact_id: str, wanted: str, seconds: float = 10) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        status: str = (await desk.get(contact_id)).json()["syncStatus"]
+        if status == wanted or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.05)
+
+
+async def outbox(desk: Desk) -> list[DeskOutboxEntry]:
+    async with desk.gw.app.state.db.sessionmaker() as session:
+        rows = await session.execute(select(DeskOutboxEntry).order_by(DeskOutboxEntry.created_at))
+        return list(rows.scalars())

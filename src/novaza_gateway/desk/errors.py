@@ -24,5 +24,8 @@ class ConcurrentSync(Conflict):
     default_message = "Another sync changed some of these contacts meanwhile; send it again."
 
 
-class IdempotencyKeyReused(Conflict):
-    default_message = "This Idempotency-Key was used with another request body."
+class DeskNotUpstream(Conflict):
+    code = "DESK_NOT_UPSTREAM"
+    default_message = (
+        "This tenant names no upstream Desk (settings desk.baseUrl): there is nothing to push."
+    )

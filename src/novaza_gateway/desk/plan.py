@@ -61,6 +61,26 @@ def parse_items(raw_items: list[Any]) -> list[Item]:
     return items
 
 
+def outbox_row(tenant_id: str, row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The outbox entry pushing this version of a contact row, due now, never attempted."""
+    return {
+        "id": new_id(),
+        "tenant_id": tenant_id,
+        "contact_id": row["id"],
+        "version": row["version"],
+        "payload": payload(row),
+        "status": "queued",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "claim": None,
+        "lease_until": None,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+        "delivered_at": None,
+    }
+
+
 @dataclass(slots=True)
 class Plan:
     tenant_id: str
@@ -148,22 +168,7 @@ class Plan:
             self.patient_touches.append((action, row["id"], patient, row["version"]))
 
     def _outbox_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": new_id(),
-            "tenant_id": self.tenant_id,
-            "contact_id": row["id"],
-            "version": row["version"],
-            "payload": payload(row),
-            "status": "queued",
-            "attempts": 0,
-            "next_attempt_at": self.now,
-            "claim": None,
-            "lease_until": None,
-            "last_error": None,
-            "created_at": self.now,
-            "updated_at": self.now,
-            "delivered_at": None,
-        }
+        return outbox_row(self.tenant_id, row, self.now)
 
     def _fail(self, external_id: str | None, errors: list[FieldError]) -> None:
         self.results.append(

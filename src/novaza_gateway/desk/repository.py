@@ -23,6 +23,7 @@ QUEUED, SENDING, DELIVERED, DEAD, SUPERSEDED = (
     "dead",
     "superseded",
 )
+PENDING, FAILED = "pending", "failed"  # a contact's sync_status in upstream mode
 
 
 async def contacts_by_external_id(
@@ -114,3 +115,18 @@ async def supersede(session: AsyncSession, tenant_id: str, contact_ids: Sequence
         )
         .values(status=SUPERSEDED)
     )
+
+
+async def requeue_failed(
+    session: AsyncSession, tenant_id: str, ids: Sequence[str] | None, external_ids: Sequence[str]
+) -> list[Row[Any]]:
+    """Flip this tenant's failed contacts (all of them when ``ids`` is None; else those named
+    by id or external id) to ``pending`` and answer them as they now are. One statement: a
+    contact a concurrent sync re-queued meanwhile is no longer ``failed`` and is left alone."""
+    query = update(CONTACTS).where(
+        CONTACTS.c.tenant_id == tenant_id, CONTACTS.c.sync_status == FAILED
+    )
+    if ids is not None:
+        query = query.where(or_(CONTACTS.c.id.in_(ids), CONTACTS.c.external_id.in_(external_ids)))
+    query = query.values(sync_status=PENDING).returning(*CONTACTS.c)
+    return list((await session.execute(query)).all())

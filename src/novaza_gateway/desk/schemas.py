@@ -103,6 +103,23 @@ class SyncIn(ApiModel):
     mode: Literal["upsert"] = "upsert"
 
 
+ContactRef = Annotated[str, StringConstraints(min_length=1, max_length=300)]
+
+
+class RequeueIn(ApiModel):
+    """Which failed contacts to push again: gateway ids or ``ext:{externalId}``; none named
+    (or no body) means every failed contact of the tenant."""
+
+    contact_ids: Annotated[list[ContactRef], Field(max_length=MAX_CONTACTS)] = Field(
+        default_factory=list
+    )
+
+
+class RequeueOut(ApiResponse):
+    requeued: int
+    skipped: int
+
+
 class FieldError(ApiResponse):
     path: str
     reason: str

@@ -8,24 +8,57 @@ from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
 
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import after_commit, utcnow
 from novaza_gateway.core.errors import ValidationFailed
+from novaza_gateway.core.idempotency import KeyedRequest, Outcome
 from novaza_gateway.core.pagination import Page, decode_cursor, encode_cursor
 from novaza_gateway.core.tenancy import TenantContext
 from novaza_gateway.desk import bulk, repository
 from novaza_gateway.desk.area import DeskArea
-from novaza_gateway.desk.errors import ConcurrentSync, ContactNotFound, TooManyContacts
+from novaza_gateway.desk.errors import (
+    ConcurrentSync,
+    ContactNotFound,
+    DeskNotUpstream,
+    TooManyContacts,
+)
 from novaza_gateway.desk.models import DeskContact
-from novaza_gateway.desk.plan import Plan, parse_items
-from novaza_gateway.desk.schemas import MAX_CONTACTS, ContactOut, SyncIn, SyncOut
+from novaza_gateway.desk.plan import Plan, outbox_row, parse_items
+from novaza_gateway.desk.schemas import (
+    MAX_CONTACTS,
+    ContactOut,
+    RequeueIn,
+    RequeueOut,
+    SyncIn,
+    SyncOut,
+)
 from novaza_gateway.desk.views import contact_out
 
 EXTERNAL_PREFIX = "ext:"
+SYNC_OPERATION = "desk.contacts.sync"  # the Idempotency-Key scope of a sync
 
 
 async def sync(
+    session: AsyncSession,
+    area: DeskArea,
+    tenant: TenantContext,
+    actor: audit.Actor,
+    body: SyncIn,
+    keyed: KeyedRequest | None = None,
+) -> SyncOut | Response:
+    """The batch upsert; with an ``Idempotency-Key``, once per key (core.idempotency)."""
+    if keyed is None:  # the hot path: nothing of the idempotency machinery
+        return await _sync(session, area, tenant, actor, body)
+
+    async def execute() -> Outcome:
+        return Outcome.json(await _sync(session, area, tenant, actor, body))
+
+    return await area.idempotency.run(session, tenant.id, SYNC_OPERATION, keyed, execute)
+
+
+async def _sync(
     session: AsyncSession, area: DeskArea, tenant: TenantContext, actor: audit.Actor, body: SyncIn
 ) -> SyncOut:
     if len(body.contacts) > MAX_CONTACTS:
@@ -75,6 +108,51 @@ async def _write(session: AsyncSession, tenant_id: str, actor: audit.Actor, plan
         for action, contact_id, patient_id, version in plan.patient_touches
     ]
     await bulk.insert_rows(session, audit.AuditEvent.__table__, audits)  # type: ignore[arg-type]
+
+
+async def requeue(
+    session: AsyncSession,
+    area: DeskArea,
+    tenant: TenantContext,
+    actor: audit.Actor,
+    body: RequeueIn | None,
+) -> RequeueOut:
+    """Push failed contacts again: their current version goes back in the outbox, due now
+    with no attempts, and ``syncStatus`` is ``pending``. Contacts not failed are skipped."""
+    if await area.settings.for_tenant(tenant.id) is None:
+        raise DeskNotUpstream()
+    named = list(dict.fromkeys(body.contact_ids)) if body and body.contact_ids else None
+    ids, external_ids = _split_refs(named or [])
+    rows = await repository.requeue_failed(
+        session, tenant.id, ids if named is not None else None, external_ids
+    )
+    now = utcnow()
+    contacts = [row._asdict() for row in rows]
+    await repository.supersede(session, tenant.id, [row["id"] for row in contacts])
+    outbox = [outbox_row(tenant.id, row, now) for row in contacts]
+    await bulk.insert_rows(session, repository.OUTBOX, outbox)
+    audits = [
+        audit.values(actor, "desk.contact.requeue", "desk_contact", row["id"],
+                     tenant_id=tenant.id, patient_id=row["patient_id"],
+                     after={"version": row["version"]})
+        for row in contacts
+        if row["patient_id"] is not None
+    ]  # fmt: skip
+    await bulk.insert_rows(session, audit.AuditEvent.__table__, audits)  # type: ignore[arg-type]
+    if outbox:
+        after_commit(session, area.pusher.nudge)
+    matched = {row["id"] for row in contacts} | {
+        EXTERNAL_PREFIX + row["external_id"] for row in contacts
+    }
+    skipped = sum(1 for ref in named if ref not in matched) if named else 0
+    return RequeueOut(requeued=len(contacts), skipped=skipped)
+
+
+def _split_refs(refs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Gateway ids and ``ext:`` external ids, apart."""
+    ids = [ref for ref in refs if not ref.startswith(EXTERNAL_PREFIX)]
+    external = [ref[len(EXTERNAL_PREFIX) :] for ref in refs if ref.startswith(EXTERNAL_PREFIX)]
+    return ids, external
 
 
 async def get_contact(
