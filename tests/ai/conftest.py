@@ -6,6 +6,9 @@ tokens; the SDK talks to the app through httpx2's ASGI transport (openai>=3 uses
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,11 +16,13 @@ from datetime import datetime
 import httpx2
 import openai
 import pytest
+import uvicorn
 from sqlalchemy import select
 
+from novaza_gateway.ai.engine import ChatMessage, GenerationRequest
 from novaza_gateway.billing.models import UsageRecord
-from novaza_gateway.core.metering import QuotaVerdict
-from tests.conftest import Gateway
+from novaza_gateway.core.metering import QuotaReservation, QuotaVerdict
+from tests.conftest import Gateway, free_port
 
 MODEL = "smollm2-135m-instruct"
 AI_ONLY = "ai:use"
@@ -63,6 +68,62 @@ async def ai_lite(gw: Gateway) -> AsyncIterator[AiGateway]:
     yield await with_tenant(gw)
 
 
+async def loaded(gw: Gateway, model: str = MODEL) -> None:
+    """Load the local model (as ``NOVAZA_AI_PRELOAD`` does): its tokenizer counts prompts
+    exactly from then on; before, admission reserves a prompt's upper bound."""
+    engine = gw.app.state.ai.registry.get(model).engine
+    engine.start(preload=True)
+    deadline = time.monotonic() + 30
+    while engine.state != "ready":
+        assert engine.state != "failed" and time.monotonic() < deadline, engine.state
+        await asyncio.sleep(0.01)
+
+
+async def allow(ai: AiGateway, tokens: int) -> None:
+    """Give the tenant an allowance of ``tokens`` for the period; every reservation then reads
+    the period afresh (no cached snapshot: the most interleaving between requests)."""
+    response = await ai.gw.client.put(
+        f"/admin/tenants/{ai.slug}/entitlements/overrides",
+        json={"aiTokens": tokens},
+        headers=ai.gw.admin(),
+    )
+    assert response.status_code == 200, response.text
+    ai.gw.app.state.billing.quota.max_age = 0.0
+
+
+def outstanding(ai: AiGateway) -> int:
+    """The tokens billing's quota holds for the tenant's requests in progress."""
+    held: int = ai.gw.app.state.billing.quota.outstanding(ai.tenant_id)
+    return held
+
+
+async def prompt_tokens(gw: Gateway, *messages: ChatMessage, model: str = MODEL) -> int:
+    """The prompt's tokens as the engine will count them (the model must be loaded)."""
+    provider = gw.app.state.ai.registry.get(model)
+    estimate = await provider.estimate(GenerationRequest(messages, max_tokens=1))
+    assert estimate.exact
+    count: int = estimate.prompt_tokens
+    return count
+
+
+@contextlib.asynccontextmanager
+async def over_tcp(app: object) -> AsyncIterator[str]:
+    """The app served by uvicorn on a local port, in this event loop: a client that hangs up
+    is seen as a disconnect (the ASGI test transport buffers whole answers)."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
 async def metered(gw: Gateway, tenant_id: str, meter: str = "ai_tokens") -> list[UsageRecord]:
     """Flush the process's usage and read what the billing table holds for the tenant."""
     await gw.app.state.billing.meter.flush(gw.app.state.db)
@@ -76,15 +137,29 @@ async def metered(gw: Gateway, tenant_id: str, meter: str = "ai_tokens") -> list
 
 
 class FakeQuota:
-    """``core.metering.UsageQuota`` with a verdict the test sets."""
+    """``core.metering.UsageQuota`` with a verdict the test sets: an allowed verdict covers
+    any reservation, a refused one none."""
 
     def __init__(self, verdict: QuotaVerdict) -> None:
         self.verdict = verdict
         self.calls: list[tuple[str, str]] = []
+        self.released: list[QuotaReservation] = []
 
     async def check(self, tenant_id: str, meter: str) -> QuotaVerdict:
         self.calls.append((tenant_id, meter))
         return self.verdict
+
+    async def reserve(
+        self, tenant_id: str, meter: str, quantity: int, *, minimum: int, ttl_seconds: float
+    ) -> QuotaReservation:
+        self.calls.append((tenant_id, meter))
+        granted = quantity if self.verdict.allowed else 0
+        return QuotaReservation(
+            len(self.calls), tenant_id, meter, quantity, granted, granted, self.verdict
+        )
+
+    def release(self, reservation: QuotaReservation) -> None:
+        self.released.append(reservation)
 
 
 def verdict(allowed: bool, allowance: int, used: int, resets_at: datetime) -> QuotaVerdict:

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from novaza_gateway.core.db import utcnow
-from tests.ai.conftest import MODEL, AiGateway, FakeQuota, metered, verdict
+from tests.ai.conftest import MODEL, AiGateway, FakeQuota, loaded, metered, verdict
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -50,19 +50,22 @@ async def test_remaining_tokens_header_from_the_verdict(ai_lite: AiGateway) -> N
 
 
 async def test_billing_allowance_stops_a_tenant_once_used(ai: AiGateway) -> None:
-    """End to end with billing's QuotaBook: an override of 1 token, one completion, refused."""
+    """End to end with billing's QuotaBook: an override that covers one completion and not
+    a second; the refusal says what is left."""
     gw = ai.gw
+    await loaded(gw)  # prompts counted by the tokenizer
     response = await gw.client.put(
-        "/admin/tenants/clinic/entitlements/overrides", json={"aiTokens": 1}, headers=gw.admin()
+        "/admin/tenants/clinic/entitlements/overrides", json={"aiTokens": 50}, headers=gw.admin()
     )
     assert response.status_code == 200, response.text
     gw.app.state.billing.quota.max_age = 0.0  # read the period's usage afresh on every check
     client = ai.sdk()
     first = await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
-    assert first.usage is not None and first.usage.total_tokens > 1
+    assert first.usage is not None and 25 < first.usage.total_tokens <= 50 - 16
     await metered(gw, ai.tenant_id)  # flushed: the verdict now sees the tokens
     with pytest.raises(openai.RateLimitError) as caught:
         await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
     details = caught.value.response.json()["details"]
-    assert details["allowance"] == 1
+    assert details["allowance"] == 50
     assert details["used"] == first.usage.total_tokens
+    assert details["remaining"] == 50 - first.usage.total_tokens

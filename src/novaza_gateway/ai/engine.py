@@ -109,6 +109,10 @@ class LocalModel(Protocol):
     def start(self, request: GenerationRequest) -> ModelRun:
         """Tokenize and check the prompt; raises ``ContextLengthExceeded``."""
 
+    def count_prompt(self, messages: tuple[ChatMessage, ...]) -> int | None:
+        """The prompt's tokens as ``start`` counts them, callable from any thread; None when
+        it cannot be counted now (not loaded)."""
+
     def close(self) -> None: ...
 
 
@@ -120,9 +124,12 @@ class _Job:
     on_end: Callable[[Ending], None] | None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ended: bool = False  # an ending was emitted (worker thread)
 
     def emit(self, event: Event) -> None:
         """From the worker thread. A closed loop means the app is gone: stop generating."""
+        if isinstance(event, (Finished, Failed)):
+            self.ended = True
         try:
             self.loop.call_soon_threadsafe(self._deliver, event)
         except RuntimeError:
@@ -251,8 +258,12 @@ class InferenceEngine:
             self._running = job
             try:
                 self._serve(job)
+            except Exception as exc:  # never the prompt in a log line: PHI
+                log.error("ai generation failed unexpectedly", extra={"error": type(exc).__name__})
             finally:
                 self._running = None
+                if not job.ended:  # every job ends once: its usage metered, its tokens released
+                    job.emit(Failed(Internal(), Usage(0, 0)))
         try:
             self.model.close()
         except Exception:

@@ -49,22 +49,44 @@ class ContextLengthExceeded(ApiError):
 
 
 class AiQuotaExceeded(ApiError):
-    """The tenant's AI-token allowance for the period is spent and prepaid funds cannot pay."""
+    """The tenant cannot cover the request: its AI-token allowance for the period is spent and
+    prepaid funds cannot pay, or what is left does not cover the ``max_tokens`` it asked for.
+
+    ``remaining`` is what the tenant can still consume now (allowance, then wallet, less the
+    requests in progress); ``maxTokens`` the largest ``max_tokens`` this prompt could have now.
+    """
 
     status = 429
     code = "AI_QUOTA_EXCEEDED"
     default_message = "The tenant's AI token allowance for this period is used up."
 
-    def __init__(self, allowance: int, used: int, resets_at: datetime) -> None:
+    def __init__(
+        self,
+        allowance: int,
+        used: int,
+        resets_at: datetime,
+        *,
+        remaining: int = 0,
+        prompt_tokens: int | None = None,
+        wanted: int | None = None,
+    ) -> None:
         wait = max(1, math.ceil((resets_at - utcnow()).total_seconds()))
-        super().__init__(
-            details={
-                "allowance": allowance,
-                "used": used,
-                "resetsAt": resets_at.isoformat().replace("+00:00", "Z"),
-            },
-            headers={"Retry-After": str(wait)},
-        )
+        details: dict[str, object] = {
+            "allowance": allowance,
+            "used": used,
+            "resetsAt": resets_at.isoformat().replace("+00:00", "Z"),
+            "remaining": remaining,
+        }
+        message = None
+        if prompt_tokens is not None and wanted is not None:
+            largest = max(remaining - prompt_tokens, 0)
+            details |= {"promptTokens": prompt_tokens, "maxTokens": largest}
+            if largest > 0:
+                message = (
+                    f"The request may use up to {wanted} tokens and the tenant can use "
+                    f"{remaining} more this period; retry with max_tokens at most {largest}."
+                )
+        super().__init__(message, details=details, headers={"Retry-After": str(wait)})
 
 
 class AiOverloaded(ApiError):

@@ -1,6 +1,8 @@
 """The local model: a GGUF file run by llama.cpp (``llama-cpp-python``), chat template and all.
 
-Only the engine's worker thread touches it. ``llama_cpp`` is imported when the model loads,
+Only the engine's worker thread generates with it; ``count_prompt`` may be called from any
+thread (tokenizing reads the vocabulary only, as llama.cpp's own server does from its HTTP
+threads while the slots decode). ``llama_cpp`` is imported when the model loads,
 not when the gateway starts: a process that never serves AI never loads the native library.
 The prompt is the GGUF's own chat template (``tokenizer.chat_template``) rendered by
 llama-cpp-python's ``Jinja2ChatFormatter``; generation is ``Llama.generate`` token by token,
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from novaza_gateway.ai.engine import FinishReason, GenerationRequest
+from novaza_gateway.ai.engine import ChatMessage, FinishReason, GenerationRequest
 from novaza_gateway.ai.errors import ContextLengthExceeded
 from novaza_gateway.ai.textstream import StopScanner
 from novaza_gateway.config import AiSettings
@@ -77,6 +79,8 @@ class LlamaCppModel:
         self._formatter: Any = None
         self._eog: Any = None
         self._vocab: Any = None
+        self._tokenize: Any = None
+        self._lock = threading.Lock()  # count_prompt (any thread) against close (the worker)
 
     def load(self) -> None:
         if not self.path.is_file():
@@ -103,15 +107,14 @@ class LlamaCppModel:
         )
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._eog = llama_cpp.llama_vocab_is_eog
+        self._tokenize = llama_cpp.llama_tokenize
         self._llm = llm
 
     def start(self, request: GenerationRequest) -> LlamaRun:
         llm = self._llm
         if llm is None:
             raise RuntimeError("model not loaded")
-        rendered = self._formatter(
-            messages=[{"role": m.role, "content": m.content} for m in request.messages]
-        )
+        rendered = self._render(request.messages)
         prompt = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
         room = llm.n_ctx() - len(prompt)
         if room < 1:
@@ -119,11 +122,28 @@ class LlamaCppModel:
         stops = (*request.stop, *_as_tuple(rendered.stop))
         return LlamaRun(self, llm, prompt, request, min(request.max_tokens, room), stops)
 
+    def count_prompt(self, messages: tuple[ChatMessage, ...]) -> int | None:
+        """The prompt's tokens exactly as ``start`` counts them; None before the model is
+        loaded, after it is closed, or when the template refuses the messages."""
+        with self._lock:
+            if self._llm is None:
+                return None
+            try:
+                text = self._render(messages).prompt.encode("utf-8")
+            except Exception:  # start() fails the request the same way, with its own error
+                return None
+            # No buffer: llama.cpp answers minus the count (or the count, when it is 0).
+            return abs(int(self._tokenize(self._vocab, text, len(text), None, 0, False, True)))
+
+    def _render(self, messages: tuple[ChatMessage, ...]) -> Any:
+        return self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+
     def is_end_of_generation(self, token: int) -> bool:
         return bool(self._eog(self._vocab, token))
 
     def close(self) -> None:
-        llm, self._llm = self._llm, None
+        with self._lock:
+            llm, self._llm = self._llm, None
         if llm is not None:
             llm.close()
 

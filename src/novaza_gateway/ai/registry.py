@@ -7,10 +7,12 @@ provider; an OpenAI-compatible upstream would be another, registered the same wa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from novaza_gateway.ai import estimate
 from novaza_gateway.ai.engine import Ending, Generation, GenerationRequest, InferenceEngine
 from novaza_gateway.ai.errors import ModelNotFound
 from novaza_gateway.ai.schemas import ModelHealthOut
@@ -24,8 +26,16 @@ class ModelInfo:
     context_tokens: int
 
 
+# Prompts up to this many characters are tokenized on the event loop (at most about half a
+# millisecond); longer ones in a thread (llama.cpp releases the GIL while it tokenizes).
+INLINE_TOKENIZE_CHARS = 2048
+
+
 class ModelProvider(Protocol):
     info: ModelInfo
+
+    async def estimate(self, request: GenerationRequest) -> estimate.Estimate:
+        """The most tokens the request can read and generate (docs/ai.md, ADR 0041)."""
 
     def submit(
         self, request: GenerationRequest, on_end: Callable[[Ending], None] | None = None
@@ -46,6 +56,14 @@ class LocalProvider:
         self.info = info
         self.engine = engine
         self.preload = preload
+
+    async def estimate(self, request: GenerationRequest) -> estimate.Estimate:
+        messages, model = request.messages, self.engine.model
+        if sum(len(m.content) for m in messages) <= INLINE_TOKENIZE_CHARS:
+            counted = model.count_prompt(messages)
+        else:
+            counted = await asyncio.to_thread(model.count_prompt, messages)
+        return estimate.for_local(messages, counted, request.max_tokens, self.info.context_tokens)
 
     def submit(
         self, request: GenerationRequest, on_end: Callable[[Ending], None] | None = None

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from novaza_gateway.ai import chat, repository
 from novaza_gateway.ai.agents import Agent
 from novaza_gateway.ai.area import AiArea
-from novaza_gateway.ai.engine import ChatMessage, GenerationRequest
+from novaza_gateway.ai.engine import ChatMessage, Generation, GenerationRequest
 from novaza_gateway.ai.errors import ConversationBusy, ConversationNotFound
+from novaza_gateway.ai.registry import ModelProvider
 from novaza_gateway.ai.schemas import (
     AgentListOut,
     AgentMessageIn,
@@ -26,7 +27,7 @@ from novaza_gateway.ai.schemas import (
     ModelListOut,
     ModelOut,
 )
-from novaza_gateway.ai.usage import admit, meter
+from novaza_gateway.ai.usage import HOLD_GRACE_SECONDS, Settlement, admit
 from novaza_gateway.core import audit
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.tenancy import TenantContext
@@ -67,16 +68,42 @@ async def chat_completion(
 ) -> Completion | CompletionStream:
     provider = area.registry.get(body.model)
     request = chat.to_request(body, area.config.default_max_tokens)
-    headers = await admit(area.quota, tenant.id)
-    completion_id = chat.new_completion_id()
-    on_end = meter(area.usage, tenant.id, completion_id, provider.info.id)
-    generation = provider.submit(request, on_end)
+    explicit = body.max_completion_tokens is not None or body.max_tokens is not None
+    completion_id, generation, headers = await _start(area, tenant.id, provider, request, explicit)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = chat.ChunkWriter(completion_id, provider.info.id, include_usage)
         return CompletionStream(writer.stream(generation), headers)
     result = await chat.collect(generation)
     return Completion(chat.completion_body(completion_id, provider.info.id, result), headers)
+
+
+async def _start(
+    area: AiArea,
+    tenant_id: str,
+    provider: ModelProvider,
+    request: GenerationRequest,
+    explicit: bool,
+) -> tuple[str, Generation, dict[str, str]]:
+    """Reserve the request's tokens (429 when not covered) and hand it to the model. From
+    then on the provider ends it exactly once, however it ends, and its ending settles the
+    reservation (tokens recorded, reservation released); a request the provider refuses
+    (overloaded, shutting down) releases it here."""
+    estimate = await provider.estimate(request)
+    hold = area.config.timeout_seconds + HOLD_GRACE_SECONDS
+    admission = await admit(
+        area.quota, tenant_id, request, estimate, explicit=explicit, hold_seconds=hold
+    )
+    completion_id = chat.new_completion_id()
+    settle = Settlement(
+        area.usage, area.quota, admission, tenant_id, completion_id, provider.info.id
+    )
+    try:
+        generation = provider.submit(admission.request, settle)
+    except BaseException:
+        settle.release()
+        raise
+    return completion_id, generation, admission.headers
 
 
 async def list_agents(area: AiArea, tenant: TenantContext) -> AgentListOut:
@@ -110,9 +137,8 @@ async def agent_message(
         max_tokens=min(body.max_tokens or agent.max_tokens, agent.max_tokens),
         temperature=agent.temperature,
     )
-    headers = await admit(area.quota, tenant.id)
-    completion_id = chat.new_completion_id()
-    generation = provider.submit(request, meter(area.usage, tenant.id, completion_id, agent.model))
+    explicit = body.max_tokens is not None
+    completion_id, generation, headers = await _start(area, tenant.id, provider, request, explicit)
     result = await chat.collect(generation)
     conversation_id = await _store(
         area, tenant, actor, agent, body, turns, chat.Completed(completion_id, result)

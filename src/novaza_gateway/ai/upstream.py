@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
+from novaza_gateway.ai import estimate
 from novaza_gateway.ai.engine import (
     Ending,
     Event,
@@ -75,6 +76,9 @@ class UpstreamProvider:
         self.last_error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def estimate(self, request: GenerationRequest) -> estimate.Estimate:
+        return estimate.for_upstream(request.messages, request.max_tokens)
+
     def submit(
         self, request: GenerationRequest, on_end: Callable[[Ending], None] | None = None
     ) -> Generation:
@@ -84,7 +88,14 @@ class UpstreamProvider:
         self.in_flight += 1
         task = asyncio.create_task(self._run(request, events, on_end))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled():  # cancelled before it began: _run never ran to end it
+                self.in_flight -= 1
+                self._end(Failed(GenerationCancelled(), Usage(0, 0)), events, on_end)
+
+        task.add_done_callback(done)
 
         def cancel() -> None:
             task.cancel()
@@ -119,9 +130,18 @@ class UpstreamProvider:
         ending: Ending = (
             Finished(stream.finish_reason, usage) if error is None else Failed(error, usage)
         )
+        self._end(ending, events, on_end)
+
+    @staticmethod
+    def _end(
+        ending: Ending, events: asyncio.Queue[Event], on_end: Callable[[Ending], None] | None
+    ) -> None:
         events.put_nowait(ending)
         if on_end is not None:
-            on_end(ending)
+            try:
+                on_end(ending)
+            except Exception:
+                log.exception("ai generation end callback failed")
 
     async def _relay(
         self, request: GenerationRequest, events: asyncio.Queue[Event], stream: _Stream

@@ -63,6 +63,36 @@ class QuotaVerdict:
         return max(self.allowance - self.used, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaReservation:
+    """Units of a capped meter set aside for one request until it ends (ADR 0041).
+
+    ``granted`` is what was set aside: ``quantity`` asked for, or less (never below the
+    ``minimum`` asked for), or 0 when not even the minimum could be covered (nothing is held
+    then). ``available`` is what the tenant could still consume when asked, other requests'
+    reservations deducted, counted up to the quantity asked for.
+    """
+
+    id: int
+    tenant_id: str
+    meter: str
+    quantity: int
+    granted: int
+    available: int
+    verdict: QuotaVerdict
+
+
 class UsageQuota(Protocol):
     async def check(self, tenant_id: str, meter: str) -> QuotaVerdict:
         """The verdict for the tenant's current period (cached briefly; no I/O on a hit)."""
+
+    async def reserve(
+        self, tenant_id: str, meter: str, quantity: int, *, minimum: int, ttl_seconds: float
+    ) -> QuotaReservation:
+        """Set aside up to ``quantity`` of what the tenant can still consume (the allowance
+        left, then what prepaid funds can pay), less what this process's outstanding
+        reservations hold; at least ``minimum`` or nothing. Released by ``release``, or
+        dropped after ``ttl_seconds`` as a backstop. Cached like ``check``."""
+
+    def release(self, reservation: QuotaReservation) -> None:
+        """Give the reservation back; calling it again does nothing."""
