@@ -1,21 +1,25 @@
 """Rooms fixtures: a gateway with two tenants and their encounters, and a real Personeo peer.
 
 The peer is a small Starlette app served by uvicorn on a free port: it records every request
-and answers as the test scripts it (ok, 500, or too slow for the gateway's timeout).
+and answers as the test scripts it (ok, 500, or too slow for the gateway's timeout), for
+every request or for its DELETEs only. ``commit_fails`` makes the store refuse a commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +32,7 @@ from novaza_gateway.rooms.models import Room
 from tests.conftest import Gateway, free_port, gateway_settings, start_gateway
 
 ROOMS = "rooms:write"
+WRITES_ROOM = re.compile(r"\s*(INSERT INTO|UPDATE) rooms\b", re.IGNORECASE)
 UPSTREAM_TIMEOUT = 0.5
 
 
@@ -106,11 +111,20 @@ async def rooms(gateway: Gateway) -> AsyncIterator[RoomsGateway]:
 
 @dataclass
 class Personeo:
-    """A real HTTP peer. ``mode``: "ok", "fail" (500) or "slow" (past the gateway timeout)."""
+    """A real HTTP peer. ``mode``: "ok", "fail" (500) or "slow" (past the gateway timeout);
+    ``delete_mode``, when set, for DELETEs instead. ``before_create`` runs (in the test's
+    loop) before a create is answered."""
 
     port: int
     mode: str = "ok"
+    delete_mode: str | None = None
+    before_create: Callable[[], Awaitable[Any]] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0  # requests received (a room's id is the count before its create)
+
+    def deletes(self) -> list[str]:
+        """The paths of the DELETEs it received, in order."""
+        return [r["path"] for r in self.requests if r["method"] == "DELETE"]
 
     @property
     def url(self) -> str:
@@ -118,9 +132,14 @@ class Personeo:
 
     def app(self) -> Starlette:
         async def create(request: Request) -> Response:
-            return await self._answer(request, {"id": f"prs-{len(self.requests)}"})
+            remote_id = f"prs-{self.calls}"
+            self.calls += 1
+            if self.before_create is not None:
+                await self.before_create()
+            return await self._answer(request, {"id": remote_id})
 
         async def archive(request: Request) -> Response:
+            self.calls += 1
             return await self._answer(request, None)
 
         return Starlette(
@@ -137,11 +156,13 @@ class Personeo:
                 "path": request.url.path,
                 "authorization": request.headers.get("authorization"),
                 "json": await request.json() if request.method == "POST" else None,
+                "id": body["id"] if body else None,
             }
         )
-        if self.mode == "fail":
+        mode = self.delete_mode if request.method == "DELETE" and self.delete_mode else self.mode
+        if mode == "fail":
             return JSONResponse({"error": "boom"}, status_code=500)
-        if self.mode == "slow":
+        if mode == "slow":
             await asyncio.sleep(UPSTREAM_TIMEOUT * 4)
         if body is None:
             return Response(status_code=204)
@@ -174,3 +195,37 @@ async def upstream(
     section = {"baseUrl": personeo.url, "apiKey": "prs-s3cret-key"}
     async for gw in start_gateway(settings):
         yield await with_tenants(gw, {"rooms": section}), personeo
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+@contextlib.contextmanager
+def commit_fails(rooms: RoomsGateway, room_status: str) -> Iterator[list[str]]:
+    """The store refuses to COMMIT a transaction that wrote a room in this status, as a lost
+    database would (OperationalError); the list collects one entry per refusal."""
+    engine = rooms.gw.app.state.db.engine.sync_engine
+    refused: list[str] = []
+    mark = "test.writes_room"
+
+    def before_execute(conn: Any, _: Any, statement: str, params: Any, *__: Any) -> None:
+        values = params.values() if isinstance(params, dict) else params
+        if WRITES_ROOM.match(statement) and room_status in tuple(values or ()):
+            conn.info[mark] = True
+
+    def commit(conn: Any) -> None:
+        if conn.info.pop(mark, False):
+            refused.append("commit")
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    def rollback(conn: Any) -> None:
+        conn.info.pop(mark, None)
+
+    hooks = [("before_cursor_execute", before_execute), ("commit", commit), ("rollback", rollback)]
+    for name, hook in hooks:
+        event.listen(engine, name, hook)
+    try:
+        yield refused
+    finally:
+        for name, hook in hooks:
+            event.remove(engine, name, hook)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.clinical import repository as clinical
@@ -135,13 +134,10 @@ async def create_room(
         remote = _remote(tenant, room)
         intent = await area.journal.create_remote(session, tenant.id, room.id, upstream, remote)
         room.remote_id = intent.remote_id
-    try:
-        async with session.begin_nested():
-            session.add(room)
-    except IntegrityError:  # a concurrent create of this encounter's room won
+    if not await repository.insert_room(session, room):  # a concurrent create won
         winner = await repository.by_encounter(session, tenant.id, encounter.id)
         if winner is None:
-            raise
+            raise RuntimeError("the encounter's room conflicts but cannot be read")
         if intent is not None:  # this request's Personeo room is not kept
             await area.journal.hand_over(session, intent)
         return Created(to_out(winner), new=False)
