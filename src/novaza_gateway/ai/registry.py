@@ -26,9 +26,9 @@ class ModelInfo:
     context_tokens: int
 
 
-# Prompts up to this many characters are tokenized on the event loop (at most about half a
-# millisecond); longer ones in a thread (llama.cpp releases the GIL while it tokenizes).
-INLINE_TOKENIZE_CHARS = 2048
+# Prompts up to this many characters are tokenized on the event loop (about 0.2-0.4 ms);
+# longer ones in a thread (llama.cpp releases the GIL while it tokenizes).
+INLINE_TOKENIZE_CHARS = 512
 
 
 class ModelProvider(Protocol):
