@@ -94,7 +94,14 @@ class Journal:
                 yield session
         except BaseException as exc:
             for intent in intents:
-                await self._undo(intent, type(exc).__name__)
+                try:
+                    await self._undo(intent, type(exc).__name__)
+                except Exception as undo_failed:  # the intent stays for the reconciler
+                    log.warning(
+                        "rooms undo failed",
+                        extra={"error": type(undo_failed).__name__, "tenant": intent.tenant_id,
+                               "room": intent.room_id},
+                    )  # fmt: skip
             raise
 
     # ------------------------------------------------------------------ in the request
@@ -103,8 +110,8 @@ class Journal:
         self, session: AsyncSession, tenant_id: str, room_id: str, upstream: Upstream, body: Any
     ) -> Intent:
         """Create the room at Personeo, announced first; the intent carries its id."""
-        intent = await self._open(session, Intent(new_id(), tenant_id, room_id, UNDO_CREATE,
-                                                  upstream))  # fmt: skip
+        intent = Intent(new_id(), tenant_id, room_id, UNDO_CREATE, upstream)
+        await self._open(session, intent)
         try:
             remote_id = await self._personeo.create_room(upstream, body)
         except PersoneoUnavailable as exc:
