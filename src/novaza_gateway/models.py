@@ -32,7 +32,7 @@ from novaza_gateway.imaging.models import (
     ImagingSeries,
     ImagingStudy,
 )
-from novaza_gateway.rooms.models import Room
+from novaza_gateway.rooms.models import ReconcileItem, Room
 from novaza_gateway.tenants.models import Tenant
 
 metadata = Base.metadata
@@ -67,7 +67,7 @@ __all__ += ["ImagingInstance", "ImagingPatient", "ImagingSeries", "ImagingStudy"
 
 __all__ += ["AiConversation", "AiMessage"]
 
-__all__ += ["Room"]
+__all__ += ["ReconcileItem", "Room"]
 
 __all__ += ["DeskContact", "DeskOutboxEntry"]
 

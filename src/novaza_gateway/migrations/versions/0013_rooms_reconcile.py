@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_rooms_reconcile"
-down_revision = "0011_desk"
+down_revision = "0012_idempotency_keys"
 branch_labels = None
 depends_on = None
 
