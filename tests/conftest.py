@@ -120,6 +120,15 @@ def db_url(
 
 
 @pytest.fixture
+def pg_url(pg_database: str | None) -> str:
+    """For tests of PostgreSQL's own behaviour (row locks, races): no SQLite variant."""
+    need(pg_database is not None, f"PostgreSQL not reachable at {PG_ADMIN_DSN}")
+    assert pg_database is not None
+    asyncio.run(_truncate_pg(pg_database))
+    return pg_database
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     """For tests where the storage backend is beside the point."""
     target = tmp_path / "data" / "novaza.db"

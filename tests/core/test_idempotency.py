@@ -179,10 +179,13 @@ async def test_an_expired_key_runs_again_and_the_purge_drops_expired_rows(db: Da
 
 
 @pytest.fixture
-def pg(db_url: str) -> str:
-    if not db_url.startswith("postgres"):
-        pytest.skip("SQLite serializes writers; the race is PostgreSQL's")
-    return db_url
+async def pg_db(pg_url: str) -> AsyncIterator[Database]:
+    """SQLite serializes writers: the race is PostgreSQL's."""
+    database = Database(
+        create_engine(Settings(database_url=pg_url, data_dir=Path("/tmp")).sqlalchemy_url)
+    )
+    yield database
+    await database.dispose()
 
 
 async def _held_first(
@@ -200,7 +203,8 @@ async def _held_first(
         return await keys.run(session, "t1", OP, KeyedRequest("k", b"b"), slow)
 
 
-async def test_a_second_request_waits_for_the_first_and_replays_it(pg: str, db: Database) -> None:
+async def test_a_second_request_waits_for_the_first_and_replays_it(pg_db: Database) -> None:
+    db = pg_db
     keys, counter, release = IdempotencyKeys(3600), Counter(), asyncio.Event()
     first = asyncio.create_task(_held_first(db, keys, release, counter))
     while counter.runs == 0:
@@ -215,8 +219,9 @@ async def test_a_second_request_waits_for_the_first_and_replays_it(pg: str, db: 
 
 
 async def test_past_the_wait_the_second_request_is_told_the_key_is_in_use(
-    pg: str, db: Database
+    pg_db: Database,
 ) -> None:
+    db = pg_db
     holder, counter, release = IdempotencyKeys(3600), Counter(), asyncio.Event()
     first = asyncio.create_task(_held_first(db, holder, release, counter))
     while counter.runs == 0:
@@ -230,7 +235,8 @@ async def test_past_the_wait_the_second_request_is_told_the_key_is_in_use(
     assert counter.runs == 1
 
 
-async def test_when_the_first_rolls_back_the_waiting_one_runs(pg: str, db: Database) -> None:
+async def test_when_the_first_rolls_back_the_waiting_one_runs(pg_db: Database) -> None:
+    db = pg_db
     keys, counter, release = IdempotencyKeys(3600), Counter(), asyncio.Event()
     counter.fail_with = [UpstreamUnavailable(status=503)]
     first = asyncio.create_task(_held_first(db, keys, release, counter))
@@ -246,7 +252,8 @@ async def test_when_the_first_rolls_back_the_waiting_one_runs(pg: str, db: Datab
     assert await audit_rows(db) == 1  # the first run's row rolled back
 
 
-async def test_the_wait_bound_does_not_outlive_the_claim(pg: str, db: Database) -> None:
+async def test_the_wait_bound_does_not_outlive_the_claim(pg_db: Database) -> None:
+    db = pg_db
     keys, counter = IdempotencyKeys(3600, wait_seconds=0.25), Counter()
     async with db.session_scope() as session:
         before = await session.scalar(text("SHOW lock_timeout"))
