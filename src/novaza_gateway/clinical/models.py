@@ -22,7 +22,10 @@ from novaza_gateway.core.db import Base, UtcDateTime
 
 class Patient(Base):
     __tablename__ = "clinical_patients"
-    __table_args__ = (Index("ix_clinical_patients_tenant_family", "tenant_id", "family_name"),)
+    __table_args__ = (
+        Index("ix_clinical_patients_tenant_family", "tenant_id", "family_name"),
+        Index("ix_clinical_patients_merged_into", "tenant_id", "merged_into_id"),  # A40 lookups
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(36))
@@ -51,6 +54,7 @@ class PatientIdentifier(Base):
             "value",
             name="uq_clinical_patient_identifiers_key",
         ),
+        Index("ix_clinical_patient_identifiers_value", "tenant_id", "value"),  # any authority
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

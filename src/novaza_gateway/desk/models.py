@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from novaza_gateway.core.db import Base, UtcDateTime
@@ -22,6 +22,13 @@ class DeskContact(Base):
         UniqueConstraint("tenant_id", "external_id", name="uq_desk_contacts_external"),
         Index("ix_desk_contacts_tenant_updated", "tenant_id", "updated_at", "id"),
         Index("ix_desk_contacts_tenant_patient", "tenant_id", "patient_id"),
+        # requeue of every failed push: only the failed rows, however many contacts
+        Index(
+            "ix_desk_contacts_failed",
+            "tenant_id",
+            postgresql_where=text("sync_status = 'failed'"),
+            sqlite_where=text("sync_status = 'failed'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0012_idempotency_keys
 Revises: 0011_desk
-Create Date: 2026-12-03 10:00:00.000000
+Create Date: 2026-11-29 16:40:00.000000
 """
 
 from __future__ import annotations

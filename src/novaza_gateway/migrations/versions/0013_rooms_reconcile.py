@@ -1,8 +1,8 @@
 """rooms_reconcile: write-ahead intents of calls to a tenant's Personeo (ADR 0051)
 
 Revision ID: 0013_rooms_reconcile
-Revises: 0011_desk
-Create Date: 2026-12-08 10:00:00.000000
+Revises: 0012_idempotency_keys
+Create Date: 2026-11-29 17:00:00.000000
 """
 
 from __future__ import annotations
