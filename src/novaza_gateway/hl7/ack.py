@@ -133,11 +133,13 @@ def ack_wanted(header: Header | None, code: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ReceivedAck:
-    """A receiver's answer to a message we sent: MSA-1 (normalised to AA/AE/AR), MSA-2."""
+    """An ACK read back (a receiver's answer to a message we sent, or one of ours stored):
+    MSA-1 (normalised to AA/AE/AR), MSA-2, MSA-3, and the ERR's HL7 error code if any."""
 
     code: str
     acked_control_id: str
     text: str
+    error_code: str = ""
 
 
 def read_ack(data: bytes) -> ReceivedAck:
@@ -150,4 +152,8 @@ def read_ack(data: bytes) -> ReceivedAck:
     code = ORIGINAL.get(raw, raw)
     if code not in ACK_CODES:
         raise ParseError(f"MSA-1 '{raw[:8]}' is no acknowledgement code.")
-    return ReceivedAck(code=code, acked_control_id=msa.get(2), text=msa.get(3))
+    err = message.segment("ERR")
+    error_code = (err.get(3) or err.get(1, 4)) if err is not None else ""  # 2.5+ | 2.3/2.4
+    return ReceivedAck(
+        code=code, acked_control_id=msa.get(2), text=msa.get(3), error_code=error_code
+    )

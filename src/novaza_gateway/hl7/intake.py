@@ -20,6 +20,9 @@ commits and only then sends the ACKs, so an AA always means "on disk and applied
    answered from the store), each message runs in its SAVEPOINT, and the outcomes and ACKs
    are written to the rows in one UPDATE.
 5. An audit record per message, in the same transaction.
+
+``process_stored`` runs one message already stored (a failed one, reprocessed: ADR 0017) the
+way a redone group runs each of its messages: its lookups read, then in a SAVEPOINT.
 """
 
 from __future__ import annotations
@@ -214,6 +217,8 @@ def _row(received: Received, fingerprint: str, now: datetime) -> dict[str, Any]:
         "content_sha256": fingerprint,
         "raw": received.data,
         **Processed.received(),
+        "reprocess_count": 0,
+        "reprocessed_at": None,
     }
 
 
@@ -239,6 +244,21 @@ async def _process_all(
             patient_id, error = await _unisolated(session, received, steps)
         done[i] = _conclude(session, received, message_id, patient_id, error)
     return done
+
+
+async def process_stored(
+    session: AsyncSession, received: Received, message_id: str
+) -> tuple[str | None, Hl7Error | None]:
+    """One stored message processed again in the session's transaction, as a redone group
+    processes each of its messages (lookups, then a SAVEPOINT): the patient id, or the error
+    to record (nothing the message did is kept). The caller owns the row and writes the
+    outcome; no ACK is built and no ``hl7.<type>.<event>`` audit record written."""
+    steps: Steps = {}
+    try:
+        await _prefetch(session, [received], steps)
+        return await _isolated(session, received, message_id, steps)
+    finally:
+        prefetch.forget(session)
 
 
 async def _write(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:

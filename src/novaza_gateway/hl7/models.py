@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from novaza_gateway.core.db import Base, UtcDateTime
@@ -46,6 +46,10 @@ class InboundMessage(Base):
     error_text: Mapped[str | None] = mapped_column(String(255))
     patient_id: Mapped[str | None] = mapped_column(String(32))
     processed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # ``POST .../reprocess`` of a failed message (ADR 0017): how often, the last time. The
+    # ACK columns keep what the sender was answered; the outcome columns the latest run.
+    reprocess_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    reprocessed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class OutboundMessage(Base):

@@ -6,8 +6,15 @@ from dataclasses import dataclass
 
 from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.ids import new_id
-from novaza_gateway.hl7.ack import Ack, build_ack
-from novaza_gateway.hl7.parser import DUPLICATE_KEY_IDENTIFIER, Header, Hl7Error, codec_for, peek
+from novaza_gateway.hl7.ack import Ack, build_ack, read_ack
+from novaza_gateway.hl7.parser import (
+    DUPLICATE_KEY_IDENTIFIER,
+    Header,
+    Hl7Error,
+    ParseError,
+    codec_for,
+    peek,
+)
 from novaza_gateway.hl7.repository import StoredMessage
 
 
@@ -42,9 +49,7 @@ def repeat(stored: StoredMessage, fingerprint: str, header: Header) -> Outcome:
     (and is not processed again); other content with the same key is AE 205."""
     if stored.content_sha256 == fingerprint and stored.ack is not None:
         code = stored.ack_code or "AA"
-        error = None
-        if code != "AA":
-            error = Hl7Error(stored.error_text or "", code=stored.error_code or "207", ack=code)
+        error = None if code == "AA" else _sent_error(stored, code)
         text = stored.ack.decode(codec_for(header.charset), errors="replace")
         ack = Ack(code=code, text=text, data=stored.ack)
         return Outcome(ack=ack, header=header, message_id=stored.id, duplicate=True, error=error)
@@ -57,3 +62,16 @@ def repeat(stored: StoredMessage, fingerprint: str, header: Header) -> Outcome:
     )
     ack = build_ack(header, "AE", control_id=new_control_id(), now=utcnow(), error=error)
     return Outcome(ack=ack, header=header, message_id=stored.id, error=error)
+
+
+def _sent_error(stored: StoredMessage, code: str) -> Hl7Error:
+    """The error the stored ACK reported, read from the ACK itself: a reprocessed message's
+    error columns hold its latest outcome, not what the sender was answered (ADR 0017)."""
+    assert stored.ack is not None
+    try:
+        sent = read_ack(stored.ack)
+    except ParseError:
+        sent = None
+    if sent is not None and sent.error_code:
+        return Hl7Error(sent.text, code=sent.error_code, ack=code)
+    return Hl7Error(stored.error_text or "", code=stored.error_code or "207", ack=code)

@@ -183,10 +183,38 @@ async def record_outcomes(session: AsyncSession, outcomes: Sequence[Processed]) 
 
 
 async def inbound(session: AsyncSession, tenant_id: str, message_id: str) -> InboundMessage | None:
-    query = select(InboundMessage).where(
-        InboundMessage.tenant_id == tenant_id, InboundMessage.id == message_id
+    query = (
+        select(InboundMessage)
+        .where(InboundMessage.tenant_id == tenant_id, InboundMessage.id == message_id)
+        .execution_options(populate_existing=True)  # as stored now (after ``claim_failed``)
     )
     return (await session.execute(query)).scalar_one_or_none()
+
+
+FAILED, PROCESSING, PROCESSED = "failed", "processing", "processed"
+
+
+async def claim_failed(
+    session: AsyncSession, tenant_id: str, message_id: str, now: datetime
+) -> bool:
+    """Take a failed inbound message for reprocessing: ``failed`` -> ``processing``, counted.
+    False when it is not (or no longer) failed. The UPDATE holds the row until the commit:
+    a concurrent claim waits for it and then finds the outcome written (ADR 0017)."""
+    result = await session.execute(
+        update(InboundMessage)
+        .where(
+            InboundMessage.tenant_id == tenant_id,
+            InboundMessage.id == message_id,
+            InboundMessage.status == FAILED,
+        )
+        .values(
+            status=PROCESSING,
+            reprocess_count=InboundMessage.reprocess_count + 1,
+            reprocessed_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def outbound(

@@ -152,3 +152,14 @@ async def requeue(
     message_id: MessageId, request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
 ) -> MessageOut:
     return await service.requeue(session, request.app.state.hl7, tenant, actor, message_id)
+
+
+@router.post(
+    "/messages/{message_id}/reprocess",
+    **READ,
+    summary="Process a failed inbound message again (for the tenant's current settings)",
+)
+async def reprocess(
+    message_id: MessageId, request: Request, session: SessionDep, tenant: TenantDep, actor: ActorDep
+) -> MessageOut:
+    return await service.reprocess(session, request.app.state.hl7, tenant, actor, message_id)

@@ -124,3 +124,9 @@ class MessageOut(ApiResponse):
     next_attempt_at: datetime | None = None
     delivered_at: datetime | None = None
     last_error: str | None = None
+    # inbound: the latest outcome (``ackCode`` stays the ACK the sender was answered)
+    error_code: str | None = None
+    patient_id: str | None = None
+    processed_at: datetime | None = None
+    reprocess_count: int = 0
+    reprocessed_at: datetime | None = None

@@ -1,6 +1,9 @@
-"""The HL7 HTTP operations: intake of one ADT or ORM message, ORU send, message status."""
+"""The HL7 HTTP operations: intake of one ADT or ORM message, ORU send, message status,
+requeue of a dead ORU, reprocessing of a failed inbound message."""
 
 from __future__ import annotations
+
+from typing import NoReturn
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,10 +16,11 @@ from novaza_gateway.core.tenancy import TenantContext
 from novaza_gateway.hl7 import intake, metering, outgoing, repository
 from novaza_gateway.hl7.area import Hl7Area
 from novaza_gateway.hl7.errors import MessageNotFound
+from novaza_gateway.hl7.models import InboundMessage
 from novaza_gateway.hl7.outcome import Outcome, reject
-from novaza_gateway.hl7.parser import ParseError, encode, parse
+from novaza_gateway.hl7.parser import Hl7Error, ParseError, encode, parse
 from novaza_gateway.hl7.processing import Hl7Context
-from novaza_gateway.hl7.repository import DEAD, QUEUED
+from novaza_gateway.hl7.repository import DEAD, FAILED, PROCESSED, QUEUED
 from novaza_gateway.hl7.schemas import AttemptOut, MessageOut, QueuedOut, SendOruIn
 
 ER7_MEDIA_TYPES = frozenset(
@@ -110,16 +114,80 @@ async def get_message(session: AsyncSession, tenant: TenantContext, message_id: 
     received = await repository.inbound(session, tenant.id, message_id)
     if received is None:
         raise MessageNotFound()
+    return _inbound_out(received)
+
+
+def _inbound_out(row: InboundMessage) -> MessageOut:
     return MessageOut(
-        message_id=received.id,
+        message_id=row.id,
         direction="inbound",
-        message_type=f"{received.message_type}^{received.trigger_event}",
-        control_id=received.control_id,
-        status=received.status,
-        ack_code=received.ack_code,
-        created_at=received.received_at,
-        last_error=received.error_text,
+        message_type=f"{row.message_type}^{row.trigger_event}",
+        control_id=row.control_id,
+        status=row.status,
+        ack_code=row.ack_code,
+        created_at=row.received_at,
+        last_error=row.error_text,
+        error_code=row.error_code,
+        patient_id=row.patient_id,
+        processed_at=row.processed_at,
+        reprocess_count=row.reprocess_count,
+        reprocessed_at=row.reprocessed_at,
     )
+
+
+async def reprocess(
+    session: AsyncSession, area: Hl7Area, tenant: TenantContext, actor: Actor, message_id: str
+) -> MessageOut:
+    """A failed inbound message processed again from its stored bytes, for the tenant's
+    current settings, in this request's transaction (ADR 0017). The row is claimed first
+    (``failed`` -> ``processing``), so a concurrent reprocess waits and then finds it done.
+    The ACK the sender was answered stays as stored; the outcome columns take the new one."""
+    if not await repository.claim_failed(session, tenant.id, message_id, utcnow()):
+        await _refuse_reprocess(session, tenant, message_id)
+    row = await repository.inbound(session, tenant.id, message_id)
+    if row is None:  # pragma: no cover - claimed in this transaction
+        raise MessageNotFound()
+    ctx = Hl7Context(tenant.id, actor, await area.settings.for_tenant(tenant.id))
+    patient_id, error = await _process_stored(session, ctx, row)
+    row.status = FAILED if error else PROCESSED
+    row.error_code = error.code if error else None
+    row.error_text = error.text[:255] if error else None
+    row.patient_id = patient_id
+    row.processed_at = utcnow()
+    audit.record(
+        session, actor, "hl7.message.reprocess", "hl7_message", row.id,
+        tenant_id=tenant.id, patient_id=patient_id,
+        outcome="error" if error else "success",
+        after={"status": row.status, "errorCode": row.error_code,
+               "reprocessCount": row.reprocess_count},
+    )  # fmt: skip
+    return _inbound_out(row)
+
+
+async def _process_stored(
+    session: AsyncSession, ctx: Hl7Context, row: InboundMessage
+) -> tuple[str | None, Hl7Error | None]:
+    try:  # it was taken once; a parser grown stricter since records why not now
+        message = parse(row.raw)
+        intake.check_type(message.header, intake.ANY)
+    except ParseError as error:
+        return None, error
+    received = intake.Received(ctx, row.raw, message, row.channel)
+    return await intake.process_stored(session, received, row.id)
+
+
+async def _refuse_reprocess(
+    session: AsyncSession, tenant: TenantContext, message_id: str
+) -> NoReturn:
+    """Why ``message_id`` cannot be claimed: 409 for this tenant's message, else 404."""
+    row = await repository.inbound(session, tenant.id, message_id)
+    if row is not None:
+        raise Conflict(
+            f"Only a failed inbound message can be reprocessed; this one is {row.status}."
+        )
+    if await repository.outbound(session, tenant.id, message_id) is not None:
+        raise Conflict("Only an inbound message can be reprocessed; this one is outbound.")
+    raise MessageNotFound()
 
 
 async def requeue(
