@@ -53,6 +53,7 @@ def to_request(body: ChatCompletionIn, default_max_tokens: int) -> GenerationReq
         stop=body.stops(),
         seed=body.seed,
         ignore_eos=body.ignore_eos,
+        output=body.output_format(),
     )
 
 

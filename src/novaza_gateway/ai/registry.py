@@ -37,6 +37,10 @@ class ModelProvider(Protocol):
     async def estimate(self, request: GenerationRequest) -> estimate.Estimate:
         """The most tokens the request can read and generate (docs/ai.md, ADR 0041)."""
 
+    async def prepare(self, request: GenerationRequest) -> None:
+        """Check what the request's answer format needs (a local model builds its grammar,
+        cached); raises ``ValidationFailed`` for a format the model cannot follow."""
+
     def submit(
         self, request: GenerationRequest, on_end: Callable[[Ending], None] | None = None
     ) -> Generation:
@@ -64,6 +68,13 @@ class LocalProvider:
         else:
             counted = await asyncio.to_thread(model.count_prompt, messages)
         return estimate.for_local(messages, counted, request.max_tokens, self.info.context_tokens)
+
+    async def prepare(self, request: GenerationRequest) -> None:
+        """A grammar is built once per distinct schema, in a thread (a large schema takes
+        milliseconds); after that the cache answers on the loop."""
+        output, model = request.output, self.engine.model
+        if output is not None and not model.output_ready(output):
+            await asyncio.to_thread(model.prepare_output, output)
 
     def submit(
         self, request: GenerationRequest, on_end: Callable[[Ending], None] | None = None

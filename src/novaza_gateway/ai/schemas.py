@@ -7,14 +7,17 @@ house camelCase.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from novaza_gateway.ai.engine import OutputFormat
 from novaza_gateway.core.schemas import ApiModel, ApiResponse
 
 MAX_MESSAGES = 500
 MAX_TEXT = 200_000
+MAX_SCHEMA_BYTES = 64 * 1024
 
 
 class TextPart(BaseModel):
@@ -46,6 +49,46 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: Annotated[dict[str, Any], Field(alias="schema")]
+    strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(orjson.dumps(value)) > MAX_SCHEMA_BYTES:
+            raise ValueError(f"a schema has at most {MAX_SCHEMA_BYTES} bytes of JSON")
+        return value
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
 class ChatCompletionIn(BaseModel):
     """OpenAI Chat Completions. Unknown fields are ignored, as OpenAI-compatible servers do."""
 
@@ -64,6 +107,7 @@ class ChatCompletionIn(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     ignore_eos: bool = False  # vLLM's extension: do not stop at end-of-sequence
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -94,6 +138,23 @@ class ChatCompletionIn(BaseModel):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream=true")
         return self
+
+    @model_validator(mode="after")
+    def _format_ends(self) -> ChatCompletionIn:
+        if self.ignore_eos and self.response_format and self.response_format.type != "text":
+            raise ValueError("ignore_eos cannot be combined with a JSON response_format")
+        return self
+
+    def output_format(self) -> OutputFormat | None:
+        """The answer's format; ``wire`` keeps ``response_format`` as the client sent it."""
+        spec = self.response_format
+        if spec is None:
+            return None
+        wire = spec.model_dump(by_alias=True, exclude_unset=True)
+        if isinstance(spec, JsonSchemaFormat):
+            schema = orjson.dumps(spec.json_schema.schema_).decode()
+            return OutputFormat("json_schema", schema, wire)
+        return OutputFormat(spec.type, None, wire)
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:

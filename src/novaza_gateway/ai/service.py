@@ -68,6 +68,7 @@ async def chat_completion(
 ) -> Completion | CompletionStream:
     provider = area.registry.get(body.model)
     request = chat.to_request(body, area.config.default_max_tokens)
+    await provider.prepare(request)  # 422 before anything is reserved or streamed
     explicit = body.max_completion_tokens is not None or body.max_tokens is not None
     completion_id, generation, headers = await _start(area, tenant.id, provider, request, explicit)
     if body.stream:

@@ -79,6 +79,9 @@ class UpstreamProvider:
     async def estimate(self, request: GenerationRequest) -> estimate.Estimate:
         return estimate.for_upstream(request.messages, request.max_tokens)
 
+    async def prepare(self, request: GenerationRequest) -> None:
+        """Nothing: the upstream enforces ``response_format`` itself."""
+
     def submit(
         self, request: GenerationRequest, on_end: Callable[[Ending], None] | None = None
     ) -> Generation:
@@ -197,6 +200,8 @@ class UpstreamProvider:
             body["seed"] = request.seed
         if request.ignore_eos:
             body["ignore_eos"] = True
+        if request.output is not None:  # as the client sent it
+            body["response_format"] = dict(request.output.wire)
         return body
 
     def health(self) -> ModelHealthOut:
