@@ -45,6 +45,13 @@ class MergeLookup:
             self._found.identifiers.update(found.identifiers)
         return self._found
 
+    async def identifiers_of(self, value: str) -> set[str]:
+        """Every identifier value of the survivor(s) ``value`` names, ``value`` included
+        (empty when it names no patient others were merged into)."""
+        found = await self._lookup({value})
+        values = found.values_of(value)
+        return values | {value} if values else set()
+
     async def expand(self, query: QidoQuery) -> QidoQuery:
         """The query with each exact ``PatientID`` value widened to all identifiers of the
         survivor it names (unchanged when it names no merged patient)."""

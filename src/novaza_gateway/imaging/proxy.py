@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import orjson
 from fastapi.routing import APIRoute
 from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -35,19 +35,17 @@ from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.errors import ApiError, send_error
 from novaza_gateway.core.health import Probe
-from novaza_gateway.imaging.dicomweb.qido import MAX_LIMIT
+from novaza_gateway.imaging import patient_merges, proxy_merges, proxy_search
 from novaza_gateway.imaging.proxy_audit import (
-    MAX_AUDITED_STUDIES,
     StudyPatients,
     first_string,
-    search_summary,
     stored_studies,
 )
 from novaza_gateway.imaging.proxy_errors import status_error, transport_error
 from novaza_gateway.imaging.proxy_io import (
+    coerced_stream,
     guarded,
     json_any,
-    json_list,
     read_small,
     receive_body,
     rewritten,
@@ -74,18 +72,6 @@ log = logging.getLogger("novaza.imaging.proxy")
 
 DICOM_JSON = "application/dicom+json"
 LOOKUP_TIMEOUT_SECONDS = 2.0
-CUT_WARNING = (
-    '299 novaza: "The number of results exceeded the maximum supported by the server or '
-    'the limit asked for. Additional results can be requested."'
-)
-SEARCH_LEVELS = {
-    "search_studies": "study",
-    "search_series": "series",
-    "search_study_series": "series",
-    "search_instances": "instance",
-    "search_study_instances": "instance",
-    "search_series_instances": "instance",
-}
 READ_ACTIONS = {
     "retrieve_frames": "frames",
     "retrieve_bulkdata": "bulkdata",
@@ -204,7 +190,7 @@ class ImagingProxy:
     async def forward(self, call: Call, upstream: Upstream, receive: Receive, send: Send) -> None:
         try:
             if call.kind == "qido":
-                response = await self._search(call, upstream)
+                response = await proxy_search.search(self, call, upstream)
             elif call.kind == "stow":
                 response = await self._store(call, upstream, receive)
             else:
@@ -242,45 +228,12 @@ class ImagingProxy:
 
     # ------------------------------------------------------------------ the three kinds
 
-    async def _search(self, call: Call, upstream: Upstream) -> Response:
-        query, page = forwarded_query(call.query, qido_limit=MAX_LIMIT)
-        assert page is not None
-        headers = request_headers(call.scope["headers"])
-        headers["accept"] = DICOM_JSON  # QIDO answers DICOM JSON, as in embedded mode
-        response = await self._send(upstream, "GET", call, query, headers)
-        try:
-            if response.status_code >= 300:
-                raise status_error(response.status_code, call.kind, call.level)
-            body = await read_small(response)
-        finally:
-            await response.aclose()
-        urls = self._urls(call, upstream)
-        body = StreamRewriter(urls).rewrite_all(body)
-        results = json_list(body)
-        cut = len(results) > page
-        if cut or response.status_code == 204:
-            results = results[:page]
-            body = orjson.dumps(results)
-        studies, count = search_summary(results)
-        self.patients.remember(call.tenant_id, studies)
-        patient = self.patients.one_patient(call.tenant_id, studies)
-        if patient is None and call.study is not None:
-            patient = await self._patient(upstream, call)
-        await self._audit(
-            call, f"imaging.search.{SEARCH_LEVELS.get(call.route, 'study')}",
-            SEARCH_LEVELS.get(call.route, "study"), call.study, patient=patient,
-            after={"results": count, "studies": sorted(studies)[:MAX_AUDITED_STUDIES],
-                   "mode": "proxy"},
-        )  # fmt: skip
-        warning = {"Warning": CUT_WARNING} if cut else None
-        return Response(body, status_code=200, media_type=DICOM_JSON, headers=warning)
-
     async def _store(self, call: Call, upstream: Upstream, receive: Receive) -> Response:
         query, _ = forwarded_query(call.query)
         headers = request_headers(call.scope["headers"])
         headers["accept"] = DICOM_JSON
         body = receive_body(receive)
-        response = await self._send(upstream, "POST", call, query, headers, body)
+        response = await self.send(upstream, "POST", call, query, headers, body)
         try:
             if response.status_code not in (200, 202, 409) or not is_text(
                 response.headers.get("content-type", "")
@@ -289,11 +242,11 @@ class ImagingProxy:
             answer = await read_small(response)
         finally:
             await response.aclose()
-        urls = self._urls(call, upstream)
+        urls = self.urls(call, upstream)
         answer = StreamRewriter(urls).rewrite_all(answer)
         studies, stored, failed = stored_studies(json_any(answer))
         for study in studies:
-            patient = await self._patient(upstream, call, study)
+            patient = await self.study_patient(upstream, call, study)
             await self._audit(
                 call, "imaging.store", "study", study, patient=patient,
                 after={"stored": stored, "failed": failed, "mode": "proxy"},
@@ -318,9 +271,9 @@ class ImagingProxy:
     async def _retrieve(self, call: Call, upstream: Upstream, receive: Receive, send: Send) -> None:
         query, _ = forwarded_query(call.query)
         headers = request_headers(call.scope["headers"])
-        lookup = asyncio.create_task(self._patient(upstream, call)) if call.study else None
+        lookup = asyncio.create_task(self.study_patient(upstream, call)) if call.study else None
         try:
-            response = await self._send(upstream, "GET", call, query, headers)
+            response = await self.send(upstream, "GET", call, query, headers)
         except BaseException:
             if lookup is not None:
                 lookup.cancel()
@@ -333,17 +286,21 @@ class ImagingProxy:
             action = READ_ACTIONS.get(call.route) or (
                 "metadata" if call.route.endswith("metadata") else "retrieve"
             )
-            await self._audit(
+            metadata = action == "metadata"
+            coerced = await self._audit(
                 call, f"imaging.{action}", level, resource, patient=patient,
                 after={"study": call.study, "mode": "proxy"},
+                resolve=patient if metadata else None,
             )  # fmt: skip
-            urls = self._urls(call, upstream)
+            urls = self.urls(call, upstream)
             text = is_text(response.headers.get("content-type", ""))
             body = (
                 rewritten(response.aiter_bytes(), StreamRewriter(urls))
                 if text
                 else guarded(response.aiter_raw())
             )
+            if metadata and text and coerced:  # ADT A40: the survivor's Patient ID
+                body = coerced_stream(body, proxy_merges.PatientIdCoercer(coerced))
             out = StreamingResponse(body, status_code=response.status_code)
             out.raw_headers = response_headers(
                 response.headers.multi_items(), urls, body_rewritten=text
@@ -361,7 +318,7 @@ class ImagingProxy:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _send(
+    async def send(
         self,
         upstream: Upstream,
         method: str,
@@ -384,14 +341,14 @@ class ImagingProxy:
             # A pooled connection the upstream had closed (Orthanc keeps them 1 s): once more.
             return await client.send(request, stream=True, auth=auth)
 
-    def _urls(self, call: Call, upstream: Upstream) -> UrlRewriter:
+    def urls(self, call: Call, upstream: Upstream) -> UrlRewriter:
         """Links point where the caller reaches the gateway: NOVAZA_PUBLIC_URL, else the
         URL the caller used (as ``deps.base_url`` for embedded answers)."""
         public: str | None = call.scope["app"].state.settings.public_url
         gateway = public.rstrip("/") if public else str(Request(call.scope).base_url).rstrip("/")
         return UrlRewriter(upstream.base_url, f"{gateway}/med/wado")
 
-    async def _patient(
+    async def study_patient(
         self, upstream: Upstream, call: Call, study: str | None = None
     ) -> str | None:
         study = study or call.study
@@ -427,16 +384,41 @@ class ImagingProxy:
         patient: str | None,
         outcome: str = "success",
         after: dict[str, Any] | None = None,
-    ) -> None:
+        resolve: str | None = None,
+    ) -> dict[str, str]:
+        """Records the read; answers the ADT A40 coercion of ``resolve`` (a stored Patient
+        ID -> the survivor's; empty when none), looked up in the same short session."""
         async with self.database.session_scope() as session:
-            audit.record(
-                session,
-                call.actor,
-                action,
-                resource_type,
-                resource_id,
-                tenant_id=call.tenant_id,
-                patient_id=patient,
-                outcome=outcome,
-                after=after,
-            )
+            coerced: dict[str, str] = {}
+            if resolve:
+                lookup = patient_merges.MergeLookup(session, call.tenant_id)
+                coerced = await lookup.coercions({resolve})
+            self.record(
+                session, call, action, resource_type, resource_id,
+                patient=patient, outcome=outcome, after=after,
+            )  # fmt: skip
+        return coerced
+
+    def record(
+        self,
+        session: AsyncSession,
+        call: Call,
+        action: str,
+        resource_type: str,
+        resource_id: str | None,
+        *,
+        patient: str | None,
+        outcome: str = "success",
+        after: dict[str, Any] | None = None,
+    ) -> None:
+        audit.record(
+            session,
+            call.actor,
+            action,
+            resource_type,
+            resource_id,
+            tenant_id=call.tenant_id,
+            patient_id=patient,
+            outcome=outcome,
+            after=after,
+        )

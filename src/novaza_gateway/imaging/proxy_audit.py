@@ -101,7 +101,6 @@ class StudyPatients:
                 self.remember(tenant_id, {study: patient})
         return patient
 
-    def one_patient(self, tenant_id: str, studies: dict[str, str | None]) -> str | None:
-        """The patient when every study named belongs to the same one (as known)."""
-        patients = {patient or self.known(tenant_id, study) for study, patient in studies.items()}
-        return patients.pop() if len(patients) == 1 else None
+    def patients_of(self, tenant_id: str, studies: dict[str, str | None]) -> set[str | None]:
+        """The patients the studies named belong to, as known (None: not known)."""
+        return {patient or self.known(tenant_id, study) for study, patient in studies.items()}

@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from novaza_gateway.imaging.errors import UpstreamUnavailable
+from novaza_gateway.imaging.proxy_merges import PatientIdCoercer
 from novaza_gateway.imaging.proxy_rewrite import StreamRewriter
 
 log = logging.getLogger("novaza.imaging.proxy")
@@ -63,6 +64,19 @@ async def rewritten(chunks: AsyncIterator[bytes], rewriter: StreamRewriter) -> A
         if out:
             yield out
     tail = rewriter.flush()
+    if tail:
+        yield tail
+
+
+async def coerced_stream(
+    chunks: AsyncIterator[bytes], coercer: PatientIdCoercer
+) -> AsyncIterator[bytes]:
+    """WADO metadata with a merged patient's (0010,0020) coerced as it passes (ADT A40)."""
+    async for chunk in chunks:
+        out = coercer.feed(chunk)
+        if out:
+            yield out
+    tail = coercer.flush()
     if tail:
         yield tail
 
