@@ -169,8 +169,8 @@ class _Job:
         if self.on_end is not None and isinstance(event, (Finished, Failed)):
             try:
                 self.on_end(event)
-            except Exception:
-                log.exception("ai generation end callback failed")
+            except Exception as exc:  # no traceback: it may carry request data
+                log.error("ai generation end callback failed", extra={"error": type(exc).__name__})
 
 
 class Generation:

@@ -143,8 +143,8 @@ class UpstreamProvider:
         if on_end is not None:
             try:
                 on_end(ending)
-            except Exception:
-                log.exception("ai generation end callback failed")
+            except Exception as exc:  # no traceback: it may carry request data
+                log.error("ai generation end callback failed", extra={"error": type(exc).__name__})
 
     async def _relay(
         self, request: GenerationRequest, events: asyncio.Queue[Event], stream: _Stream
