@@ -6,24 +6,41 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/lock.txt
+BUILD_LOCK := requirements/build.txt
 # Debian packages the tests and benchmarks drive: wrk (load), promtool (metrics format check),
 # chromium (the billing portal, driven headless by Playwright), dcmtk (findscu -W against the MWL SCP),
 # orthanc + orthanc-dicomweb (the upstream DICOMweb server imaging's proxy mode is tested against).
 DEBIAN_PACKAGES := wrk prometheus chromium dcmtk orthanc orthanc-dicomweb
 export NOVAZA_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test check lint typecheck pytest system-deps bench clean demo
+.PHONY: run test check lint typecheck pytest system-deps bench clean demo install lock
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# llama-cpp-python builds llama.cpp from source on a fresh machine (pip caches the wheel after):
-# let CMake use every core for it.
-$(STAMP): $(BIN)/python pyproject.toml
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) $(BIN)/python -m pip install --quiet -e ".[test]"
+# Installs are locked (docs/deployment.md, "Dependencies"): build tools first, then every
+# runtime and test dependency from the lock with their hashes, then the project without deps.
+# --no-build-isolation: the sdists (llama-cpp-python compiles llama.cpp) build with the locked
+# tools, so nothing unpinned is fetched. pip check fails when the lock misses a dependency.
+# CMAKE_BUILD_PARALLEL_LEVEL: let CMake use every core for llama.cpp (pip caches the wheel).
+$(STAMP): $(BIN)/python pyproject.toml $(BUILD_LOCK) $(LOCK)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(BUILD_LOCK)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) $(BIN)/python -m pip install \
+	  --quiet --require-hashes --no-build-isolation -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+# Refresh the locks for Python 3.11 on Linux x86_64 (glibc, as Debian bookworm). Pins already in
+# the lock are kept; upgrade one with `make lock UPGRADE="--upgrade-package NAME"`, or every one
+# with `make lock UPGRADE=--upgrade`.
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header
+lock: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(BUILD_LOCK)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) requirements/build.in -o $(BUILD_LOCK)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) pyproject.toml --extra test -o $(LOCK)
 
 install: $(STAMP)
 
