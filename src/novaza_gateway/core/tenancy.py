@@ -179,7 +179,7 @@ class TenantInvalidator:
                 if now - last_heard > 2.5 * self.KEEPALIVE_SECONDS:
                     raise ConnectionError("no answer to keepalive pings")
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
 
 def _text(data: object) -> str:
