@@ -14,7 +14,8 @@ from novaza_gateway.imaging.proxy_rewrite import (
     response_headers,
     upstream_path,
 )
-from novaza_gateway.imaging.upstream import UpstreamKey, clash
+from novaza_gateway.imaging.upstream import clash
+from novaza_gateway.imaging.upstream_key import UpstreamKey
 
 UP = "http://orthanc.internal:8042/dicom-web"
 GW = "https://gw.example/med/wado"

@@ -1,23 +1,22 @@
 """Proxy mode's upstreams: which DICOMweb server a tenant's images live on, one pooled
 ``httpx.AsyncClient`` per server, and the rule that no server is shared by two tenants.
 
-An upstream belongs to one tenant. Two tenants naming the same server (same host and port,
-one root path within the other's: Orthanc's ``/dicom-web`` and ``/dicom-web/`` and
-``/dicom-web/studies`` are one archive; dcm4chee's ``/aets/A/rs`` and ``/aets/B/rs`` are
-two) are refused when the settings are saved (``clash``, wired into the tenant settings
-sections) and again on every request (``UpstreamDirectory``), which catches what a race
-between two saves or settings older than the rule let through.
+An upstream belongs to one tenant. Two tenants naming the same server (the same host by
+any alias and port, one root path within the other's, compared in the normal form of
+``upstream_key``: Orthanc's ``/dicom-web`` and ``/dicom-web/`` and ``/dicom-web/studies`` are
+one archive; dcm4chee's ``/aets/A/rs`` and ``/aets/B/rs`` are two) are refused when the
+settings are saved (``clash``, wired into the tenant settings sections) and again on every
+request (``UpstreamDirectory``), which catches what a race between two saves or settings older
+than the rule let through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -25,12 +24,11 @@ from pydantic import ValidationError
 
 from novaza_gateway.imaging.errors import UpstreamMisconfigured, UpstreamShared
 from novaza_gateway.imaging.settings import ImagingSettings
+from novaza_gateway.imaging.upstream_key import UpstreamKey
 
 log = logging.getLogger("novaza.imaging.proxy")
 
 SECTION = "imaging"
-LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # A study that cannot exist (2.25.0 is a UUID-derived UID of the nil UUID): the readiness
 # probe asks for it, so it checks reachability and credentials and reads no patient data.
 PROBE_STUDY = "2.25.0"
@@ -43,30 +41,6 @@ class SettingsSource(Protocol):
     async def section(self, tenant_id: str, name: str) -> dict[str, Any] | None: ...
 
     async def sections(self, name: str) -> list[tuple[str, dict[str, Any]]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamKey:
-    """What identifies a DICOMweb server: host, port and root path, normalized."""
-
-    host: str
-    port: int
-    path: str
-
-    @classmethod
-    def of(cls, url: str) -> UpstreamKey:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower().rstrip(".")
-        host = "loopback" if host in LOOPBACK or host.startswith("127.") else host
-        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 80)
-        path = posixpath.normpath(parts.path or "/") if parts.path else "/"
-        return cls(host, port, "" if path in ("/", ".") else path.rstrip("/").lower())
-
-    def clashes(self, other: UpstreamKey) -> bool:
-        if (self.host, self.port) != (other.host, other.port):
-            return False
-        mine, theirs = self.path + "/", other.path + "/"
-        return mine.startswith(theirs) or theirs.startswith(mine)
 
 
 @dataclass(frozen=True, slots=True)
