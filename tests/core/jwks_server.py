@@ -191,6 +191,7 @@ class JwksServer:
         self._routes: dict[str, tuple[int, bytes, str]] = {}
         self._requests: list[str] = []
         self.delay = 0.0
+        self.cache_control: str | None = None  # sent on every answer when set
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -202,6 +203,8 @@ class JwksServer:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                if server.cache_control is not None:
+                    self.send_header("Cache-Control", server.cache_control)
                 self.end_headers()
                 self.wfile.write(body)
 

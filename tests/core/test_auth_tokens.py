@@ -231,6 +231,14 @@ CORPUS = [
     Case("iat-in-the-future", lambda s: RSA.sign(claims(iat=_now() + 300)), "not_yet_valid"),
     Case("exp-missing", lambda s: RSA.sign(claims(exp=None)), "missing_claim"),
     Case("exp-not-a-number", lambda s: RSA.sign(claims(exp="tomorrow")), "invalid"),
+    # the claims profile (core.claims): NumericDate is a JSON number, never a numeric string
+    Case("exp-numeric-string", lambda s: RSA.sign(claims(exp=str(_now() + 600))), "invalid_claims"),
+    Case("iat-numeric-string", lambda s: RSA.sign(claims(iat=str(_now()))), "invalid_claims"),
+    Case("nbf-boolean", lambda s: RSA.sign(claims(nbf=True)), "invalid_claims"),
+    Case("sub-empty", lambda s: RSA.sign(claims(sub="")), "invalid_claims"),
+    Case("sub-blank", lambda s: RSA.sign(claims(sub="   ")), "invalid_claims"),
+    Case("typ-logout-token", lambda s: RSA.sign(claims(), typ="logout+jwt"), "wrong_type"),
+    Case("typ-id-token", lambda s: RSA.sign(claims(), typ="id_token+jwt"), "wrong_type"),
     # issuer, audience, subject
     Case("iss-wrong", lambda s: RSA.sign(claims(iss="https://evil.example")), "wrong_issuer"),
     Case("iss-missing", lambda s: RSA.sign(claims(iss=None)), "missing_claim"),
@@ -401,6 +409,9 @@ async def test_the_corpus_gateway_accepts_genuine_tokens(secure: Secure) -> None
         RSA.sign(claims(nbf=now + 30)),
         RSA.sign(claims(iat=now + 30)),
         RSA.sign(claims(aud=[AUDIENCE, "another-api"])),
+        RSA.sign(claims(), typ="at+jwt"),  # RFC 9068 access tokens
+        RSA.sign(claims(), typ="application/at+jwt"),
+        RSA.sign(claims(exp=now + 600.5)),  # NumericDate may carry a fraction
     ]
     for token in genuine:
         response = await secure.gw.client.get(WHOAMI, headers=bearer(token))

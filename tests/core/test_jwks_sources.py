@@ -19,6 +19,7 @@ import jwt
 import pytest
 from prometheus_client import REGISTRY
 
+from novaza_gateway.core.jwks import max_age
 from tests.conftest import Gateway
 from tests.core.jwks_server import (
     AUDIENCE,
@@ -292,6 +293,52 @@ async def test_unknown_kids_are_throttled_at_the_default_interval(
         for i in range(20):
             assert_401(await whoami(gw, KEY_B.with_kid(f"forged-{i}").sign(claims())))
         assert server.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("public, max-age=120", 120.0),
+        ("max-age=0, must-revalidate", 0.0),
+        ('MAX-AGE="7"', 7.0),
+        ("s-maxage=30", None),
+        ("no-cache", None),
+        (None, None),
+    ],
+)
+def test_max_age_of_cache_control(header: str | None, seconds: float | None) -> None:
+    assert max_age(header) == seconds
+
+
+async def test_a_key_published_before_use_works_right_after_an_unknown_kid_spray(
+    tmp_path: Path, sqlite_url: str, server: JwksServer
+) -> None:
+    """The spray spends the unknown-kid budget (30 s); the provider's max-age (2 s) still
+    brings the key it publishes ahead of use, with no token having to ask for it."""
+    server.cache_control = "public, max-age=2"
+    server.publish(KEY_A)
+    async with running_gateway(
+        tmp_path / "data", sqlite_url, jwks_url=f"{server.url}/jwks.json"
+    ) as gw:
+        await create_tenant(gw, KEY_A)
+        for i in range(20):
+            assert_401(await whoami(gw, KEY_B.with_kid(f"forged-{i}").sign(claims())))
+        fetched = server.count()
+        server.publish(KEY_A, KEY_B)
+        assert_401(await whoami(gw, KEY_B.sign(claims())))  # the budget is spent: no refetch
+        assert server.count() == fetched
+        deadline = time.monotonic() + 10
+        while server.count() == fetched and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the background refresh, on the provider's schedule
+        assert server.count() == fetched + 1
+        statuses = []
+        while time.monotonic() < deadline + 2:  # until the fetched answer is installed
+            statuses.append(await status_of(gw, KEY_B.sign(claims())))
+            if statuses[-1] == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses[-1] == 200, statuses
+        assert server.count() == fetched + 1  # learnt from the refresh, not a refetch
 
 
 # ----------------------------------------------------------------------------- outages

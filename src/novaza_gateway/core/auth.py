@@ -2,8 +2,9 @@
 
 RFC 8725 rules: the algorithm must be on the allow-list *and* fit the key's type; ``none`` in
 any spelling is refused; HS256 verifies only against the configured shared secret, never a
-public key; ``jku``/``x5u``/``jwk``/``x5c`` headers are ignored. A verified token is cached
-until its ``exp`` so repeat calls do no signature math.
+public key; ``jku``/``x5u``/``jwk``/``x5c`` headers are ignored. Past the signature, the
+claims profile of ``core.claims`` (NumericDate times, a named subject, an access-token
+``typ``). A verified token is cached until its ``exp`` so repeat calls do no signature math.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import jwt
 
 from novaza_gateway.config import AuthSettings
+from novaza_gateway.core.claims import profile_violation
 from novaza_gateway.core.errors import Unauthenticated
 from novaza_gateway.core.jwks import ASYMMETRIC_ALGORITHMS, KeyStore
 from novaza_gateway.core.metrics import AUTH_FAILURES
@@ -124,6 +126,9 @@ class TokenVerifier:
         if not isinstance(alg, str) or alg not in self._allowed:
             raise fail("algorithm_not_allowed")
         claims = await self._decode(token, alg, header.get("kid"))
+        violation = profile_violation(header, claims)
+        if violation is not None:
+            raise fail(violation)
         try:
             principal = self._principal(claims)
         except (TypeError, ValueError, OverflowError):

@@ -1,7 +1,11 @@
 """Signing keys the gateway trusts: a JWKS from a URL, OIDC discovery, a file, or dev mode.
 
-The key set is cached. An unknown ``kid`` triggers at most one refetch per interval (so a
-flood of forged kids cannot hammer the issuer); a failed refresh keeps the cached keys.
+The key set is cached and refreshed in the background as often as the provider's
+``Cache-Control: max-age`` says (else ``NOVAZA_JWKS_REFRESH_SECONDS``, 5 min): a key an
+issuer publishes ahead of its first use (as rotations do) is known before any token needs
+it, even when a spray of forged kids has just spent the unknown-kid budget. An unknown
+``kid`` triggers at most one refetch per interval (so a flood of forged kids cannot hammer
+the issuer); a failed refresh keeps the cached keys.
 Keys are only ever fetched from configured locations, never from a URL a token names.
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +39,20 @@ ALGORITHMS_BY_KEY: dict[tuple[str, str | None], frozenset[str]] = {
     ("OKP", "Ed448"): frozenset({"EdDSA"}),
 }
 ASYMMETRIC_ALGORITHMS = frozenset().union(*ALGORITHMS_BY_KEY.values())
+# The background refresh follows max-age within these bounds: never a busy loop against the
+# provider, never a key set older than a day.
+MIN_REFRESH_SECONDS = 2.0
+MAX_REFRESH_SECONDS = 86400.0
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
+
+
+def max_age(cache_control: str | None) -> float | None:
+    """Seconds a response may be cached per its ``Cache-Control``; None when it does not
+    say (``no-cache`` alone is read as silence: the floor would hammer the provider)."""
+    if not cache_control:
+        return None
+    found = _MAX_AGE.search(cache_control)
+    return float(found.group(1)) if found else None
 
 
 class TrustedKey:
@@ -92,6 +111,7 @@ class KeyStore:
         self._lock = asyncio.Lock()
         self._last_kid_refetch = float("-inf")
         self._jwks_uri: str | None = settings.jwks_url
+        self._max_age: float | None = None  # from the last JWKS answer's Cache-Control
         self.last_error: str | None = None
         self.last_success: float | None = None
         self._listeners: list[Callable[[], None]] = []
@@ -179,6 +199,7 @@ class KeyStore:
             self._jwks_uri = await self._discover()
         response = await self._http.get(self._jwks_uri, timeout=settings.http_timeout_seconds)
         response.raise_for_status()
+        self._max_age = max_age(response.headers.get("cache-control"))
         return response.json()
 
     async def _discover(self) -> str:
@@ -191,7 +212,12 @@ class KeyStore:
             raise ValueError("discovery document has no jwks_uri")
         return jwks_uri
 
+    def refresh_interval(self) -> float:
+        """Until the next background refresh: the provider's max-age, else the setting."""
+        wanted = self._max_age if self._max_age is not None else self._settings.jwks_refresh_seconds
+        return min(MAX_REFRESH_SECONDS, max(MIN_REFRESH_SECONDS, wanted))
+
     async def run_refresher(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.jwks_refresh_seconds)
+            await asyncio.sleep(self.refresh_interval())
             await self.refresh()
