@@ -46,6 +46,7 @@ from novaza_gateway.core.policy import POLICY_KEY, Gatekeeper, Policy, RouteGuar
 from novaza_gateway.core.ratelimit import RateLimiter, RedisLimiter
 from novaza_gateway.core.resp import PipelinedRedis
 from novaza_gateway.core.routeindex import RouteIndex
+from novaza_gateway.core.secretbox import SecretBox, secret_box
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 from novaza_gateway.core.tenant_settings import SettingsSections
 from novaza_gateway.core.whoami import router as whoami_router
@@ -117,6 +118,7 @@ class Runtime:
     invalidator: TenantInvalidator
     limiter: RateLimiter
     billing: BillingArea
+    secrets: SecretBox
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
@@ -155,6 +157,7 @@ def build_runtime(settings: Settings) -> Runtime:
         invalidator=TenantInvalidator(tenants, redis_pubsub, publisher=redis_fast),
         limiter=limiter,
         billing=billing,
+        secrets=secret_box(settings),
     )
 
 
@@ -180,7 +183,7 @@ def wire_billing(rt: Runtime) -> None:
     usage is flushed every second, replayed from the spool at start, drained at shutdown;
     ended periods are closed by the scheduler."""
     billing = rt.billing
-    billing.tenant_settings = TenantSettingsDirectory(rt.db)  # portal return origins
+    billing.tenant_settings = TenantSettingsDirectory(rt.db, rt.secrets)  # portal return origins
     scheduler = PeriodScheduler(
         rt.db,
         billing.catalog,
@@ -240,8 +243,8 @@ def health_registry(rt: Runtime) -> HealthRegistry:
     return registry
 
 
-def settings_sections() -> SettingsSections:
-    sections = SettingsSections()
+def settings_sections(box: SecretBox) -> SettingsSections:
+    sections = SettingsSections(box)
     sections.register("imaging", ImagingSettings, clash=imaging_upstream_clash)
     sections.register("hl7", Hl7Settings)
     sections.register("billing", BillingTenantSettings)
@@ -281,7 +284,7 @@ def wire_mwl(rt: Runtime) -> MwlServer | None:
     mwl = MwlServer(
         rt.settings.mwl,
         rt.db,
-        TenantSettingsDirectory(rt.db),
+        TenantSettingsDirectory(rt.db, rt.secrets),
         rt.tenants,
         rt.settings.tenant_cache_ttl_seconds,
     )
@@ -301,24 +304,32 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
 
     wire_core(rt)
     hl7 = Hl7Area(
-        settings.hl7, rt.db, TenantSettingsDirectory(rt.db), rt.tenants, usage=rt.billing.meter
+        settings.hl7,
+        rt.db,
+        TenantSettingsDirectory(rt.db, rt.secrets),
+        rt.tenants,
+        usage=rt.billing.meter,
     )
     hl7.wire(rt.lifecycle)
     wire_billing(rt)
     ai = AiArea(  # after billing: the engine stops (metering its last tokens) before the drain
         settings.ai,
         rt.db,
-        TenantSettingsDirectory(rt.db),
+        TenantSettingsDirectory(rt.db, rt.secrets),
         settings.tenant_cache_ttl_seconds,
         usage=rt.billing.meter,
         quota=rt.billing.quota,
         http=rt.http,  # an OpenAI-compatible upstream, when configured
     )
     ai.wire(rt.lifecycle)
-    desk = DeskArea(settings.desk, rt.db, TenantSettingsDirectory(rt.db), rt.http)
+    desk = DeskArea(settings.desk, rt.db, TenantSettingsDirectory(rt.db, rt.secrets), rt.http)
     desk.wire(rt.lifecycle)
     rooms = RoomsArea(
-        settings.rooms, settings.data_dir, TenantSettingsDirectory(rt.db), rt.http, rt.db
+        settings.rooms,
+        settings.data_dir,
+        TenantSettingsDirectory(rt.db, rt.secrets),
+        rt.http,
+        rt.db,
     )
     rooms.wire(rt.lifecycle)
     mwl = wire_mwl(rt)
@@ -355,7 +366,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.tenant_cache = rt.tenants
     app.state.subscriptions = rt.billing.entitlements  # tenant admin -> subscription
     app.state.entitlements = rt.billing.entitlements
-    app.state.settings_sections = settings_sections()
+    app.state.settings_sections = settings_sections(rt.secrets)
     app.state.health = health_registry(rt)
     for probe in [*hl7.probes(), *ai.probes(), *rooms.probes()]:
         app.state.health.register(probe)
@@ -363,7 +374,10 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     for probe in mwl.probes() if mwl else []:
         app.state.health.register(probe)
     app.state.imaging_proxy = proxy = ImagingProxy.build(  # tenants in proxy mode
-        TenantSettingsDirectory(rt.db), rt.db, settings.imaging, settings.tenant_cache_ttl_seconds
+        TenantSettingsDirectory(rt.db, rt.secrets),
+        rt.db,
+        settings.imaging,
+        settings.tenant_cache_ttl_seconds,
     )
     rt.lifecycle.on_shutdown(proxy.clients.aclose)
     app.state.health.register(proxy.probe())

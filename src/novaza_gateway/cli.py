@@ -27,6 +27,7 @@ from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import ApiError
 from novaza_gateway.core.logging import configure_logging
 from novaza_gateway.core.policy import ADMIN_SCOPE, TENANT_SCOPES
+from novaza_gateway.core.secretbox import secret_box
 from novaza_gateway.core.tenancy import TenantCache, TenantInvalidator
 from novaza_gateway.imaging.cli import build_dicom_cli
 from novaza_gateway.migrate import upgrade
@@ -169,7 +170,8 @@ def _run_admin(action: Callable[[Any, TenantAdmin], Awaitable[T]]) -> T:
         invalidator = TenantInvalidator(TenantCache(_NoSource(), 0), client)
         billing = BillingArea.build(settings.billing).entitlements  # subscriptions follow
         actor = Actor(f"cli:{getpass.getuser()}")
-        admin = TenantAdmin(actor, settings_sections(), invalidator, billing, billing)
+        sections = settings_sections(secret_box(settings))
+        admin = TenantAdmin(actor, sections, invalidator, billing, billing)
         try:
             async with db.session_scope() as session:
                 return await action(session, admin)
@@ -266,6 +268,16 @@ async def _active_tenant_id(session: Any, slug: str) -> str | None:
 
 
 app.add_typer(build_dicom_cli(_active_tenant_id), name="dicom")
+
+secrets_app = typer.Typer(help="Tenant secrets sealed at rest.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-seal every stored tenant secret under the first of NOVAZA_SECRETS_KEYS."""
+    count = _run_admin(tenants.reseal_secrets)
+    typer.echo(f"{count} tenant secrets sealed under the current key")
 
 
 def main() -> None:

@@ -9,12 +9,16 @@ sets ``NOVAZA_REDIS_URL``, not ``NOVAZA_REDIS__URL``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_KEY = r"\s*[^:,\s]+:[A-Za-z0-9+/_-]{43}=?\s*"
+SECRETS_KEYS = re.compile(rf"^{_KEY}(,{_KEY})*$")  # kid:base64 of 32 bytes, comma separated
 
 
 class ConfigurationError(RuntimeError):
@@ -244,6 +248,17 @@ class Settings(BaseSettings):
     desk_outbox_backoff_max_seconds: float = Field(default=300.0, gt=0)
     desk_push_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # -- tenant integration secrets sealed at rest (core.secretbox): "kid:base64,..." of 32-byte
+    # AES-256 keys, the first seals; a key is generated in the data dir outside production
+    secrets_keys: SecretStr | None = None
+
+    @field_validator("secrets_keys")
+    @classmethod
+    def _secrets_keys_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not SECRETS_KEYS.match(value.get_secret_value()):
+            raise ValueError("NOVAZA_SECRETS_KEYS: 'kid:base64,...' of 32-byte keys")
+        return value
+
     # -- idempotency keys (core.idempotency): how long a keyed answer is kept for replay
     idempotency_ttl_seconds: int = Field(default=86400, ge=1, le=7 * 86400)
 
@@ -253,6 +268,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "NOVAZA_ENV=production needs a real token issuer: set NOVAZA_JWT_ISSUER, "
                 "NOVAZA_JWKS_URL or NOVAZA_JWKS_FILE"
+            )
+        if self.env == "production" and self.secrets_keys is None:
+            raise ValueError(
+                "NOVAZA_ENV=production needs NOVAZA_SECRETS_KEYS (kid:base64 of 32-byte keys): "
+                "tenant secrets are sealed with it, and every replica must hold the same keys"
             )
         return self
 

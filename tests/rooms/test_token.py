@@ -177,7 +177,11 @@ class NoSettings:
 
 async def test_production_without_a_secret_refuses_to_mint(tmp_path: Path) -> None:
     settings = gateway_settings(
-        tmp_path / "data", "sqlite:///unused.db", env="production", jwt_issuer="https://sso"
+        tmp_path / "data",
+        "sqlite:///unused.db",
+        env="production",
+        jwt_issuer="https://sso",
+        secrets_keys="k1:" + "A" * 43 + "=",
     )
     db = Database(create_async_engine("sqlite+aiosqlite://"))  # never connected
     async with httpx.AsyncClient() as http:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from novaza_gateway.core.audit import AuditEvent
+from novaza_gateway.tenants.directory import TenantSettingsDirectory
 from tests.conftest import Gateway
 
 
@@ -142,8 +143,12 @@ async def test_settings_secrets_are_write_only(gateway: Gateway) -> None:
 
         tenant = await get_by_slug(session, "proxy-site")
         assert tenant is not None
-        assert tenant.settings["imaging"]["upstreamPassword"] == "s3cret-pw"
+        assert tenant.settings["imaging"]["upstreamPassword"].startswith("enc:v1:")  # sealed
         assert tenant.settings["imaging"]["upstreamUsername"] == "gw2"
+    opened = await TenantSettingsDirectory(
+        gateway.app.state.db, gateway.app.state.runtime.secrets
+    ).section(tenant.id, "imaging")
+    assert opened is not None and opened["upstreamPassword"] == "s3cret-pw"
     # nor does the audit trail carry it
     for event in await audit_actions(gateway, "proxy-site"):
         assert "s3cret-pw" not in str(event.before) + str(event.after)

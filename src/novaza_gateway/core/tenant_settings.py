@@ -1,7 +1,8 @@
 """Tenant settings: one validated section per product area, each area owning its schema.
 
 Areas register their section model at wiring time (``app.py``). Fields typed ``SecretStr``
-are write-only: stored, never returned, and kept when an update omits them. A section may
+are write-only: stored sealed (``core.secretbox``, bound to tenant, section and field), never
+returned, and kept when an update omits them. A section may
 also name a ``Clash``: a rule over two tenants' sections that must not both hold (imaging:
 two tenants proxying to one upstream archive); saving a clashing section is 409.
 """
@@ -14,13 +15,15 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from novaza_gateway.core.errors import Conflict, ValidationFailed
+from novaza_gateway.core.secretbox import SecretBox, is_sealed, place
 
 Clash = Callable[[dict[str, Any], dict[str, Any]], str | None]
 """(this tenant's stored section, another tenant's) -> the field they collide on, or None."""
 
 
 class SettingsSections:
-    def __init__(self) -> None:
+    def __init__(self, box: SecretBox) -> None:
+        self._box = box
         self._sections: dict[str, type[BaseModel]] = {}
         self._clashes: dict[str, Clash] = {}
 
@@ -54,7 +57,9 @@ class SettingsSections:
                         details={"path": path, "tenant": slug},
                     )
 
-    def merge(self, stored: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    def merge(
+        self, stored: dict[str, Any], update: dict[str, Any], tenant_id: str
+    ) -> dict[str, Any]:
         """Validate ``update`` section by section over ``stored``; answer the document to store."""
         merged = dict(stored)
         for name, section in update.items():
@@ -66,8 +71,28 @@ class SettingsSections:
                 continue
             if not isinstance(section, dict):
                 raise ValidationFailed.field(f"settings.{name}", "must be an object")
-            merged[name] = self._validate(name, model, stored.get(name) or {}, section)
+            old = stored.get(name) or {}
+            merged[name] = self._seal(
+                tenant_id, name, model, old, self._validate(name, model, old, section)
+            )
         return merged
+
+    def reseal(self, stored: dict[str, Any], tenant_id: str) -> tuple[dict[str, Any], int]:
+        """Every secret sealed under the sealing key (plaintext ones too); how many changed."""
+        resealed, changed = dict(stored), 0
+        for name, section in stored.items():
+            model = self._sections.get(name)
+            if model is None or not isinstance(section, dict):
+                continue
+            section = dict(section)
+            for field in _secret_fields(model):
+                value = section.get(field)
+                if isinstance(value, str) and self._box.needs_reseal(value):
+                    where = place(tenant_id, name, field)
+                    section[field] = self._box.seal(self._box.open(value, where), where)
+                    changed += 1
+            resealed[name] = section
+        return resealed, changed
 
     def public_view(self, stored: dict[str, Any]) -> dict[str, Any]:
         view: dict[str, Any] = {}
@@ -106,6 +131,22 @@ class SettingsSections:
             if isinstance(value, SecretStr):
                 dumped[field_name] = value.get_secret_value()
         return dumped
+
+    def _seal(
+        self,
+        tenant_id: str,
+        name: str,
+        model: type[BaseModel],
+        old: dict[str, Any],
+        section: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Secrets sealed for storage; one kept from ``old`` stays as it was sealed."""
+        for field in _secret_fields(model):
+            value = section.get(field)
+            if not isinstance(value, str) or (is_sealed(value) and value == old.get(field)):
+                continue
+            section[field] = self._box.seal(value, place(tenant_id, name, field))
+        return section
 
 
 def _attr(model: type[BaseModel], alias: str) -> str:

@@ -1,4 +1,5 @@
-"""Tenant settings sections for areas that need them outside a request (the HL7 listener)."""
+"""Tenant settings sections for areas that need them outside a request (the HL7 listener),
+with their sealed secrets opened (``core.secretbox``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from typing import Any
 from sqlalchemy import select
 
 from novaza_gateway.core.db import Database
+from novaza_gateway.core.secretbox import SecretBox
 from novaza_gateway.tenants.models import Tenant
 
 
 class TenantSettingsDirectory:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, box: SecretBox) -> None:
         self._database = database
+        self._box = box
 
     async def section(self, tenant_id: str, name: str) -> dict[str, Any] | None:
         async with self._database.sessionmaker() as session:
@@ -20,7 +23,11 @@ class TenantSettingsDirectory:
             if tenant is None:
                 return None
             section = (tenant.settings or {}).get(name)
-            return dict(section) if isinstance(section, dict) else None
+            return (
+                self._box.open_section(tenant_id, name, section)
+                if isinstance(section, dict)
+                else None
+            )
 
     async def sections(self, name: str) -> list[tuple[str, dict[str, Any]]]:
         """(tenant id, section) of every active tenant that has the section."""
@@ -31,5 +38,5 @@ class TenantSettingsDirectory:
         for tenant_id, settings in rows:
             section = (settings or {}).get(name)
             if isinstance(section, dict):
-                found.append((tenant_id, dict(section)))
+                found.append((tenant_id, self._box.open_section(tenant_id, name, section)))
         return found

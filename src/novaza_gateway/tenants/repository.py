@@ -54,3 +54,9 @@ async def settings_of_others(
         Tenant.status != "deleted", Tenant.id != tenant_id
     )
     return [(slug, dict(settings or {})) for slug, settings in (await session.execute(query)).all()]
+
+
+async def all_for_update(session: AsyncSession) -> list[Tenant]:
+    """Every tenant, deleted ones too, locked (PostgreSQL) for a settings rewrite."""
+    query = select(Tenant).order_by(Tenant.id).with_for_update()
+    return list((await session.scalars(query)).all())

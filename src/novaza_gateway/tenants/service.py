@@ -100,8 +100,9 @@ async def create_tenant(session: AsyncSession, admin: TenantAdmin, body: TenantC
         raise SlugTaken()
     admin.subscriptions.validate(body.plan, body.addons)
     now = utcnow()
+    tenant_id = str(uuid.uuid4())
     tenant = Tenant(
-        id=str(uuid.uuid4()),
+        id=tenant_id,
         slug=body.slug,
         name=body.name,
         status=body.status,
@@ -109,7 +110,7 @@ async def create_tenant(session: AsyncSession, admin: TenantAdmin, body: TenantC
         addons=list(body.addons),
         rate_limit=body.rate_limit.model_dump(by_alias=True) if body.rate_limit else None,
         contact=body.contact.model_dump(mode="json", by_alias=True, exclude_none=True),
-        settings=admin.sections.merge({}, body.settings),
+        settings=admin.sections.merge({}, body.settings, tenant_id),
         created_at=now,
         updated_at=now,
         activated_at=now if body.status == "active" else None,
@@ -162,7 +163,7 @@ async def update_tenant(
     if body.contact is not None:
         tenant.contact = body.contact.model_dump(mode="json", by_alias=True, exclude_none=True)
     if body.settings is not None:
-        tenant.settings = admin.sections.merge(tenant.settings or {}, body.settings)
+        tenant.settings = admin.sections.merge(tenant.settings or {}, body.settings, tenant.id)
         if admin.sections.exclusive(body.settings):
             others = await repository.settings_of_others(session, tenant.id)
             admin.sections.check_clashes(tenant.settings, others)
@@ -224,3 +225,26 @@ def _finish(
     )
     _announce(session, admin, tenant)
     return out
+
+
+async def reseal_secrets(session: AsyncSession, admin: TenantAdmin) -> int:
+    """Seal every stored tenant secret under the first of NOVAZA_SECRETS_KEYS (plaintext
+    ones from before sealing too); answer how many were rewritten. Audited per tenant, by
+    count only."""
+    total = 0
+    for tenant in await repository.all_for_update(session):
+        resealed, changed = admin.sections.reseal(tenant.settings or {}, tenant.id)
+        if not changed:
+            continue
+        tenant.settings = resealed
+        total += changed
+        audit.record(
+            session,
+            admin.actor,
+            "tenant.secrets_reseal",
+            "tenant",
+            tenant.slug,
+            tenant_id=tenant.id,
+            after={"secretsResealed": changed},
+        )
+    return total
