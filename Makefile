@@ -14,7 +14,7 @@ BUILD_LOCK := requirements/build.txt
 DEBIAN_PACKAGES := wrk prometheus chromium dcmtk orthanc orthanc-dicomweb
 export NOVAZA_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test check lint typecheck pytest system-deps bench clean demo install lock
+.PHONY: run test check lint typecheck pytest system-deps bench clean demo install lock k8s-validate
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -89,3 +89,21 @@ bench: $(STAMP) system-deps
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# Kubernetes manifests (docs/deployment-kubernetes.md): render every overlay with kubectl's
+# kustomize, validate it strictly against the Kubernetes version we support, lint the YAML,
+# then the semantic checks (settings, ports, probes, drain) in tests/deploy/test_kubernetes.py.
+K8S_VERSION := 1.31
+K8S_OVERLAYS := base overlays/dev overlays/production
+k8s-validate: $(STAMP)
+	@command -v kubectl >/dev/null 2>&1 || { echo "k8s-validate needs kubectl on PATH"; exit 1; }
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	for o in $(K8S_OVERLAYS); do \
+	  echo "deploy/kubernetes/$$o: Kubernetes $(K8S_VERSION), strict"; \
+	  kubectl kustomize deploy/kubernetes/$$o > "$$tmp/rendered.yaml" || exit 1; \
+	  $(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) "$$tmp/rendered.yaml" \
+	    > "$$tmp/log"; rc=$$?; cat "$$tmp/log"; \
+	  if [ $$rc -ne 0 ] || [ -s "$$tmp/log" ]; then exit 1; fi; \
+	done
+	$(BIN)/yamllint --strict -c deploy/kubernetes/.yamllint deploy/kubernetes
+	$(BIN)/python -m pytest -q tests/deploy/test_kubernetes.py
