@@ -46,12 +46,15 @@ INT64_MAX = 2**63 - 1  # the widest integer column (bigint, SQLite INTEGER)
 _DIGITS = re.compile(r"-?[0-9]{1,19}")  # ASCII only: str.isdigit() takes '²' and '٣'
 
 
-def bounded_int(name: str, raw: str, low: int, high: int) -> int:
+def bounded_int(
+    name: str, raw: str, low: int, high: int, error: type[ValidationFailed] = ValidationFailed
+) -> int:
     """A hand-parsed integer parameter (QIDO's ``offset``, ``SeriesNumber``) within
-    [low, high], or 422 naming it; never a ``ValueError`` from ``int()`` on 5,000 digits."""
+    [low, high], or 422 naming it (as the area's own ``error`` when it has one); never a
+    ``ValueError`` from ``int()`` on 5,000 digits."""
     value = raw.strip()
     if _DIGITS.fullmatch(value) is None or not low <= int(value) <= high:
-        raise ValidationFailed.field(name, f"an integer from {low} to {high}")
+        raise error.field(name, f"an integer from {low} to {high}")
     return int(value)
 
 

@@ -136,6 +136,9 @@ def policy(
         if declared.tenant:
             described[429] = "RATE_LIMITED"
     described.update(errors or {})
+    # Any route: the front door refuses control characters in the path or query.
+    described[400] = ", ".join(filter(None, (described.get(400), "INVALID_CHARACTERS")))
+    described = dict(sorted(described.items()))
     extra: dict[str, Any] = {POLICY_KEY: declared.describe()}
     if not public:
         extra["security"] = [{"bearer": sorted(scopes)}]

@@ -178,7 +178,7 @@ def _tag(keyword: str) -> int:
 
 
 def _non_negative(name: str, value: str) -> int:
-    return bounded_int(name, value, 0, INT32_MAX)  # an offset past 2^31 matches nothing
+    return bounded_int(name, value, 0, INT32_MAX, InvalidQuery)  # past 2^31 matches nothing
 
 
 def _criteria(level: Level, keyword: str, given: list[str], fuzzy: bool) -> list[Criterion]:
@@ -207,7 +207,8 @@ def _condition(keyword: str, value: str, fuzzy: bool) -> Condition:
             return Wildcard(items[0])
         return Equals(items)
     if keyword in INT_KEYS:  # IS: a 32-bit signed integer (PS3.5 6.2)
-        return Equals((str(bounded_int(keyword, value, -INT32_MAX - 1, INT32_MAX)),))
+        number = bounded_int(keyword, value, -INT32_MAX - 1, INT32_MAX, InvalidQuery)
+        return Equals((str(number),))
     if keyword in NAME_KEYS and fuzzy:
         return FuzzyName(normalize_name(value))
     if "*" in value or "?" in value:
