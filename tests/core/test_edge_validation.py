@@ -253,6 +253,25 @@ async def test_uids_are_dicom_uids(edge: Gateway) -> None:
     envelope(answer, 404, "STUDY_NOT_FOUND")
 
 
+async def test_proxied_dicomweb_paths_are_held_to_the_same_types(edge: Gateway) -> None:
+    """Proxy mode forwards before FastAPI reads parameters: the switch checks them first (no
+    upstream runs here; a request that passed would fail to connect, 502)."""
+    imaging = {"mode": "proxy", "upstreamUrl": "http://127.0.0.1:9/dicom-web"}
+    await edge.create_tenant("proxied", addons=ADDONS, settings={"imaging": imaging})
+    auth = {"Authorization": f"Bearer {edge.token('proxied')}"}
+    for path in (
+        "/med/qido/studies/1.2.x/series",
+        "/med/wado/studies/" + "1" * 4001,
+        "/med/wado/studies/1.2/series/1.3/instances/1.4x/metadata",
+    ):
+        answer = await edge.client.get(path, headers=auth)
+        envelope(answer, 400, "INVALID_UID")
+    frame = "/med/wado/studies/1.2/series/1.3/instances/1.4/frames/99999999999999/rendered"
+    envelope(await edge.client.get(frame, headers=auth), 422, "VALIDATION_FAILED")
+    answer = await edge.client.get("/med/qido/studies/1.2.3/series", headers=auth)
+    assert answer.status_code == 502, answer.text  # valid: it went on to the (absent) upstream
+
+
 async def test_audit_rows_never_overflow_a_column(edge: Gateway) -> None:
     db = edge.app.state.db
     long = "x" * 4001
