@@ -384,3 +384,37 @@ def judge(answer: httpx.Response) -> str | None:
     if not isinstance(body, dict) or not {"code", "message"} <= body.keys():
         return f"{answer.status_code} not the envelope: {answer.text[:100]}"
     return None
+
+
+BODIES = (
+    b"",
+    b"{",
+    b"null",
+    b"[]",
+    b'"\\u0000"',
+    b"\xff\xfe",
+    b"1" * 5000,
+    b"1e400",
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"a": ' * 5000 + b"1" + b"}" * 5000,
+    b'{"\\u0000": 1}',
+)
+
+
+async def test_every_json_route_answers_broken_bodies_with_a_4xx_envelope(edge: Gateway) -> None:
+    auth = {**headers(edge), "Content-Type": "application/json"}
+    failures = []
+    routes = [
+        r
+        for r in edge.app.routes
+        if isinstance(r, APIRoute) and r.methods & {"POST", "PUT"} and "{" not in r.path
+    ]
+    assert len(routes) > 10
+    for route in routes:
+        for method in sorted(route.methods & {"POST", "PUT"}):
+            for body in BODIES:
+                answer = await edge.client.request(method, route.path, content=body, headers=auth)
+                problem = judge(answer) or (None if answer.status_code >= 400 else "accepted")
+                if problem:
+                    failures.append(f"{method} {route.path} {body[:20]!r}: {problem}")
+    assert not failures, "\n".join(failures[:40])
