@@ -37,8 +37,14 @@ def _dicom_uid(value: str) -> str:
     return value
 
 
+# The schema is documentation only: checked as constraints, a bad UID would be a 422
+# string_too_long before the validator could answer INVALID_UID.
+_UID_SCHEMA = {"pattern": r"^[0-9]+(\.[0-9]+)*$", "maxLength": UID_MAX_LENGTH}
 DicomUid = Annotated[str, AfterValidator(_dicom_uid)]
-UidPath = Annotated[DicomUid, Path(description="A DICOM UID (digits and dots, up to 64)")]
+UidPath = Annotated[
+    DicomUid,
+    Path(description="A DICOM UID (digits and dots, up to 64)", json_schema_extra=_UID_SCHEMA),
+]
 
 # ---------------------------------------------------------------------------- integers
 INT32_MAX = 2**31 - 1  # DICOM IS values, frame numbers, offsets into any list we serve
