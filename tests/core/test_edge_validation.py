@@ -220,6 +220,8 @@ async def test_ranges_are_checked_before_use(edge: Gateway) -> None:
         "/api/v1/billing/usage?from=0001-01-01T00:00:00%2B14:00",
         "/api/v1/billing/usage?to=9999-12-31T23:59:59-14:00",
         "/api/v1/billing/usage?from=9999-12-31T23:30:00Z",
+        "/admin/tenants/acme/audit?from=0001-01-01T00:00:00%2B14:00",
+        "/admin/tenants/acme/audit?to=9999-12-31T23:59:59-14:00",
         "/med/imaging/worklist?cursor=" + raw_cursor(b'[18446744073709551616, "x"]'),
         "/api/v1/billing/invoices?cursor=" + raw_cursor(b"[18446744073709551616]"),
         "/api/v1/billing/invoices?cursor=" + encode_cursor(2**63),
