@@ -16,6 +16,8 @@ from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.core.params import INT64_MAX, in_range
 
 T = TypeVar("T")
+MAX_CURSOR = 1024  # the cursors we issue are a few keys: ~200 characters at most
+MAX_CURSOR_ITEM = 512
 
 
 class Page(BaseModel, Generic[T]):
@@ -58,8 +60,6 @@ def _storable(item: object) -> bool:
         return True
 
 
-MAX_CURSOR = 1024  # the cursors we issue are a few keys: ~200 characters at most
-MAX_CURSOR_ITEM = 512
 LimitQuery = Annotated[int, Query(ge=1, le=500, description="Page size")]
 CursorQuery = Annotated[
     str | None, Query(max_length=MAX_CURSOR, description="Opaque cursor from `nextCursor`")
