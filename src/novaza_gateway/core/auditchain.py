@@ -90,6 +90,10 @@ async def seal_pass(session: AsyncSession, batch: int = 2000) -> int:
         )
         if not locked:
             return 0
+    else:
+        # SQLite: take the write lock before reading (a statement that writes nothing still
+        # begins a write transaction), so two sealers never chain from the same stale head.
+        await session.execute(text("UPDATE audit_chain_heads SET seq = seq WHERE 1 = 0"))
     query = (
         select(AuditEvent)
         .where(AuditEvent.chain_seq.is_(None))
