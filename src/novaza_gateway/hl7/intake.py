@@ -39,6 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.clinical import changes, prefetch, writes
 from novaza_gateway.clinical.errors import InvalidTransition, OrderNotFound, PatientNotFound
+from novaza_gateway.config import Hl7Config
+from novaza_gateway.core import dberrors
 from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7 import repository
@@ -53,12 +55,14 @@ from novaza_gateway.hl7.parser import (
     Hl7Error,
     Message,
     ParseError,
+    parse,
 )
 from novaza_gateway.hl7.processing import (
     ADT_EVENTS,
     ORDER_TRIGGERS,
     Hl7Context,
     OrderStep,
+    check_order_groups,
     lookups,
     needs_savepoint,
     process_adt,
@@ -102,6 +106,15 @@ Steps = dict[int, list[OrderStep]]
 class Redo(Exception):
     """The group cannot be finished without a SAVEPOINT per message: roll the transaction
     back and run the group again with ``isolate=True``."""
+
+
+def take(data: bytes, accepts: frozenset[str], config: Hl7Config) -> Message:
+    """A message as intake takes it (HTTP and MLLP alike): parsed, of a type ``accepts``
+    names, within the size caps. Raises ``ParseError`` (answered AR, nothing stored)."""
+    message = parse(data, config.max_segments)
+    check_type(message.header, accepts)
+    check_order_groups(message, config.max_order_groups)
+    return message
 
 
 def check_type(header: Header, accepts: frozenset[str]) -> None:
@@ -319,21 +332,30 @@ async def _isolated(
     session: AsyncSession, received: Received, message_id: str, steps: Steps
 ) -> tuple[str | None, Hl7Error | None]:
     """In a SAVEPOINT. A unique conflict means a concurrent message created the same patient,
-    visit or order and has committed (the database made us wait for it): once more."""
+    visit or order and has committed (the database made us wait for it): once more. Values
+    the store refuses (a data error: too long, a character it cannot hold) are this
+    message's fault: AE, the others of the group go on (ADR 0018). The store unavailable, or
+    an unexpected database error: raised (the batcher decides)."""
     for attempt in range(2):
         try:
             async with session.begin_nested():
                 return await _process(session, received, steps), None
-        except IntegrityError:
+        except DBAPIError as exc:
+            if dberrors.fault(exc) is not dberrors.Fault.DATA:
+                raise
             prefetch.forget(session)
-            if attempt:
-                _log_failure("IntegrityError", received, message_id)
-                return None, Hl7Error("The message conflicts with records stored meanwhile.")
+            conflict = dberrors.unique_violation(exc)
+            if not attempt and conflict:
+                continue
+            _log_failure(type(exc).__name__, received, message_id)
+            return None, Hl7Error(
+                "The message conflicts with records stored meanwhile."
+                if conflict
+                else "The store refused a value of the message."
+            )
         except ANSWERED_AE as exc:
             prefetch.forget(session)
             return None, _as_hl7(exc)
-        except DBAPIError:
-            raise
         except Exception as exc:  # a bug: keep the message, answer AE, never its content in logs
             prefetch.forget(session)
             _log_failure(type(exc).__name__, received, message_id)

@@ -20,11 +20,13 @@ from novaza_gateway.clinical.patients import Identifier
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.hl7 import segments
 from novaza_gateway.hl7.parser import (
+    APPLICATION_INTERNAL_ERROR,
     SEGMENT_SEQUENCE_ERROR,
     TABLE_VALUE_NOT_FOUND,
     UNKNOWN_KEY_IDENTIFIER,
     Hl7Error,
     Message,
+    ParseError,
     Segment,
 )
 from novaza_gateway.hl7.settings import Hl7Settings
@@ -72,6 +74,23 @@ def needs_savepoint(message: Message) -> bool:
     if kind == "ADT":
         return trigger == "A40"
     return len(_order_groups(message)) > 1
+
+
+def check_order_groups(message: Message, limit: int) -> None:
+    """At most ``limit`` order steps (an ORC with each of its OBRs) in an order message: the
+    work one message may cost the group commit it shares (ADR 0019). Past it: AR, naming
+    the first step past the limit."""
+    if message.header.message_type.code == "ADT":
+        return
+    groups = _order_groups(message)
+    if len(groups) > limit:
+        first = groups[limit].obr or groups[limit].orc
+        raise ParseError(
+            f"The message has {len(groups)} order steps (ORC/OBR); at most {limit} are accepted.",
+            code=APPLICATION_INTERNAL_ERROR,
+            segment=first.name,
+            sequence=first.sequence,
+        )
 
 
 def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> list[OrderStep] | None:
@@ -260,6 +279,7 @@ def _order_groups(message: Message) -> list[OrderGroup]:
             attr = segment.name.lower()
             if getattr(groups[-1], attr) is None:
                 setattr(groups[-1], attr, segment)
+    several = {id(g.orc) for g in groups if g.several}  # one pass: a big message is linear
     for group in groups:  # the first procedure learns of the others too
-        group.several = group.several or any(g.orc is group.orc and g.step > 1 for g in groups)
+        group.several = id(group.orc) in several
     return groups
