@@ -260,3 +260,14 @@ async def test_the_issue_nul_reaching_postgresql_fails_alone(
         assert [msa(a) for a in acks] == [("AA", "OK1"), ("AE", "NUL1"), ("AA", "OK2")]
         stored = await rows(gw)
         assert stored["NUL1"].status == "failed" and stored["OK2"].status == "processed"
+
+
+async def test_an_order_past_the_cap_is_answered_ar_over_http(mllp: Gateway) -> None:
+    answer = await post(mllp, "stmarys", orm("BIG1", "M1", "ORD1", procedures=51), "orm")
+    assert answer.status_code == 400 and answer.json()["code"] == "HL7_REJECTED"
+    details = answer.json()["details"]
+    assert details["hl7ErrorCode"] == "207" and details["messageId"] is None
+    assert "51 order steps (ORC/OBR); at most 50" in details["ack"]
+    fifty = await post(mllp, "stmarys", orm("BIG2", "M1", "ORD2", procedures=50), "orm")
+    assert fifty.status_code == 200
+    assert "BIG1" not in await rows(mllp)

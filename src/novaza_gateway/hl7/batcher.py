@@ -40,7 +40,7 @@ from novaza_gateway.hl7.errors import StoreUnavailable
 from novaza_gateway.hl7.intake import Received
 from novaza_gateway.hl7.metrics import INTAKE_ALONE, INTAKE_GROUP_MESSAGES, INTAKE_REDO
 from novaza_gateway.hl7.outcome import Outcome, refused
-from novaza_gateway.hl7.processing import needs_savepoint
+from novaza_gateway.hl7.processing import needs_savepoint, order_steps
 
 log = logging.getLogger("novaza.hl7")
 # What a message of a group is answered: its outcome, or the error its sender gets.
@@ -49,6 +49,7 @@ Result = Outcome | Exception
 MAX_GROUP = 64
 LINGER_SECONDS = 0.001
 BUSY_SECONDS = 0.05  # a message this soon after a group means the senders are busy
+BIG_STEPS = 8  # an order message with more steps than this is a group of its own
 
 
 class IntakeBatcher:
@@ -98,14 +99,27 @@ class IntakeBatcher:
             while self._queue:
                 if answered > 1 and loop.time() - since < BUSY_SECONDS:
                     await self._gather(min(self._max_group, len(self._queue) + answered))
-                group: list[tuple[Received, asyncio.Future[Outcome]]] = []
-                while self._queue and len(group) < self._max_group:
-                    received, future = self._queue.popleft()
-                    if not future.done():  # cancelled: its connection is gone
-                        group.append((received, future))
+                group = self._take_group()
                 if group:
                     await self._commit(group)
                 answered, since = len(group), loop.time()
+
+    def _take_group(self) -> list[tuple[Received, asyncio.Future[Outcome]]]:
+        """The next group, in queue order. A big order message (more than ``BIG_STEPS``
+        steps) is a group of its own: the messages around it keep the fast path (no
+        SAVEPOINT each) and do not wait inside its transaction (ADR 0019)."""
+        group: list[tuple[Received, asyncio.Future[Outcome]]] = []
+        while self._queue and len(group) < self._max_group:
+            received, future = self._queue[0]
+            big = order_steps(received.message) > BIG_STEPS
+            if big and group:
+                break
+            self._queue.popleft()
+            if not future.done():  # cancelled: its connection is gone
+                group.append((received, future))
+            if big and group:
+                break
+        return group
 
     async def _gather(self, expected: int) -> None:
         """Under load, wait a moment (at most ``LINGER_SECONDS``) for the senders the last

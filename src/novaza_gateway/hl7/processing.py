@@ -76,6 +76,17 @@ def needs_savepoint(message: Message) -> bool:
     return len(_order_groups(message)) > 1
 
 
+def order_steps(message: Message) -> int:
+    """How many order steps a message holds, counted cheaply (its ORCs, or OBRs if more)."""
+    if message.header.message_type.code == "ADT":
+        return 0
+    orcs = obrs = 0
+    for segment in message.segments:
+        orcs += segment.name == "ORC"
+        obrs += segment.name == "OBR"
+    return max(orcs, obrs)
+
+
 def check_order_groups(message: Message, limit: int) -> None:
     """At most ``limit`` order steps (an ORC with each of its OBRs) in an order message: the
     work one message may cost the group commit it shares (ADR 0019). Past it: AR, naming
@@ -183,11 +194,12 @@ async def process_order(
     if steps is None:
         steps = _order_steps(message, ctx.settings)
     patient_id: str | None = None
+    patient: Patient | None = None  # one PID: read and found once, whatever the steps
     for step in steps:
         tenant_id, request = ctx.tenant_id, step.request
         if step.control == "NW":
             await orders.check_place(session, tenant_id, request, step.step)
-            patient = await _order_patient(session, ctx, pid)
+            patient = patient or await _order_patient(session, ctx, pid)
             item, _ = await orders.place(session, ctx.actor, tenant_id, patient, request, step.step)
         elif step.status is None:  # XO
             item = await orders.change(session, ctx.actor, tenant_id, request, step.named)
