@@ -55,6 +55,15 @@ PG_POISON = [
     END $$ LANGUAGE plpgsql""",
     "CREATE TRIGGER novaza_test_poison_row BEFORE INSERT ON hl7_inbound_messages "
     "FOR EACH ROW EXECUTE FUNCTION novaza_test_poison_row()",
+    """CREATE OR REPLACE FUNCTION novaza_test_poison_outcome() RETURNS trigger AS $$
+    BEGIN
+      IF NEW.control_id LIKE 'POISONUPD%' THEN
+        RAISE EXCEPTION 'refused' USING ERRCODE = '22003';
+      END IF;
+      RETURN NEW;
+    END $$ LANGUAGE plpgsql""",
+    "CREATE TRIGGER novaza_test_poison_outcome BEFORE UPDATE ON hl7_inbound_messages "
+    "FOR EACH ROW EXECUTE FUNCTION novaza_test_poison_outcome()",
 ]
 SQLITE_POISON = [
     "CREATE TRIGGER novaza_test_poison BEFORE INSERT ON clinical_patients "
@@ -63,12 +72,14 @@ SQLITE_POISON = [
     "WHEN NEW.family_name = 'POISON' BEGIN SELECT RAISE(ABORT, 'refused'); END",
     "CREATE TRIGGER novaza_test_poison_row BEFORE INSERT ON hl7_inbound_messages "
     "WHEN NEW.control_id LIKE 'POISONROW%' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    "CREATE TRIGGER novaza_test_poison_outcome BEFORE UPDATE ON hl7_inbound_messages "
+    "WHEN NEW.control_id LIKE 'POISONUPD%' BEGIN SELECT RAISE(ABORT, 'refused'); END",
 ]
 
 
 async def install_poison(gw: Gateway) -> None:
-    """Triggers that make the store refuse a patient named POISON and a message row whose
-    control id starts with POISONROW."""
+    """Triggers that make the store refuse a patient named POISON, a message row whose
+    control id starts with POISONROW, and the outcome of one that starts with POISONUPD."""
     engine = gw.app.state.db.engine
     statements = PG_POISON if engine.dialect.name == "postgresql" else SQLITE_POISON
     async with engine.begin() as connection:
@@ -84,6 +95,7 @@ async def remove_poison(gw: Gateway) -> None:
             ("novaza_test_poison", "clinical_patients"),
             ("novaza_test_poison_update", "clinical_patients"),
             ("novaza_test_poison_row", "hl7_inbound_messages"),
+            ("novaza_test_poison_outcome", "hl7_inbound_messages"),
         ):
             on = f" ON {table}" if pg else ""
             await connection.execute(text(f"DROP TRIGGER IF EXISTS {name}{on}"))
@@ -188,6 +200,7 @@ async def test_a_value_the_store_refuses_fails_alone_in_its_group(mllp: Gateway)
 async def test_a_message_row_the_store_refuses_is_answered_ar_and_the_rest_commit(
     mllp: Gateway,
 ) -> None:
+    """The redone group inserts its rows in a SAVEPOINT, then each in its own."""
     alone = sample("novaza_hl7_intake_alone_total")
     acks = await one_group(
         mllp,
@@ -197,11 +210,38 @@ async def test_a_message_row_the_store_refuses_is_answered_ar_and_the_rest_commi
     )
     assert [msa(a) for a in acks] == [("AA", "OK1"), ("AR", "POISONROW1"), ("AA", "OK2")]
     assert "207^The store refused a value of the message" in err(acks[1])
-    assert sample("novaza_hl7_intake_alone_total") == alone + 1
+    assert sample("novaza_hl7_intake_alone_total") == alone  # one transaction did it
     stored = await rows(mllp)
     assert "POISONROW1" not in stored
     assert stored["OK1"].status == stored["OK2"].status == "processed"
     assert "BETA" not in await family_names(mllp)  # nothing of the refused message stayed
+
+
+async def test_a_group_refused_outside_every_savepoint_runs_each_message_alone(
+    mllp: Gateway,
+) -> None:
+    """The outcomes' UPDATE (one statement for the group) is refused for one message: each
+    message runs in a transaction of its own; the one at fault is answered AR."""
+    alone = sample("novaza_hl7_intake_alone_total")
+    acks = await one_group(
+        mllp,
+        a08("OK1", "M1", "ALPHA"),
+        orm("OK2", "M3", "ORD1", procedures=2),  # several steps: SAVEPOINTs from the start
+        a08("POISONUPD1", "M2", "BETA", facility="RIVERSIDE", receiver=RIVERSIDE),
+        a08("OK3", "M4", "GAMMA", facility="RIVERSIDE", receiver=RIVERSIDE),
+    )
+    assert [msa(a) for a in acks] == [
+        ("AA", "OK1"),
+        ("AA", "OK2"),
+        ("AR", "POISONUPD1"),
+        ("AA", "OK3"),
+    ]
+    assert sample("novaza_hl7_intake_alone_total") == alone + 1
+    stored = await rows(mllp)
+    assert "POISONUPD1" not in stored
+    assert {stored[k].status for k in ("OK1", "OK2", "OK3")} == {"processed"}
+    names = await family_names(mllp)
+    assert "BETA" not in names and {"ALPHA", "GAMMA"} <= names
 
 
 async def test_http_poison_fails_alone_while_another_tenant_commits(mllp: Gateway) -> None:

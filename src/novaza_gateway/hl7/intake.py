@@ -45,7 +45,7 @@ from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.errors import MessageInFlight
-from novaza_gateway.hl7.outcome import Outcome, answered, repeat
+from novaza_gateway.hl7.outcome import Outcome, answered, refused, repeat
 from novaza_gateway.hl7.parser import (
     APPLICATION_INTERNAL_ERROR,
     UNKNOWN_KEY_IDENTIFIER,
@@ -198,7 +198,8 @@ async def _claim(
 ) -> list[int]:
     """The rows first (their keys make a concurrent twin wait); a key a concurrent
     transaction committed meanwhile is answered from the store. Answers the rows taken."""
-    inserted = await repository.insert_inbound(session, list(rows.values()))
+    await repository.begin_writing(session)  # SQLite: a DML before the first SAVEPOINT
+    inserted = await _insert_rows(session, group, rows, outcomes)
     lost = [i for i in rows if rows[i]["id"] not in inserted]
     if lost:
         keys = [group[i].key for i in lost]
@@ -209,6 +210,39 @@ async def _claim(
             header = group[i].message.header
             outcomes[i] = repeat(stored[key], rows[i]["content_sha256"], header)
     return [i for i in rows if rows[i]["id"] in inserted]
+
+
+async def _insert_rows(
+    session: AsyncSession,
+    group: Sequence[Received],
+    rows: dict[int, dict[str, Any]],
+    outcomes: dict[int, Outcome],
+) -> set[str]:
+    """The message rows, in a SAVEPOINT. If the store refuses one (a data error), each row
+    goes in its own: a refused row's message is answered AR and dropped from ``rows``, the
+    others are kept, in the same transaction (ADR 0018)."""
+    try:
+        async with session.begin_nested():
+            return await repository.insert_inbound(session, list(rows.values()))
+    except DBAPIError as exc:
+        if dberrors.fault(exc) is not dberrors.Fault.DATA:
+            raise
+    inserted: set[str] = set()
+    for i in list(rows):
+        try:
+            async with session.begin_nested():
+                inserted |= await repository.insert_inbound(session, [rows[i]])
+        except DBAPIError as exc:
+            if dberrors.fault(exc) is not dberrors.Fault.DATA:
+                raise
+            received = group[i]
+            log.warning(
+                "hl7 message row refused by the store",
+                extra={"error": type(exc).__name__, "tenant": received.ctx.tenant_id},
+            )
+            outcomes[i] = refused(received.data, received.message.header)
+            del rows[i]
+    return inserted
 
 
 def _row(received: Received, fingerprint: str, now: datetime) -> dict[str, Any]:
