@@ -2,9 +2,9 @@
 
 A real ``novaza serve`` per store. Tenant B (the victim) sends valid A08 and ORM NW: MLLP open
 loop at ``--rate`` messages/s over ``--connections`` connections (latency from when each was
-due), plus ``--http`` HTTP clients in a closed loop. Each round runs B's load twice, in
-alternation: alone, and while tenant A (the noisy one) sends, paced (a tenant flooding the
-gateway's CPU is the rate limiter's business, not the group commit's):
+due), plus ``--http`` HTTP clients in a closed loop. Each round runs B's load alone, then
+with tenant A (the noisy one) sending big messages, then poison (``--noise``), paced (a
+tenant flooding the gateway's CPU is the rate limiter's business, not the group commit's):
 
 - the largest order message allowed (``NOVAZA_HL7_MAX_ORDER_GROUPS``, 50 OBRs) over MLLP,
   ``--big-rate`` a second,
@@ -223,16 +223,19 @@ async def noisy_http(
             tally.noisy[f"{kind} {response.status_code}"] += 1
 
 
-async def row(url: str, mllp: int, tokens: dict[str, str], noise: bool, args: Any) -> Tally:
+async def row(url: str, mllp: int, tokens: dict[str, str], noise: str, args: Any) -> Tally:
     tally, stop = Tally(), asyncio.Event()
     background = [
         asyncio.create_task(victim_http(url, tokens["victim"], stop, tally))
         for _ in range(args.http)
     ]
-    if noise:
+    if noise in ("big", "both"):
         background += [
             asyncio.create_task(noisy_mllp(mllp, 50, args.big_rate, stop, tally.big)),
             asyncio.create_task(noisy_mllp(mllp, 5000, args.huge_rate, stop, tally.huge)),
+        ]
+    if noise in ("poison", "both"):
+        background += [
             *(
                 asyncio.create_task(noisy_http(url, tokens["noisy"], kind, rate, stop, tally))
                 for kind, rate in (
@@ -256,13 +259,15 @@ def ms(values: list[float], q: float | None = None) -> str:
     return f"{(value if value is not None else percentile(values, q or 0)) * 1000:.1f}"
 
 
-def report(store: str, noise: bool, tally: Tally) -> None:
+def report(store: str, noise: str, tally: Tally) -> None:
     victims = len(tally.mllp) + len(tally.http)
     aa = tally.answers["AA"]
     noisy = ", ".join(f"{k}: {v}" for k, v in sorted(tally.noisy.items()))
-    noisy += f", 50-OBR: {len(tally.big)}, 5,000-OBR (AR): {len(tally.huge)}" if noise else ""
+    if tally.big or tally.huge:
+        noisy += f"{', ' if noisy else ''}50-OBR: {len(tally.big)}, 5,000-OBR: {len(tally.huge)}"
+    load = {"none": "B alone", "big": "+ A big", "poison": "+ A poison", "both": "+ A both"}
     print(
-        f"| {store} | {'with A' if noise else 'B alone'} | {ms(tally.mllp, 0.5)} "
+        f"| {store} | {load[noise]} | {ms(tally.mllp, 0.5)} "
         f"| **{ms(tally.mllp, 0.99)}** | {ms(tally.mllp)} | {ms(tally.http, 0.99)} "
         f"| {aa:,}/{victims:,} | {ms(tally.big, 0.5)} / {ms(tally.big, 0.99)} "
         f"| {ms(tally.huge, 0.5)} | {noisy or '-'} |",
@@ -319,7 +324,7 @@ async def backend(store: str, database_url: str | None, args: Any) -> None:
             warm.writer.close()
             await analyze(data_dir, database_url)
             for _ in range(args.rounds):
-                for noise in (False, True):
+                for noise in ("none", *args.noise):
                     report(store, noise, await row(url, mllp, tokens, noise, args))
         finally:
             os.killpg(process.pid, signal.SIGTERM)
@@ -333,11 +338,15 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="B's MLLP connections")
     parser.add_argument("--http", type=int, default=2, help="B's HTTP clients")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--big-rate", type=float, default=2, help="A's 50-OBR ORMs/s")
+    parser.add_argument(
+        "--noise", nargs="+", default=["big", "poison"], choices=["big", "poison", "both"],
+        help="rows after B alone, each round: A's big messages, A's poison, or both",
+    )  # fmt: skip
+    parser.add_argument("--big-rate", type=float, default=1, help="A's 50-OBR ORMs/s")
     parser.add_argument("--huge-rate", type=float, default=1, help="A's 5,000-OBR ORMs/s")
-    parser.add_argument("--nul-rate", type=float, default=10, help="A's NUL poison/s")
-    parser.add_argument("--refused-rate", type=float, default=5, help="A's refused values/s")
-    parser.add_argument("--row-rate", type=float, default=1, help="A's refused rows/s")
+    parser.add_argument("--nul-rate", type=float, default=5, help="A's NUL poison/s")
+    parser.add_argument("--refused-rate", type=float, default=1, help="A's refused values/s")
+    parser.add_argument("--row-rate", type=float, default=0.5, help="A's refused rows/s")
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--stores", nargs="+", default=["sqlite", "postgresql"])
     args = parser.parse_args()
