@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 
-from novaza_gateway.clinical.models import Patient
+from novaza_gateway.clinical.models import Patient, WorklistItem
 from novaza_gateway.hl7 import parser
 from novaza_gateway.hl7.mllp import frame
 from novaza_gateway.hl7.models import InboundMessage
@@ -311,3 +312,35 @@ async def test_an_order_past_the_cap_is_answered_ar_over_http(mllp: Gateway) -> 
     fifty = await post(mllp, "stmarys", orm("BIG2", "M1", "ORD2", procedures=50), "orm")
     assert fifty.status_code == 200
     assert "BIG1" not in await rows(mllp)
+
+
+async def test_a_big_order_is_a_group_of_its_own_on_the_fast_path(mllp: Gateway) -> None:
+    """More than 8 steps: its own group, alone, so without a SAVEPOINT; one whose last step
+    fails after the others' changes is redone with it: AE, none of its items kept."""
+    redone = sample("novaza_hl7_intake_redo_total")
+    lone = {"le": "1.0"}
+    groups = REGISTRY.get_sample_value("novaza_hl7_intake_group_messages_bucket", lone) or 0
+    broken = orm("BIG2", "M5", "ORD2", procedures=9).decode() + "ORC|CA|NOPE|||CA\rOBR|1|NOPE\r"
+    acks = await one_group(
+        mllp,
+        a08("OK1", "M1", "ALPHA"),
+        orm("BIG1", "M2", "ORD1", procedures=12),
+        a08("OK2", "M3", "BETA"),
+        broken.encode(),
+        a08("OK3", "M4", "GAMMA"),
+    )
+    assert [msa(a) for a in acks] == [
+        ("AA", "OK1"),
+        ("AA", "BIG1"),
+        ("AA", "OK2"),
+        ("AE", "BIG2"),
+        ("AA", "OK3"),
+    ]
+    # OK1 | BIG1 | OK2 | BIG2 (run again with its SAVEPOINT) | OK3: five groups of one
+    after = REGISTRY.get_sample_value("novaza_hl7_intake_group_messages_bucket", lone) or 0
+    assert after - groups >= 5
+    assert sample("novaza_hl7_intake_redo_total") == redone + 1
+    async with mllp.app.state.db.sessionmaker() as session:
+        placers = await session.execute(select(WorklistItem.placer_order_number))
+        items = Counter(placers.scalars())
+    assert items == Counter({"ORD1": 12})

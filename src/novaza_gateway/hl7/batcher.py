@@ -106,8 +106,8 @@ class IntakeBatcher:
 
     def _take_group(self) -> list[tuple[Received, asyncio.Future[Outcome]]]:
         """The next group, in queue order. A big order message (more than ``BIG_STEPS``
-        steps) is a group of its own: the messages around it keep the fast path (no
-        SAVEPOINT each) and do not wait inside its transaction (ADR 0019)."""
+        steps) is a group of its own: it runs on the fast path itself (alone, it needs no
+        SAVEPOINT), and so do the messages around it (ADR 0019)."""
         group: list[tuple[Received, asyncio.Future[Outcome]]] = []
         while self._queue and len(group) < self._max_group:
             received, future = self._queue[0]
@@ -159,7 +159,7 @@ class IntakeBatcher:
 
     async def _store(self, group: list[Received]) -> list[Result]:
         # a merge or a message of several order steps needs its SAVEPOINT: no try without
-        isolate = any(needs_savepoint(received.message) for received in group)
+        isolate = any(needs_savepoint(received.message, len(group) == 1) for received in group)
         try:
             if not isolate:
                 try:

@@ -166,7 +166,7 @@ async def receive_group(
             rows[i] = _row(received, fingerprints[i], now)
     if isolate:
         taken = await _claim(session, group, rows, stored, outcomes)
-    elif any(needs_savepoint(group[i].message) for i in rows):
+    elif any(needs_savepoint(group[i].message, len(group) == 1) for i in rows):
         raise Redo()
     else:
         taken = list(rows)

@@ -67,13 +67,15 @@ ORDER_STATUS = {
 }
 
 
-def needs_savepoint(message: Message) -> bool:
+def needs_savepoint(message: Message, alone: bool = False) -> bool:
     """A message that may fail after its first change: a merge (bulk moves), or an order
-    message with several steps (ORCs, OBRs): a later one may fail after an earlier one."""
+    message with several steps (ORCs, OBRs): a later one may fail after an earlier one.
+    ``alone`` in its group, the order message does not: a step failing after an earlier
+    one's change redoes its one-message group with the SAVEPOINT (ADR 0019)."""
     kind, trigger = message.header.message_type.code, message.header.message_type.trigger
     if kind == "ADT":
         return trigger == "A40"
-    return len(_order_groups(message)) > 1
+    return not alone and len(_order_groups(message)) > 1
 
 
 def order_steps(message: Message) -> int:
