@@ -63,6 +63,8 @@ class Hl7Config:
     backoff_max_seconds: float
     ack_timeout_seconds: float
     settings_ttl_seconds: float
+    max_segments: int = 500  # per inbound message: past it, AR (docs/hl7.md, ADR 0019)
+    max_order_groups: int = 50  # ORC/OBR steps per inbound order message: past it, AR
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,8 @@ class Settings(BaseSettings):
     hl7_outbox_backoff_seconds: float = Field(default=2.0, gt=0)
     hl7_outbox_backoff_max_seconds: float = Field(default=300.0, gt=0)
     hl7_ack_timeout_seconds: float = Field(default=10.0, gt=0)
+    hl7_max_segments: int = Field(default=500, ge=10)
+    hl7_max_order_groups: int = Field(default=50, ge=1)
 
     # -- imaging: signed viewer URLs (keys generated once in the data dir when unset)
     imaging_signing_keys: SecretStr | None = None
@@ -379,6 +383,8 @@ class Settings(BaseSettings):
             backoff_max_seconds=self.hl7_outbox_backoff_max_seconds,
             ack_timeout_seconds=self.hl7_ack_timeout_seconds,
             settings_ttl_seconds=self.tenant_cache_ttl_seconds,
+            max_segments=self.hl7_max_segments,
+            max_order_groups=self.hl7_max_order_groups,
         )
 
     @property

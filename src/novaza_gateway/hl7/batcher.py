@@ -10,31 +10,46 @@ idle listener answers a lone message at once: no timer, no added latency.
 Groups run one after another: messages keep their order (per connection and overall), and
 no group reads what an earlier one has not committed. A group first runs without a
 SAVEPOINT per message; when ``intake`` asks for it (``Redo``) or the database refuses the
-group's writes, it is rolled back and run again with one. If the store fails, every
-message of the group gets the error (MLLP: its connection is closed without an ACK; HTTP: 503).
+group's values (a data error: ``core.dberrors``), it is rolled back and run again with one,
+where a message whose values the store refuses is answered AE alone. If the database still
+refuses the group outside any message's SAVEPOINT, each message runs in a transaction of its
+own: the one at fault is answered AR (not stored), the others commit (ADR 0018).
+
+If the store is unavailable (a connection lost, a timeout), every message of the group not
+yet committed gets ``StoreUnavailable`` (MLLP: its connection is closed without an ACK;
+HTTP: 503): the sender resends, and a message that was stored after all is answered from
+the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from novaza_gateway.core import dberrors
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.metering import UsageRecorder
 from novaza_gateway.hl7 import intake, metering
+from novaza_gateway.hl7.errors import StoreUnavailable
 from novaza_gateway.hl7.intake import Received
-from novaza_gateway.hl7.metrics import INTAKE_GROUP_MESSAGES, INTAKE_REDO
-from novaza_gateway.hl7.outcome import Outcome
-from novaza_gateway.hl7.processing import needs_savepoint
+from novaza_gateway.hl7.metrics import INTAKE_ALONE, INTAKE_GROUP_MESSAGES, INTAKE_REDO
+from novaza_gateway.hl7.outcome import Outcome, refused
+from novaza_gateway.hl7.processing import needs_savepoint, order_steps
+
+log = logging.getLogger("novaza.hl7")
+# What a message of a group is answered: its outcome, or the error its sender gets.
+Result = Outcome | Exception
 
 MAX_GROUP = 64
 LINGER_SECONDS = 0.001
 BUSY_SECONDS = 0.05  # a message this soon after a group means the senders are busy
+BIG_STEPS = 8  # an order message with more steps than this is a group of its own
 
 
 class IntakeBatcher:
@@ -84,14 +99,27 @@ class IntakeBatcher:
             while self._queue:
                 if answered > 1 and loop.time() - since < BUSY_SECONDS:
                     await self._gather(min(self._max_group, len(self._queue) + answered))
-                group: list[tuple[Received, asyncio.Future[Outcome]]] = []
-                while self._queue and len(group) < self._max_group:
-                    received, future = self._queue.popleft()
-                    if not future.done():  # cancelled: its connection is gone
-                        group.append((received, future))
+                group = self._take_group()
                 if group:
                     await self._commit(group)
                 answered, since = len(group), loop.time()
+
+    def _take_group(self) -> list[tuple[Received, asyncio.Future[Outcome]]]:
+        """The next group, in queue order. A big order message (more than ``BIG_STEPS``
+        steps) is a group of its own: it runs on the fast path itself (alone, it needs no
+        SAVEPOINT), and so do the messages around it (ADR 0019)."""
+        group: list[tuple[Received, asyncio.Future[Outcome]]] = []
+        while self._queue and len(group) < self._max_group:
+            received, future = self._queue[0]
+            big = order_steps(received.message) > BIG_STEPS
+            if big and group:
+                break
+            self._queue.popleft()
+            if not future.done():  # cancelled: its connection is gone
+                group.append((received, future))
+            if big and group:
+                break
+        return group
 
     async def _gather(self, expected: int) -> None:
         """Under load, wait a moment (at most ``LINGER_SECONDS``) for the senders the last
@@ -108,38 +136,71 @@ class IntakeBatcher:
     async def _commit(self, group: list[tuple[Received, asyncio.Future[Outcome]]]) -> None:
         INTAKE_GROUP_MESSAGES.observe(len(group))
         try:
-            outcomes = await self._store([received for received, _ in group])
+            results = await self._store([received for received, _ in group])
         except asyncio.CancelledError:
             for _, future in group:
                 future.cancel()
             raise
         except Exception as exc:
+            failure = _answerable(exc)
             for _, future in group:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(failure)
             return
-        if self._usage is not None:  # committed: the stored messages are billable
-            for (received, _), outcome in zip(group, outcomes, strict=True):
-                metering.record_inbound(self._usage, received.ctx.tenant_id, (outcome,))
-        for (_, future), outcome in zip(group, outcomes, strict=True):
+        for (received, future), result in zip(group, results, strict=True):
+            if isinstance(result, Exception):
+                if not future.done():
+                    future.set_exception(result)
+                continue
+            if self._usage is not None:  # committed: the stored message is billable
+                metering.record_inbound(self._usage, received.ctx.tenant_id, (result,))
             if not future.done():
-                future.set_result(outcome)
+                future.set_result(result)
 
-    async def _store(self, group: list[Received]) -> list[Outcome]:
+    async def _store(self, group: list[Received]) -> list[Result]:
         # a merge or a message of several order steps needs its SAVEPOINT: no try without
-        isolate = any(needs_savepoint(received.message) for received in group)
+        isolate = any(needs_savepoint(received.message, len(group) == 1) for received in group)
         try:
             if not isolate:
                 try:
                     async with self._transaction() as session:
-                        return await intake.receive_group(session, group, isolate=False)
+                        return list(await intake.receive_group(session, group, isolate=False))
                 except (intake.Redo, IntegrityError):
                     INTAKE_REDO.inc()
-            async with self._transaction() as session:
-                return await intake.receive_group(session, group, isolate=True)
+                except DBAPIError as exc:
+                    _raise_if_unavailable(exc)  # else a value it refused: find whose
+                    INTAKE_REDO.inc()
+            try:
+                async with self._transaction() as session:
+                    return list(await intake.receive_group(session, group, isolate=True))
+            except DBAPIError as exc:  # refused outside every message's SAVEPOINT
+                _raise_if_unavailable(exc)
+                if len(group) == 1:
+                    return [_alone_failure(group[0], exc)]
+            return await self._alone(group)
         except BaseException:
             await self._release()
             raise
+
+    async def _alone(self, group: list[Received]) -> list[Result]:
+        """Each message in a transaction of its own: the one whose values the store refuses
+        even there is answered AR (nothing of it stored), one that fails for another
+        database reason gets ``StoreUnavailable``; the others commit. The store lost midway:
+        the messages not yet committed get ``StoreUnavailable``."""
+        INTAKE_ALONE.inc()
+        results: list[Result] = []
+        for received in group:
+            try:
+                async with self._transaction() as session:
+                    results += await intake.receive_group(session, [received], isolate=True)
+            except DBAPIError as exc:
+                if dberrors.unavailable(exc):
+                    _log_store_failure(exc)
+                    await self._release()
+                    results += [StoreUnavailable() for _ in group[len(results) :]]
+                    break
+                results.append(_alone_failure(received, exc))
+        return results
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
@@ -164,3 +225,42 @@ class IntakeBatcher:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
+
+
+def _raise_if_unavailable(exc: DBAPIError) -> None:
+    """The store is gone: the group fails. Else one message is at fault: find which."""
+    if dberrors.unavailable(exc):
+        raise exc
+
+
+def _alone_failure(received: Received, exc: DBAPIError) -> Result:
+    """A message that fails in a transaction of its own: AR when the store refused its
+    values, else (an unexpected database error) the answer its sender resends on."""
+    log.warning(
+        "hl7 message failed alone",
+        extra={"error": _error_class(exc), "tenant": received.ctx.tenant_id},
+    )
+    if dberrors.fault(exc) is dberrors.Fault.DATA:
+        return refused(received.data, received.message.header)
+    return StoreUnavailable()
+
+
+def _answerable(exc: Exception) -> Exception:
+    """What the senders of a failed group get: any database failure is ``StoreUnavailable``
+    (HTTP 503, MLLP no ACK: they resend); other errors as they are."""
+    if isinstance(exc, SQLAlchemyError | OSError):
+        _log_store_failure(exc)
+        return StoreUnavailable()
+    return exc
+
+
+def _log_store_failure(exc: Exception) -> None:
+    log.error("hl7 intake store failed", extra={"error": _error_class(exc)})
+
+
+def _error_class(exc: Exception) -> str:
+    """The driver's error class (``CharacterNotInRepertoireError``), never its message: it
+    may quote the message's values."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    cause = orig.__cause__ if isinstance(orig, BaseException) and orig.__cause__ else orig
+    return type(cause if isinstance(cause, BaseException) else exc).__name__

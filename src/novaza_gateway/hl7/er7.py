@@ -54,6 +54,10 @@ CHARSETS = {
 DEFAULT_CHARSET = "utf-8"
 
 SEGMENT_BREAK = re.compile(r"\r\n|\r|\n")
+_HEX_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# Control characters an outgoing field spells as ``\Xhh\``: above all MLLP's 0x0B, 0x1C
+# and 0x1D, which would split or end a frame at the receiver (CR and LF become ``\.br\``).
+_ESCAPED_CONTROLS = [chr(c) for c in range(0x20) if chr(c) not in "\t\r\n"]
 
 
 class Hl7Error(Exception):
@@ -91,8 +95,17 @@ class ParseError(Hl7Error):
         segment: str | None = None,
         sequence: int | None = None,
         field: int | None = None,
+        component: int | None = None,
     ) -> None:
-        super().__init__(text, code=code, ack="AR", segment=segment, sequence=sequence, field=field)
+        super().__init__(
+            text,
+            code=code,
+            ack="AR",
+            segment=segment,
+            sequence=sequence,
+            field=field,
+            component=component,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,15 +197,19 @@ def _escape_text(seq: str, seps: Separators, charset: str) -> str:
         return simple[seq]
     if seq[:1] == "X" and len(seq) > 1 and len(seq) % 2 == 1:
         try:
-            return bytes.fromhex(seq[1:]).decode(charset, errors="replace")
+            text = bytes.fromhex(seq[1:]).decode(charset, errors="replace")
         except ValueError:
             return ""
+        # control characters (NUL...) spelled as escapes are dropped, as the raw ones are
+        # refused: no store or MLLP peer downstream gets them
+        return _HEX_CONTROL.sub("", text)
     # \H\ \N\ highlighting, \.sp\ \.in\ ... formatting, \Cxxyy\ \Mxxyyzz\ charset switches.
     return ""
 
 
 def escape(value: str, seps: Separators = DEFAULT_SEPARATORS) -> str:
-    """Text into a field: separators and line breaks become escape sequences."""
+    """Text into a field: separators and line breaks become escape sequences, other control
+    characters but TAB hex escapes ``\\Xhh\\``."""
     pattern, table = _escaping(seps)
     if pattern.search(value) is None:  # most values: nothing to escape
         return value
@@ -214,5 +231,6 @@ def _escaping(seps: Separators) -> tuple[re.Pattern[str], dict[str, str]]:
         seps.repetition: f"{e}R{e}",
         "\r": br,
         "\n": br,
+        **{c: f"{e}X{ord(c):02X}{e}" for c in _ESCAPED_CONTROLS},
     }
     return re.compile("|".join(re.escape(key) for key in table)), table

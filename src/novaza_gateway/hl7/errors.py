@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from novaza_gateway.core.errors import ApiError, Conflict, NotFound
+from novaza_gateway.core.errors import ApiError, Conflict, NotFound, UpstreamUnavailable
 
 
 class Hl7Rejected(ApiError):
@@ -44,3 +44,14 @@ class DestinationUnknown(ApiError):
     status = 422
     code = "HL7_DESTINATION_UNKNOWN"
     default_message = "The tenant's HL7 settings name no such destination."
+
+
+class StoreUnavailable(UpstreamUnavailable):
+    """The message store failed (a connection lost, a timeout): nothing was acknowledged, so
+    the sender resends; a message stored after all is then answered from the store."""
+
+    default_message = "The message store is unavailable; the message was not acknowledged."
+
+    def __init__(self) -> None:
+        super().__init__(status=503)
+        self.headers["Retry-After"] = "1"

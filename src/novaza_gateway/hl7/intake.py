@@ -39,11 +39,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from novaza_gateway.clinical import changes, prefetch, writes
 from novaza_gateway.clinical.errors import InvalidTransition, OrderNotFound, PatientNotFound
+from novaza_gateway.config import Hl7Config
+from novaza_gateway.core import dberrors
 from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7 import repository
 from novaza_gateway.hl7.errors import MessageInFlight
-from novaza_gateway.hl7.outcome import Outcome, answered, repeat
+from novaza_gateway.hl7.outcome import Outcome, answered, refused, repeat
 from novaza_gateway.hl7.parser import (
     APPLICATION_INTERNAL_ERROR,
     UNKNOWN_KEY_IDENTIFIER,
@@ -53,12 +55,14 @@ from novaza_gateway.hl7.parser import (
     Hl7Error,
     Message,
     ParseError,
+    parse,
 )
 from novaza_gateway.hl7.processing import (
     ADT_EVENTS,
     ORDER_TRIGGERS,
     Hl7Context,
     OrderStep,
+    check_order_groups,
     lookups,
     needs_savepoint,
     process_adt,
@@ -102,6 +106,15 @@ Steps = dict[int, list[OrderStep]]
 class Redo(Exception):
     """The group cannot be finished without a SAVEPOINT per message: roll the transaction
     back and run the group again with ``isolate=True``."""
+
+
+def take(data: bytes, accepts: frozenset[str], config: Hl7Config) -> Message:
+    """A message as intake takes it (HTTP and MLLP alike): parsed, of a type ``accepts``
+    names, within the size caps. Raises ``ParseError`` (answered AR, nothing stored)."""
+    message = parse(data, config.max_segments)
+    check_type(message.header, accepts)
+    check_order_groups(message, config.max_order_groups)
+    return message
 
 
 def check_type(header: Header, accepts: frozenset[str]) -> None:
@@ -153,7 +166,7 @@ async def receive_group(
             rows[i] = _row(received, fingerprints[i], now)
     if isolate:
         taken = await _claim(session, group, rows, stored, outcomes)
-    elif any(needs_savepoint(group[i].message) for i in rows):
+    elif any(needs_savepoint(group[i].message, len(group) == 1) for i in rows):
         raise Redo()
     else:
         taken = list(rows)
@@ -185,7 +198,8 @@ async def _claim(
 ) -> list[int]:
     """The rows first (their keys make a concurrent twin wait); a key a concurrent
     transaction committed meanwhile is answered from the store. Answers the rows taken."""
-    inserted = await repository.insert_inbound(session, list(rows.values()))
+    await repository.begin_writing(session)  # SQLite: a DML before the first SAVEPOINT
+    inserted = await _insert_rows(session, group, rows, outcomes)
     lost = [i for i in rows if rows[i]["id"] not in inserted]
     if lost:
         keys = [group[i].key for i in lost]
@@ -196,6 +210,39 @@ async def _claim(
             header = group[i].message.header
             outcomes[i] = repeat(stored[key], rows[i]["content_sha256"], header)
     return [i for i in rows if rows[i]["id"] in inserted]
+
+
+async def _insert_rows(
+    session: AsyncSession,
+    group: Sequence[Received],
+    rows: dict[int, dict[str, Any]],
+    outcomes: dict[int, Outcome],
+) -> set[str]:
+    """The message rows, in a SAVEPOINT. If the store refuses one (a data error), each row
+    goes in its own: a refused row's message is answered AR and dropped from ``rows``, the
+    others are kept, in the same transaction (ADR 0018)."""
+    try:
+        async with session.begin_nested():
+            return await repository.insert_inbound(session, list(rows.values()))
+    except DBAPIError as exc:
+        if dberrors.fault(exc) is not dberrors.Fault.DATA:
+            raise
+    inserted: set[str] = set()
+    for i in list(rows):
+        try:
+            async with session.begin_nested():
+                inserted |= await repository.insert_inbound(session, [rows[i]])
+        except DBAPIError as exc:
+            if dberrors.fault(exc) is not dberrors.Fault.DATA:
+                raise
+            received = group[i]
+            log.warning(
+                "hl7 message row refused by the store",
+                extra={"error": type(exc).__name__, "tenant": received.ctx.tenant_id},
+            )
+            outcomes[i] = refused(received.data, received.message.header)
+            del rows[i]
+    return inserted
 
 
 def _row(received: Received, fingerprint: str, now: datetime) -> dict[str, Any]:
@@ -319,21 +366,30 @@ async def _isolated(
     session: AsyncSession, received: Received, message_id: str, steps: Steps
 ) -> tuple[str | None, Hl7Error | None]:
     """In a SAVEPOINT. A unique conflict means a concurrent message created the same patient,
-    visit or order and has committed (the database made us wait for it): once more."""
+    visit or order and has committed (the database made us wait for it): once more. Values
+    the store refuses (a data error: too long, a character it cannot hold) are this
+    message's fault: AE, the others of the group go on (ADR 0018). The store unavailable, or
+    an unexpected database error: raised (the batcher decides)."""
     for attempt in range(2):
         try:
             async with session.begin_nested():
                 return await _process(session, received, steps), None
-        except IntegrityError:
+        except DBAPIError as exc:
+            if dberrors.fault(exc) is not dberrors.Fault.DATA:
+                raise
             prefetch.forget(session)
-            if attempt:
-                _log_failure("IntegrityError", received, message_id)
-                return None, Hl7Error("The message conflicts with records stored meanwhile.")
+            conflict = dberrors.unique_violation(exc)
+            if not attempt and conflict:
+                continue
+            _log_failure(type(exc).__name__, received, message_id)
+            return None, Hl7Error(
+                "The message conflicts with records stored meanwhile."
+                if conflict
+                else "The store refused a value of the message."
+            )
         except ANSWERED_AE as exc:
             prefetch.forget(session)
             return None, _as_hl7(exc)
-        except DBAPIError:
-            raise
         except Exception as exc:  # a bug: keep the message, answer AE, never its content in logs
             prefetch.forget(session)
             _log_failure(type(exc).__name__, received, message_id)

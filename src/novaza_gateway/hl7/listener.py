@@ -36,7 +36,6 @@ from novaza_gateway.hl7.parser import (
     UNKNOWN_KEY_IDENTIFIER,
     Message,
     ParseError,
-    parse,
 )
 from novaza_gateway.hl7.processing import Hl7Context
 from novaza_gateway.hl7.routing import Route, TenantHl7Settings
@@ -103,8 +102,7 @@ class MllpListener:
         """A routed message to store, the AR for one that is not taken, or the parsed
         message when its routing or tenant must be loaded first (``take_later``)."""
         try:
-            message = parse(payload)
-            intake.check_type(message.header, intake.ANY)
+            message = intake.take(payload, intake.ANY, self.config)
         except ParseError as exc:
             return reject(payload, exc)
         header = message.header

@@ -30,6 +30,11 @@ INTAKE_REDO = Counter(
     "novaza_hl7_intake_redo_total",
     "MLLP intake groups run again with a SAVEPOINT per message.",
 )
+INTAKE_ALONE = Counter(
+    "novaza_hl7_intake_alone_total",
+    "Intake groups the store refused outside any message's SAVEPOINT: each message run again "
+    "in a transaction of its own.",
+)
 DELIVERY_ATTEMPTS = Counter(
     "novaza_hl7_delivery_attempts_total",
     "ORU delivery attempts over MLLP, by outcome (AA, AE, AR, error, timeout, unroutable).",

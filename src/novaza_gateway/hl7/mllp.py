@@ -8,6 +8,9 @@ from __future__ import annotations
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
+# Never in a payload we send: a start block, an end block, and 0x1D (group separator), which
+# some receivers also treat as framing. Outgoing fields escape them (``er7.escape``).
+FRAMING_CHARACTERS = "\x0b\x1c\x1d"
 
 
 class FrameTooLarge(Exception):

@@ -8,6 +8,7 @@ from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7.ack import Ack, build_ack, read_ack
 from novaza_gateway.hl7.parser import (
+    APPLICATION_INTERNAL_ERROR,
     DUPLICATE_KEY_IDENTIFIER,
     Header,
     Hl7Error,
@@ -36,6 +37,17 @@ def reject(data: bytes, error: Hl7Error, header: Header | None = None) -> Outcom
     header = header or peek(data)
     ack = build_ack(header, "AR", control_id=new_control_id(), now=utcnow(), error=error)
     return Outcome(ack=ack, header=header, error=error)
+
+
+def refused(data: bytes, header: Header) -> Outcome:
+    """AR for a message the store refused even in a transaction of its own (ADR 0018):
+    nothing of it is stored, so it is answered as not taken."""
+    error = Hl7Error(
+        "The store refused a value of the message; it was not stored.",
+        code=APPLICATION_INTERNAL_ERROR,
+        ack="AR",
+    )
+    return reject(data, error, header)
 
 
 def answered(header: Header, code: str, message_id: str, error: Hl7Error | None) -> Outcome:

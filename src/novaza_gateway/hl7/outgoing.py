@@ -14,6 +14,7 @@ from novaza_gateway.core.db import utcnow
 from novaza_gateway.core.errors import Conflict, ValidationFailed
 from novaza_gateway.core.ids import new_id
 from novaza_gateway.hl7.errors import DestinationUnknown
+from novaza_gateway.hl7.mllp import FRAMING_CHARACTERS
 from novaza_gateway.hl7.models import OutboundMessage
 from novaza_gateway.hl7.oru import (
     Coded,
@@ -85,6 +86,8 @@ async def queue_oru(
 
 
 def _ready_made(message: str) -> tuple[bytes, str, str, str | None]:
+    if any(c in message for c in FRAMING_CHARACTERS):  # would split the frame at the receiver
+        raise ValidationFailed.field("message", "must not hold 0x0B, 0x1C or 0x1D (MLLP framing)")
     try:
         parsed = parse(message)
     except ParseError as exc:

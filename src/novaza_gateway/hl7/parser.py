@@ -76,6 +76,10 @@ __all__ = [
 ]
 
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+# C0 control characters other than TAB and the segment breaks (CR, LF): never data in ER7,
+# and some no store can hold (PostgreSQL text refuses NUL) or no MLLP peer can frame
+# (0x0B, 0x1C). Whitespace-only lines holding them (a stray end block) are dropped first.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _TS = re.compile(
     r"^(?P<y>\d{4})(?P<m>\d{2})?(?P<d>\d{2})?(?P<H>\d{2})?(?P<M>\d{2})?(?P<S>\d{2})?"
     r"(?:\.(?P<frac>\d{1,4}))?(?P<tz>[+-]\d{4})?$"
@@ -201,20 +205,49 @@ class Message:
 # --------------------------------------------------------------------------- parsing
 
 
-def parse(data: bytes | str) -> Message:
-    """One ER7 message. Raises ``ParseError`` (answered AR) for anything not HL7 v2.3-2.5.1."""
+def parse(data: bytes | str, max_segments: int | None = None) -> Message:
+    """One ER7 message. Raises ``ParseError`` (answered AR) for anything not HL7 v2.3-2.5.1,
+    for a control character in a field (ERR names it), and for more than ``max_segments``
+    segments (checked before they are read: a bound on the work a message costs)."""
     text = decode(data) if isinstance(data, bytes) else data
     text = text.lstrip("\ufeff \t\r\n\x0b")
     if not text.startswith("MSH"):
         raise ParseError("The message does not start with an MSH segment.")
     lines = [line for line in SEGMENT_BREAK.split(text) if line.strip()]
+    if max_segments is not None and len(lines) > max_segments:
+        raise ParseError(
+            f"The message has {len(lines)} segments; at most {max_segments} are accepted.",
+            code=APPLICATION_INTERNAL_ERROR,
+            segment=lines[max_segments][:3],
+            sequence=max_segments + 1,
+        )
     seps = separators(lines[0])
     segments = [_segment(line, seps, n) for n, line in enumerate(lines, start=1)]
+    if _CONTROL.search(text) is not None:
+        _refuse_controls(segments)
     header = _header(segments[0])
     codec = codec_for(header.charset)
     for segment in segments:
         segment.charset = codec
     return Message(header=header, segments=segments, text=text)
+
+
+def _refuse_controls(segments: list[Segment]) -> None:
+    """Name the first field (and component) holding a control character: AR, code 102."""
+    for segment in segments:
+        for index, value in enumerate(segment.fields):
+            if index == 0 or _CONTROL.search(value) is None:
+                continue
+            components = value.split(segment.separators.component)
+            component = next(n for n, c in enumerate(components, 1) if _CONTROL.search(c))
+            raise ParseError(
+                f"{segment.name}-{index} holds a control character, which HL7 text may not.",
+                code=DATA_TYPE_ERROR,
+                segment=segment.name,
+                sequence=segment.sequence,
+                field=index,
+                component=component,
+            )
 
 
 def separators(msh: str) -> Separators:

@@ -20,11 +20,13 @@ from novaza_gateway.clinical.patients import Identifier
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.hl7 import segments
 from novaza_gateway.hl7.parser import (
+    APPLICATION_INTERNAL_ERROR,
     SEGMENT_SEQUENCE_ERROR,
     TABLE_VALUE_NOT_FOUND,
     UNKNOWN_KEY_IDENTIFIER,
     Hl7Error,
     Message,
+    ParseError,
     Segment,
 )
 from novaza_gateway.hl7.settings import Hl7Settings
@@ -65,13 +67,43 @@ ORDER_STATUS = {
 }
 
 
-def needs_savepoint(message: Message) -> bool:
+def needs_savepoint(message: Message, alone: bool = False) -> bool:
     """A message that may fail after its first change: a merge (bulk moves), or an order
-    message with several steps (ORCs, OBRs): a later one may fail after an earlier one."""
+    message with several steps (ORCs, OBRs): a later one may fail after an earlier one.
+    ``alone`` in its group, the order message does not: a step failing after an earlier
+    one's change redoes its one-message group with the SAVEPOINT (ADR 0019)."""
     kind, trigger = message.header.message_type.code, message.header.message_type.trigger
     if kind == "ADT":
         return trigger == "A40"
-    return len(_order_groups(message)) > 1
+    return not alone and len(_order_groups(message)) > 1
+
+
+def order_steps(message: Message) -> int:
+    """How many order steps a message holds, counted cheaply (its ORCs, or OBRs if more)."""
+    if message.header.message_type.code == "ADT":
+        return 0
+    orcs = obrs = 0
+    for segment in message.segments:
+        orcs += segment.name == "ORC"
+        obrs += segment.name == "OBR"
+    return max(orcs, obrs)
+
+
+def check_order_groups(message: Message, limit: int) -> None:
+    """At most ``limit`` order steps (an ORC with each of its OBRs) in an order message: the
+    work one message may cost the group commit it shares (ADR 0019). Past it: AR, naming
+    the first step past the limit."""
+    if message.header.message_type.code == "ADT":
+        return
+    groups = _order_groups(message)
+    if len(groups) > limit:
+        first = groups[limit].obr or groups[limit].orc
+        raise ParseError(
+            f"The message has {len(groups)} order steps (ORC/OBR); at most {limit} are accepted.",
+            code=APPLICATION_INTERNAL_ERROR,
+            segment=first.name,
+            sequence=first.sequence,
+        )
 
 
 def lookups(message: Message, settings: Hl7Settings, keys: prefetch.Keys) -> list[OrderStep] | None:
@@ -164,11 +196,12 @@ async def process_order(
     if steps is None:
         steps = _order_steps(message, ctx.settings)
     patient_id: str | None = None
+    patient: Patient | None = None  # one PID: read and found once, whatever the steps
     for step in steps:
         tenant_id, request = ctx.tenant_id, step.request
         if step.control == "NW":
             await orders.check_place(session, tenant_id, request, step.step)
-            patient = await _order_patient(session, ctx, pid)
+            patient = patient or await _order_patient(session, ctx, pid)
             item, _ = await orders.place(session, ctx.actor, tenant_id, patient, request, step.step)
         elif step.status is None:  # XO
             item = await orders.change(session, ctx.actor, tenant_id, request, step.named)
@@ -260,6 +293,7 @@ def _order_groups(message: Message) -> list[OrderGroup]:
             attr = segment.name.lower()
             if getattr(groups[-1], attr) is None:
                 setattr(groups[-1], attr, segment)
+    several = {id(g.orc) for g in groups if g.several}  # one pass: a big message is linear
     for group in groups:  # the first procedure learns of the others too
-        group.several = group.several or any(g.orc is group.orc and g.step > 1 for g in groups)
+        group.several = id(group.orc) in several
     return groups

@@ -60,8 +60,7 @@ async def receive(
     the outcome comes once that transaction has committed (and billed the message)."""
     data = message_bytes(body, content_type)
     try:
-        message = parse(data)
-        intake.check_type(message.header, accepts)
+        message = intake.take(data, accepts, area.config)
     except ParseError as error:
         return reject(data, error)
     ctx = Hl7Context(tenant.id, actor, await area.settings.for_tenant(tenant.id))
