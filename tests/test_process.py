@@ -67,15 +67,17 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
         yield Served(server, data_dir, token.stdout.strip())
 
 
-def wait_for_log(server: procs.ServeProcess, request_id: str) -> dict[str, object]:
-    """The access-log line of one request (written just after the response left)."""
+def wait_for_log(server: procs.ServeProcess, caller_id: str) -> dict[str, object]:
+    """The access-log line of the request the caller sent as ``X-Request-Id: caller_id``
+    (written just after the response left); its own ``requestId`` is the gateway's."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         for line in server.log_lines():
-            if line.get("requestId") == request_id and line.get("msg") == "request":
+            if line.get("callerRequestId") == caller_id and line.get("msg") == "request":
+                assert line.get("requestId") not in (None, caller_id)
                 return line
         time.sleep(0.05)
-    raise AssertionError(f"no access log line for {request_id}\n{server.stderr()}")
+    raise AssertionError(f"no access log line for {caller_id}\n{server.stderr()}")
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -161,7 +163,7 @@ def test_logs_are_json_lines_with_request_id_and_never_the_token(served: Served)
     auth_failures = [
         entry
         for entry in server.log_lines()
-        if entry.get("requestId") == "log-refused-1" and entry.get("msg") != "request"
+        if entry.get("callerRequestId") == "log-refused-1" and entry.get("msg") != "request"
     ]
     assert auth_failures, "the refused token left no log line of its own"
 

@@ -33,6 +33,7 @@ from novaza_gateway.billing.relay import UsageRelay, relay_key
 from novaza_gateway.billing.router import routes as billing_router
 from novaza_gateway.billing.settings import BillingTenantSettings
 from novaza_gateway.config import Settings
+from novaza_gateway.core.auditchain import AuditSealer
 from novaza_gateway.core.auth import TokenVerifier
 from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import install_handlers
@@ -176,6 +177,7 @@ def wire_core(rt: Runtime) -> None:
     rt.lifecycle.on_shutdown(close_clients)
     rt.lifecycle.run_in_background("jwks-refresh", rt.keys.run_refresher)
     rt.lifecycle.run_in_background("tenant-invalidation", rt.invalidator.listen)
+    rt.lifecycle.run_in_background("audit-seal", AuditSealer(rt.db).run)  # ADR 0081
 
 
 def wire_billing(rt: Runtime) -> None:

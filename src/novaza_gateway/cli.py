@@ -21,7 +21,7 @@ from novaza_gateway.app import settings_sections
 from novaza_gateway.billing.area import BillingArea
 from novaza_gateway.billing.cli import billing_cli
 from novaza_gateway.config import ConfigurationError, Settings, load_settings
-from novaza_gateway.core import devkeys
+from novaza_gateway.core import auditchain, devkeys
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import ApiError
@@ -286,3 +286,39 @@ def main() -> None:
     except ConfigurationError as exc:
         typer.echo(f"configuration error: {describe_configuration_error(exc)}", err=True)
         sys.exit(2)
+
+
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    tenant: Annotated[str | None, typer.Option(help="One tenant's chain (slug)")] = None,
+) -> None:
+    """Recompute the audit hash chains; exit 1 when a row was edited or deleted."""
+    settings = _settings()
+
+    async def main() -> list[auditchain.ChainReport]:
+        db = Database(create_engine(settings.sqlalchemy_url))
+        try:
+            async with db.sessionmaker() as session:
+                tenant_id = None
+                if tenant is not None:
+                    found = await tenants_repository.get_by_slug(session, tenant)
+                    if found is None:
+                        typer.echo(f"no tenant {tenant!r}", err=True)
+                        raise typer.Exit(2)
+                    tenant_id = found.id
+                return await auditchain.verify(session, tenant_id)
+        finally:
+            await db.dispose()
+
+    reports = asyncio.run(main())
+    for report in reports:
+        state = "intact" if report.intact else "BROKEN"
+        typer.echo(f"{report.chain}\t{state}\t{report.sealed} sealed\t{report.pending} pending")
+        for problem in report.problems:
+            typer.echo(f"  {problem}")
+    if not all(report.intact for report in reports):
+        raise typer.Exit(1)

@@ -22,6 +22,7 @@ from novaza_gateway.clinical.models import (
     WorklistItem,
 )
 from novaza_gateway.core.audit import AuditEvent
+from novaza_gateway.core.auditchain import AuditChainHead
 from novaza_gateway.core.db import Base
 from novaza_gateway.core.idempotency import IdempotencyKey
 from novaza_gateway.desk.models import DeskContact, DeskOutboxEntry
@@ -38,6 +39,7 @@ from novaza_gateway.tenants.models import Tenant
 metadata = Base.metadata
 
 __all__ = [
+    "AuditChainHead",
     "AuditEvent",
     "CatalogVersion",
     "Invoice",

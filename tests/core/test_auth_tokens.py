@@ -482,6 +482,7 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/admin/tenants/", None),
     ("POST", "/admin/tenants/", {"slug": "evil", "name": "Evil", "status": "active"}),
     ("GET", "/admin/tenants/{slug}", None),
+    ("GET", "/admin/tenants/{slug}/audit", None),
     ("PUT", "/admin/tenants/{slug}", {"name": "Pwned", "plan": "enterprise"}),
     ("DELETE", "/admin/tenants/{slug}", None),
     ("POST", "/admin/tenants/{slug}/activate", None),

@@ -60,7 +60,7 @@ async def test_merged_patient_shows_studies_of_both_identifiers(gateway: Gateway
         "qcStatus": "pending",
     }
     events = [e for e in await audit_events(gateway, "imaging.patient_studies")]
-    event = next(e for e in events if e.request_id == "ps-1")
+    event = next(e for e in events if e.caller_request_id == "ps-1")
     assert (event.actor, event.resource_id, event.outcome) == ("user-1", "100234", "success")
     assert event.after == {"results": 3, "studies": merged}
     survivor = event.patient_id

@@ -196,7 +196,7 @@ async def test_reads_are_audited_with_patient_and_study(gw: Gateway, orthanc: Or
     assert by_action["imaging.store"].patient_id == "PX-7"
     retrieve = by_action["imaging.retrieve"]
     assert (retrieve.patient_id, retrieve.resource_id, retrieve.actor) == ("PX-7", study, "user-1")
-    assert retrieve.request_id == "proxy-audit-1" and retrieve.after["mode"] == "proxy"
+    assert retrieve.caller_request_id == "proxy-audit-1" and retrieve.after["mode"] == "proxy"
     search = by_action["imaging.search.study"]
     assert search.patient_id == "PX-7" and search.after["studies"] == [study]
     refused = by_action["imaging.retrieve_study"]

@@ -65,7 +65,11 @@ async def test_signed_url_for_an_upstream_study_reads_it_through_the_proxy(
     assert (missing.status_code, missing.json()["code"]) == (404, "STUDY_NOT_FOUND")
 
     (event,) = [e for e in await audit_events(gw, "imaging.signed_url") if e.outcome == "success"]
-    assert (event.resource_id, event.patient_id, event.request_id) == (study, "PX-9", "sign-1")
+    assert (event.resource_id, event.patient_id, event.caller_request_id) == (
+        study,
+        "PX-9",
+        "sign-1",
+    )
     assert event.after is not None and event.after["mode"] == "proxy"
     assert event.tenant_id == gw.tenants["signer"]["id"]
     refused = [e for e in await audit_events(gw, "imaging.create_signed_url")]
@@ -111,7 +115,7 @@ async def test_the_summary_of_an_upstream_study_is_the_embedded_summary(
         for e in await audit_events(gw, "imaging.study_summary")
         if e.tenant_id == gw.tenants["upstream"]["id"] and e.outcome == "success"
     ]
-    assert [(e.resource_id, e.patient_id, e.request_id) for e in events] == [
+    assert [(e.resource_id, e.patient_id, e.caller_request_id) for e in events] == [
         (study, "PX-1", "sum-1")
     ]
     assert events[0].after == {"mode": "proxy"}

@@ -166,7 +166,9 @@ async def test_qido_finds_the_merged_records_studies_by_either_id_as_embedded_do
         "/med/qido/studies", params={"PatientID": MERGED}, headers={**auth, "X-Request-Id": "pm-1"}
     )
     (event,) = [
-        e for e in await audit_events(gateway, "imaging.search.study") if e.request_id == "pm-1"
+        e
+        for e in await audit_events(gateway, "imaging.search.study")
+        if e.caller_request_id == "pm-1"
     ]
     assert event.patient_id == SURVIVOR  # one patient once the merge is resolved
     assert event.after == {"results": 3, "studies": sorted(studies.merged_order), "mode": "proxy"}

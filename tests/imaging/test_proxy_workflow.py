@@ -89,7 +89,7 @@ async def test_qc_of_an_upstream_study(gateway: Gateway, orthanc: Orthanc) -> No
         e for e in await audit_events(gateway, "imaging.qc_confirm") if e.outcome == "success"
     ]
     assert [(e.after or {}).get("repeat") for e in events] == [False, True]
-    assert (events[0].request_id, events[0].resource_id, events[0].patient_id) == (
+    assert (events[0].caller_request_id, events[0].resource_id, events[0].patient_id) == (
         "pqc-1",
         study,
         "100234",
@@ -199,7 +199,9 @@ async def test_patient_studies_from_the_upstream_follow_a_merge(
         "/med/patient/100999/studies", headers={**auth, "X-Request-Id": "pps-1"}
     )
     event = next(
-        e for e in await audit_events(gateway, "imaging.patient_studies") if e.request_id == "pps-1"
+        e
+        for e in await audit_events(gateway, "imaging.patient_studies")
+        if e.caller_request_id == "pps-1"
     )
     assert (event.resource_id, event.outcome) == ("100999", "success")
     assert event.after == {"results": 3, "studies": merged, "mode": "proxy"}

@@ -60,7 +60,7 @@ async def test_passed_completes_the_item_and_repeats_are_idempotent(gateway: Gat
 
     events = await audit_events(gateway, "imaging.qc_confirm")
     assert [(e.after or {}).get("repeat") for e in events] == [False, True]
-    assert (events[0].actor, events[0].request_id, events[0].resource_id) == (
+    assert (events[0].actor, events[0].caller_request_id, events[0].resource_id) == (
         "user-1",
         "qc-1",
         study,

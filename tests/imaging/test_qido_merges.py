@@ -65,7 +65,9 @@ async def test_qido_after_a_merge_finds_and_coerces_the_old_identifiers_studies(
         headers={**auth, "X-Request-Id": "mq-1"},
     )
     (event,) = [
-        e for e in await audit_events(gateway, "imaging.search.study") if e.request_id == "mq-1"
+        e
+        for e in await audit_events(gateway, "imaging.search.study")
+        if e.caller_request_id == "mq-1"
     ]
     assert event.patient_id == "100234"  # one patient, under the survivor's ID
     assert event.after == {"results": 2, "studies": sorted(merged)}

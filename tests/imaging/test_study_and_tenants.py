@@ -66,7 +66,7 @@ async def test_study_summary(gateway: Gateway) -> None:
                 )
             )
         ).scalar_one()
-    assert (event.actor, event.patient_id, event.resource_id, event.request_id) == (
+    assert (event.actor, event.patient_id, event.resource_id, event.caller_request_id) == (
         "user-1",
         "PAT-1",
         study,
@@ -182,4 +182,4 @@ async def test_refused_reads_are_audited_with_their_outcome(gw: Gateway) -> None
         ("imaging.search_studies", None, "validation_failed"),
     ]
     assert {e.actor for e in events} == {"user-1"}
-    assert events[0].request_id == "probe-1"
+    assert events[0].caller_request_id == "probe-1"

@@ -50,7 +50,7 @@ async def test_items_carry_patient_procedure_and_step(gateway: Gateway) -> None:
     mg = await gateway.client.get(WORKLIST, params={"accessionNumber": "ACC9001"}, headers=auth)
     assert mg.json()["data"][0]["studyInstanceUID"] == "1.2.840.113619.2.55.3.9001"  # IPC-3
     event, _ = await audit_events(gateway, "imaging.worklist")
-    assert (event.actor, event.request_id, event.outcome) == ("user-1", "wl-1", "success")
+    assert (event.actor, event.caller_request_id, event.outcome) == ("user-1", "wl-1", "success")
     assert event.tenant_id == gateway.tenants["stmarys"]["id"]
     assert event.patient_id == patient["id"]
     assert event.after == {"channel": "rest", "results": 1, "accessionNumbers": ["ACC7001"]}

@@ -38,7 +38,7 @@ async def test_create_returns_201_with_location_and_audits(gateway: Gateway) -> 
     events = await audit_actions(gateway, "st-marys")
     assert [e.action for e in events] == ["tenant.create"]
     assert events[0].actor == "admin-1"
-    assert events[0].request_id == "req-create-1"
+    assert events[0].caller_request_id == "req-create-1"
     assert events[0].after is not None and events[0].after["plan"] == "professional"
 
 

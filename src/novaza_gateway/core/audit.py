@@ -1,7 +1,10 @@
 """Audit trail: who did what to which resource, when, with what outcome.
 
 Written in the same transaction as the change it describes, so there is never a change
-without its record nor a record of a change that rolled back.
+without its record nor a record of a change that rolled back. A row names the gateway's own
+request id (and the caller's, apart), the subject, and — for a ``tenant:override`` caller
+acting through ``X-Tenant-ID`` — its home tenant and the override. Rows are hash-chained per
+tenant after they commit (``core.auditchain``), so an edit or a deletion shows.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, String
+from sqlalchemy import JSON, BigInteger, Boolean, Index, String, false
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from novaza_gateway.core.db import Base, UtcDateTime, utcnow
 from novaza_gateway.core.ids import new_id
-from novaza_gateway.core.logging import request_id_var
+from novaza_gateway.core.logging import caller_request_id_var, request_id_var
 
 
 class AuditEvent(Base):
@@ -24,6 +27,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_events_tenant_at", "tenant_id", "at"),
         Index("ix_audit_events_patient", "tenant_id", "patient_id"),
+        Index("ix_audit_events_chain", "tenant_id", "chain_seq"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -35,16 +39,25 @@ class AuditEvent(Base):
     resource_id: Mapped[str | None] = mapped_column(String(255))
     patient_id: Mapped[str | None] = mapped_column(String(255))
     outcome: Mapped[str] = mapped_column(String(32))
-    request_id: Mapped[str | None] = mapped_column(String(128))
+    request_id: Mapped[str | None] = mapped_column(String(128))  # the gateway's own
+    caller_request_id: Mapped[str | None] = mapped_column(String(128))
+    home_tenant_id: Mapped[str | None] = mapped_column(String(255))  # the token's, on override
+    via_override: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # none_as_null: "no snapshot" is SQL NULL, not the JSON text null
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # The per-tenant hash chain, filled by the sealer after commit (core.auditchain).
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger)
+    chain_prev: Mapped[str | None] = mapped_column(String(64))
+    chain_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
     subject: str
     tenant_id: str | None = None
+    home_tenant: str | None = None  # the token's own tenant, when acting for another
+    override: bool = False  # acting for ``tenant_id`` through X-Tenant-ID
 
 
 def values(
@@ -72,6 +85,9 @@ def values(
         "patient_id": patient_id,
         "outcome": outcome,
         "request_id": request_id_var.get(),
+        "caller_request_id": caller_request_id_var.get(),
+        "home_tenant_id": actor.home_tenant,
+        "via_override": actor.override,
         "before": before,
         "after": after,
     }

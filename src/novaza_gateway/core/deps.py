@@ -37,6 +37,8 @@ async def get_tenant(request: Request) -> TenantContext:
 async def get_actor(request: Request) -> Actor:
     principal: Principal = request.state.principal
     tenant: TenantContext | None = getattr(request.state, "tenant", None)
+    if getattr(request.state, "tenant_override", False):  # X-Tenant-ID: acting for another
+        return Actor(principal.subject, tenant.id if tenant else None, principal.tenant, True)
     return Actor(principal.subject, tenant.id if tenant else None)
 
 

@@ -28,9 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from novaza_gateway import API_VERSION
 from novaza_gateway.core import accesslog
 from novaza_gateway.core.errors import Internal, classify, send_error
-from novaza_gateway.core.logging import request_id_var
+from novaza_gateway.core.logging import caller_request_id_var, request_id_var
 from novaza_gateway.core.metrics import HttpMetrics
-from novaza_gateway.core.requestid import RESPONSE_HEADERS, caller_request_id, route_template
+from novaza_gateway.core.requestid import (
+    RESPONSE_HEADERS,
+    caller_request_id,
+    new_request_id,
+    route_template,
+)
 from novaza_gateway.core.routeindex import FOUND, RouteIndex
 from novaza_gateway.core.stateroute import StateRoute
 
@@ -48,11 +53,13 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.framework(scope, receive, send)
             return
-        request_id = caller_request_id(scope["headers"])
+        request_id = new_request_id()
+        caller_id = caller_request_id(scope["headers"])
         token = request_id_var.set(request_id)
+        caller_token = caller_request_id_var.set(caller_id)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
-        headers_out = [(b"x-request-id", request_id.encode()), _VERSION_HEADER]
+        headers_out = [(b"x-request-id", (caller_id or request_id).encode()), _VERSION_HEADER]
         scope[RESPONSE_HEADERS] = headers_out
         status = 500
         started = False
@@ -87,16 +94,23 @@ class FrontDoor:
             route_name = route_template(scope)
             method = scope["method"]
             self.metrics.observe(method, route_name, status, elapsed)
-            accesslog.access(
-                request_id,
-                {
-                    "method": method,
-                    "route": route_name,
-                    "status": status,
-                    "durationMs": round(elapsed * 1000, 2),
-                    "tenant": state.get("tenant_slug"),
-                },
-            )
+            fields = {
+                "method": method,
+                "route": route_name,
+                "status": status,
+                "durationMs": round(elapsed * 1000, 2),
+                "tenant": state.get("tenant_slug"),
+            }
+            principal = state.get("principal")
+            if principal is not None:  # who asked, and for whom (ADR 0081)
+                fields["subject"] = principal.subject
+                if state.get("tenant_override"):
+                    fields["homeTenant"] = principal.tenant
+                    fields["override"] = True
+            if caller_id is not None:
+                fields["callerRequestId"] = caller_id
+            accesslog.access(request_id, fields)
+            caller_request_id_var.reset(caller_token)
             request_id_var.reset(token)
 
 

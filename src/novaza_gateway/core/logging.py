@@ -17,6 +17,9 @@ import orjson
 from novaza_gateway.core import accesslog
 
 request_id_var: ContextVar[str | None] = ContextVar("novaza_request_id", default=None)
+# The caller's own X-Request-Id, when it sent a valid one: kept beside the gateway's id (which
+# the caller cannot choose, so audit rows and log lines cannot be forged to collide).
+caller_request_id_var: ContextVar[str | None] = ContextVar("novaza_caller_request_id", default=None)
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -36,6 +39,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["requestId"] = request_id
+        caller_id = caller_request_id_var.get()
+        if caller_id:
+            entry["callerRequestId"] = caller_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value

@@ -39,6 +39,11 @@ HTTP_LATENCY = Histogram(
 AUTH_FAILURES = Counter(
     "novaza_auth_failures_total", "Rejected credentials, by reason.", ["reason"]
 )
+TENANT_OVERRIDES = Counter(
+    "novaza_tenant_overrides_total",
+    "Requests acting for another tenant through X-Tenant-ID (tenant:override), by caller.",
+    ["caller"],
+)
 RATELIMIT_DECISIONS = Counter(
     "novaza_ratelimit_decisions_total",
     "Rate-limit decisions, by outcome and the backend that decided.",

@@ -24,6 +24,7 @@ from novaza_gateway.core.errors import (
     send_error,
 )
 from novaza_gateway.core.metering import API_REQUESTS, Dimensions, UsageRecorder
+from novaza_gateway.core.metrics import TENANT_OVERRIDES
 from novaza_gateway.core.ratelimit import RateLimiter
 from novaza_gateway.core.requestid import RESPONSE_HEADERS
 from novaza_gateway.core.tenancy import TenantCache, TenantContext
@@ -181,6 +182,8 @@ class Gatekeeper:
             if OVERRIDE_SCOPE not in principal.scopes:
                 raise Forbidden("X-Tenant-ID is only honoured for service tokens.")
             key = override
+            scope["state"]["tenant_override"] = True  # audited and logged as such
+            TENANT_OVERRIDES.labels(caller=principal.subject[:64]).inc()
         elif principal.tenant:
             key = principal.tenant
         else:

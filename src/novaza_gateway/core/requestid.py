@@ -1,7 +1,11 @@
-"""The request id: the caller's ``X-Request-Id`` when it is safe to echo, else 128 random bits.
+"""Request ids: the gateway's own (128 random bits, every request) and the caller's
+``X-Request-Id`` when it is safe to echo.
 
-``core.frontdoor`` puts it (and ``X-API-Version``) on every response, including 404, 405,
-429 and crashes, and into every log line of the request.
+The gateway's id is the request's identity in log lines and audit rows (a caller cannot pick
+it, so it cannot make two requests' records collide); the caller's id is kept beside it
+(``callerRequestId``, ``caller_request_id``) for the caller's own correlation.
+``core.frontdoor`` answers ``X-Request-Id`` (the caller's id when it sent a valid one, else the
+gateway's) and ``X-API-Version`` on every response, including 404, 405, 429 and crashes.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ _VALID_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
 RESPONSE_HEADERS = "novaza.response_headers"
 
 
-def caller_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+def caller_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The caller's ``X-Request-Id`` when it is safe to echo (``[A-Za-z0-9._-]{1,128}``)."""
     for name, value in headers:
         if name == b"x-request-id":
-            if _VALID_ID.match(value):
-                return value.decode()
-            break
+            return value.decode() if _VALID_ID.match(value) else None
+    return None
+
+
+def new_request_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 

@@ -226,7 +226,9 @@ def separators(msh: str) -> Separators:
     if (
         len(encoding) not in (4, 5)
         or len(set(chars)) != 5
-        or any(c.isalnum() or c in " \r\n" for c in chars)
+        # Printable and not alphanumeric: a control byte as a separator (0x0B, 0x1C) would
+        # come back in our ACK's MSH-1/2 and split the MLLP frame at the sender.
+        or any(c.isalnum() or c == " " or not c.isprintable() for c in chars)
     ):
         raise ParseError(
             "MSH-1/MSH-2 do not hold valid encoding characters.",

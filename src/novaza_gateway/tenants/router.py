@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
+from novaza_gateway.core.audittrail import export
 from novaza_gateway.core.deps import ActorDep, SessionDep
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
 from novaza_gateway.core.policy import ADMIN_SCOPE, policy
@@ -14,6 +17,7 @@ from novaza_gateway.tenants.schemas import Slug, TenantCreate, TenantOut, Tenant
 from novaza_gateway.tenants.service import TenantAdmin
 
 router = APIRouter(prefix="/admin/tenants", tags=["tenant administration"])
+NDJSON = "application/x-ndjson"
 
 ADMIN = policy(
     ADMIN_SCOPE, tenant=False, errors={404: "NOT_FOUND", 409: "CONFLICT", 422: "VALIDATION_FAILED"}
@@ -79,6 +83,43 @@ async def activate_tenant(slug: Slug, session: SessionDep, admin: AdminDep) -> T
 @router.post("/{slug}/suspend", **ADMIN, summary="Suspend a tenant (idempotent)")
 async def suspend_tenant(slug: Slug, session: SessionDep, admin: AdminDep) -> TenantOut:
     return await service.set_status(session, admin, slug, "suspended")
+
+
+AuditSince = Annotated[
+    datetime | None, Query(alias="from", description="From this instant (inclusive)")
+]
+AuditUntil = Annotated[datetime | None, Query(alias="to", description="Up to this instant")]
+AuditAction = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        pattern=r"^[a-z0-9_.]+$",
+        description='An action ("tenant.update"), or every action under a prefix ("imaging.")',
+    ),
+]
+
+
+@router.get(
+    "/{slug}/audit",
+    **ADMIN,
+    summary="A tenant's audit trail (Accept: application/x-ndjson streams the whole range)",
+    response_model=None,
+)
+async def tenant_audit(
+    slug: Slug,
+    request: Request,
+    session: SessionDep,
+    admin: AdminDep,
+    since: AuditSince = None,
+    until: AuditUntil = None,
+    action: AuditAction = None,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 100,
+) -> Page[dict[str, Any]] | StreamingResponse:
+    if NDJSON in request.headers.get("accept", ""):
+        query = await service.audit_query(session, admin, slug, since, until, action)
+        return StreamingResponse(export(request.app.state.db, query), media_type=NDJSON)
+    return await service.audit_page(session, admin, slug, since, until, action, cursor, limit)
 
 
 @router.delete(
