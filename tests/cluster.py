@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -200,7 +199,7 @@ class HaProxy:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        # ready once every replica has passed its checks: each one serves a whoami-less probe
+        # ready once HAProxy routes to every replica (each passed its readiness checks)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
@@ -321,7 +320,3 @@ def balanced(cluster: Cluster, count: int | None = None) -> Iterator[HaProxy]:
         yield proxy
     finally:
         proxy.stop()
-
-
-def dump(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
