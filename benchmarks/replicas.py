@@ -229,7 +229,11 @@ def study_bytes(cluster: clusters.Cluster, base: str, token: str) -> list[tuple[
     return out
 
 
-async def scale(cluster: clusters.Cluster, token: str, args: argparse.Namespace) -> list[Any]:
+async def scale(
+    cluster: clusters.Cluster, token: str, args: argparse.Namespace, counters: Counters
+) -> list[Any]:
+    """Each size in turn; PostgreSQL commits and rows per HL7 message under concurrent
+    senders (group commit) are printed per size (background included: it is small beside)."""
     rows = []
     script = cluster.root / "mix.lua"
     script.write_text(WRK_MIX.replace("%%", "%"))
@@ -242,9 +246,11 @@ async def scale(cluster: clusters.Cluster, token: str, args: argparse.Namespace)
             cpu = sum(r.cpu_seconds() for r in cluster.replicas)
             http = wrk(proxy.url, token, args.seconds, args.connections, script)
             http_cpu = sum(r.cpu_seconds() for r in cluster.replicas) - cpu
+            before = await counters.take()
             hl7 = await mllp(
                 proxy.mllp_port, args.seconds, args.mllp, f"S{count}{uuid.uuid4().hex[:3]}"
             )
+            pg = delta(before, await counters.take(), int(hl7["messages"]))
             served = Counter(r[0] for r in proxy.requests())
         rows.append((count, http, http_cpu, hl7, served))
         print(
@@ -254,6 +260,8 @@ async def scale(cluster: clusters.Cluster, token: str, args: argparse.Namespace)
             f"{hl7['rate']:6.0f} HL7 msgs/s ({hl7['other']:.0f} not AA); served by {dict(served)}",
             flush=True,
         )
+        per = {k: round(pg[k] / pg["count"], 2) for k in ("xact_commit", "tup_inserted", "redis")}
+        print(f"  per HL7 message, {args.mllp} senders: {per}", flush=True)
     return rows
 
 
@@ -354,8 +362,8 @@ async def main() -> None:
                 cluster.start()
                 with clusters.balanced(cluster, 3) as proxy:
                     token = await setup(cluster, proxy.url)
-                rows = await scale(cluster, token, args)
                 counters = Counters(pg_url, cluster.replicas[:1])
+                rows = await scale(cluster, token, args, counters)
                 with clusters.balanced(cluster, 1) as proxy:
                     measured = await per_route(counters, proxy, token, args.per_route)
                     route = without_idle(measured)
