@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from novaza_gateway.core.metrics import Tally
 from novaza_gateway.core.policy import policy
-from novaza_gateway.core.requestid import caller_request_id
+from novaza_gateway.core.requestid import new_request_id
 from tests.conftest import Gateway, gateway_settings, start_gateway
 
 probe = APIRouter(prefix="/test", tags=["test"])
@@ -121,6 +121,6 @@ async def test_tally_batches_a_loop_turn_and_flushes_once() -> None:
 
 
 def test_generated_request_ids_are_128_bit_hex_and_unique() -> None:
-    ids = {caller_request_id([]) for _ in range(20_000)}
+    ids = {new_request_id() for _ in range(20_000)}
     assert len(ids) == 20_000
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)

@@ -106,9 +106,11 @@ async def test_the_summary_of_an_upstream_study_is_the_embedded_summary(
     assert (body["qcStatus"], body["qc"], body["worklistItem"]) == ("pending", None, None)
     assert orthanc.url not in via_proxy.text
 
-    for unknown in (uid(), "1.2.3%3Fx", "1.2.x"):
-        missing = await gw.client.get(f"/med/imaging/study/{unknown}", headers=proxied)
-        assert (missing.status_code, missing.json()["code"]) == (404, "STUDY_NOT_FOUND")
+    missing = await gw.client.get(f"/med/imaging/study/{uid()}", headers=proxied)
+    assert (missing.status_code, missing.json()["code"]) == (404, "STUDY_NOT_FOUND")
+    for malformed in ("1.2.3%3Fx", "1.2.x"):  # not UIDs: refused before the upstream is asked
+        refused = await gw.client.get(f"/med/imaging/study/{malformed}", headers=proxied)
+        assert (refused.status_code, refused.json()["code"]) == (400, "INVALID_UID")
 
     events = [
         e

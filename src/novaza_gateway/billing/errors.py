@@ -27,12 +27,6 @@ class IdempotencyKeyReused(ApiError):
     default_message = "This Idempotency-Key was used with a different request body."
 
 
-class IdempotencyKeyRequired(ApiError):
-    status = 400
-    code = "IDEMPOTENCY_KEY_REQUIRED"
-    default_message = "Send an Idempotency-Key header (1-255 printable characters)."
-
-
 class InsufficientFunds(ApiError):
     status = 409
     code = "INSUFFICIENT_FUNDS"

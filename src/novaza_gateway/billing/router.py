@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
@@ -30,6 +29,7 @@ from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.errors import NotFound
 from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
+from novaza_gateway.core.params import Instant
 from novaza_gateway.core.policy import ADMIN_SCOPE, policy
 from novaza_gateway.core.tenancy import TenantCache, TenantContext, TenantInvalidator
 
@@ -76,8 +76,8 @@ async def get_usage(
     session: SessionDep,
     billing: BillingDep,
     tenant: TenantDep,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[Instant | None, Query(alias="from")] = None,
+    end: Annotated[Instant | None, Query(alias="to")] = None,
     granularity: Annotated[usage.Granularity, Query()] = "day",
     meter: Annotated[str | None, Query()] = None,
 ) -> UsageOut:

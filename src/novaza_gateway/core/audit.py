@@ -4,7 +4,10 @@ Written in the same transaction as the change it describes, so there is never a 
 without its record nor a record of a change that rolled back. A row names the gateway's own
 request id (and the caller's, apart), the subject, and — for a ``tenant:override`` caller
 acting through ``X-Tenant-ID`` — its home tenant and the override. Rows are hash-chained per
-tenant after they commit (``core.auditchain``), so an edit or a deletion shows.
+tenant after they commit (``core.auditchain``), so an edit or a deletion shows. For the same
+transaction's sake a row must always be storable: each text field is clipped to its column
+(a 4,001-character identifier the route did not bound would otherwise fail the insert, and
+with it the change).
 """
 
 from __future__ import annotations
@@ -52,6 +55,24 @@ class AuditEvent(Base):
     chain_hash: Mapped[str | None] = mapped_column(String(64))
 
 
+# Column name -> its size, from the model: the clip follows a migration that widens one.
+COLUMN_SIZES: dict[str, int] = {
+    column.name: column.type.length
+    for column in AuditEvent.__table__.columns
+    if isinstance(column.type, String) and column.type.length
+}
+
+
+def clip(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with every text field cut to its column's size and no NUL (PostgreSQL's
+    text cannot hold one); in place, and returned."""
+    for name, size in COLUMN_SIZES.items():
+        value = row.get(name)
+        if isinstance(value, str) and (len(value) > size or "\x00" in value):
+            row[name] = value.replace("\x00", "\ufffd")[:size]
+    return row
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     subject: str
@@ -74,23 +95,25 @@ def values(
 ) -> dict[str, Any]:
     """An audit row's columns: the one place that says what an event records (an insert
     that bypasses the session, e.g. HL7 group writes, takes these too)."""
-    return {
-        "id": new_id(),
-        "at": utcnow(),
-        "tenant_id": tenant_id if tenant_id is not None else actor.tenant_id,
-        "actor": actor.subject,
-        "action": action,
-        "resource_type": resource_type,
-        "resource_id": resource_id,
-        "patient_id": patient_id,
-        "outcome": outcome,
-        "request_id": request_id_var.get(),
-        "caller_request_id": caller_request_id_var.get(),
-        "home_tenant_id": actor.home_tenant,
-        "via_override": actor.override,
-        "before": before,
-        "after": after,
-    }
+    return clip(
+        {
+            "id": new_id(),
+            "at": utcnow(),
+            "tenant_id": tenant_id if tenant_id is not None else actor.tenant_id,
+            "actor": actor.subject,
+            "action": action,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "patient_id": patient_id,
+            "outcome": outcome,
+            "request_id": request_id_var.get(),
+            "caller_request_id": caller_request_id_var.get(),
+            "home_tenant_id": actor.home_tenant,
+            "via_override": actor.override,
+            "before": before,
+            "after": after,
+        }
+    )
 
 
 def record(

@@ -130,6 +130,33 @@ class ValidationFailed(ApiError):
         return cls(f"{path}: {reason}", details={"errors": [{"path": path, "reason": reason}]})
 
 
+# Refused at the edge, before any route code or database call (ADR 0007, docs/security.md).
+class InvalidCharacters(ApiError):
+    status = 400
+    code = "INVALID_CHARACTERS"
+    default_message = "The request holds control characters where none are allowed."
+
+    def __init__(self, where: str, parameter: str | None = None) -> None:
+        details = {"in": where} if parameter is None else {"in": where, "parameter": parameter}
+        named = f" {parameter!r}" if parameter else ""
+        super().__init__(f"Control characters in {where}{named}.", details=details)
+
+
+class InvalidUid(ValidationFailed):
+    """A DICOM UID that breaks PS3.5 9.1 (digits and dots, at most 64): 400, as DICOMweb
+    answers a malformed request; raised through the validation handler (core.params)."""
+
+    status = 400
+    code = "INVALID_UID"
+    default_message = "A DICOM UID is up to 64 characters of digits and dots."
+
+
+class MalformedBody(ApiError):
+    status = 400
+    code = "MALFORMED_BODY"
+    default_message = "The request body could not be parsed."
+
+
 class RateLimited(ApiError):
     status = 429
     code = "RATE_LIMITED"
@@ -178,11 +205,15 @@ async def send_error(send: Send, error: ApiError) -> None:
 
 
 _STATUS_ERRORS: dict[int, type[ApiError]] = {
+    400: MalformedBody,  # FastAPI: a body it could not read (not UTF-8, a broken form)
     404: NotFound,
     405: MethodNotAllowed,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
 }
+# FastAPI's error type for a body that is not JSON (syntax, truncation): a malformed request,
+# not a field's invalid value.
+_JSON_INVALID = "json_invalid"
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -200,23 +231,22 @@ async def _api_error(_: Request, exc: Exception) -> Response:
 
 async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    types = {err.get("type") for err in exc.errors()}
+    if _JSON_INVALID in types:
+        return render(MalformedBody("The request body is not valid JSON."))
     errors = _validation_errors(exc)
     first = errors[0] if errors else {"path": "body", "reason": "invalid"}
-    return render(
-        ValidationFailed(f"{first['path']}: {first['reason']}", details={"errors": errors})
-    )
+    cls = InvalidUid if InvalidUid.code in types else ValidationFailed
+    return render(cls(f"{first['path']}: {first['reason']}", details={"errors": errors}))
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     cls = _STATUS_ERRORS.get(exc.status_code)
-    if cls is not None:
-        error: ApiError = cls(headers=exc.headers)
-    else:
-        error = ApiError(str(exc.detail), headers=exc.headers)
-        error.status = exc.status_code  # type: ignore[misc]
-        error.code = "HTTP_ERROR"  # type: ignore[misc]
-    return render(error)
+    if cls is None:  # no framework layer we run raises another status: a bug, not an answer
+        log.error("unmapped framework status", extra={"status": exc.status_code})
+        return render(Internal())
+    return render(cls(headers=exc.headers))
 
 
 def classify(exc: Exception) -> ApiError:

@@ -2,11 +2,12 @@
 
 One layer does what every request needs on the way in and out: the request id and the API
 version header, the Prometheus count and latency, the access line, and the last-resort error
-envelope. It finds the request's route once. A ``StateRoute`` (whoami, ``/health``: answered
-from what the guard resolved, no parameters, no dependencies) is called straight away; every
-other request goes through the framework's own layers (exception handlers for validation
-errors and ``HTTPException``, the exit stack for dependencies with ``yield``), which then
-reuse the route already found.
+envelope. It finds the request's route once, and refuses a path or query holding control
+characters before any route code runs (``core.controlchars``). A ``StateRoute`` (whoami,
+``/health``: answered from what the guard resolved, no parameters, no dependencies) is called
+straight away; every other request goes through the framework's own layers (exception
+handlers for validation errors and ``HTTPException``, the exit stack for dependencies with
+``yield``), which then reuse the route already found.
 
 Why: on a request that does no I/O, each framework layer (server-error catcher, telemetry
 probe, body-size limit, exception handlers, exit stack) is a coroutine and a ``send``
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from novaza_gateway import API_VERSION
 from novaza_gateway.core import accesslog
+from novaza_gateway.core.controlchars import refused
 from novaza_gateway.core.errors import Internal, classify, send_error
 from novaza_gateway.core.logging import caller_request_id_var, request_id_var
 from novaza_gateway.core.metrics import HttpMetrics
@@ -75,7 +77,10 @@ class FrontDoor:
         begin = time.perf_counter()
         try:
             route = self.index.find(scope)
-            if isinstance(route, StateRoute):  # matched in full, method included
+            refusal = refused(scope)  # control characters in the path or query: no further
+            if refusal is not None:
+                await send_error(send_with_headers, refusal)
+            elif isinstance(route, StateRoute):  # matched in full, method included
                 await route.app(scope, receive, send_with_headers)
             else:
                 if route is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Annotated, Generic, TypeVar
 
 import orjson
@@ -10,9 +11,13 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from novaza_gateway.core.controlchars import has_control
 from novaza_gateway.core.errors import ValidationFailed
+from novaza_gateway.core.params import INT64_MAX, in_range
 
 T = TypeVar("T")
+MAX_CURSOR = 1024  # the cursors we issue are a few keys: ~200 characters at most
+MAX_CURSOR_ITEM = 512
 
 
 class Page(BaseModel, Generic[T]):
@@ -34,8 +39,28 @@ def decode_cursor(cursor: str, arity: int) -> list[str | int]:
         raise ValidationFailed.field("cursor", "not a cursor this API issued") from None
     if not isinstance(position, list) or len(position) != arity:
         raise ValidationFailed.field("cursor", "not a cursor this API issued")
+    if not all(_storable(item) for item in position):
+        raise ValidationFailed.field("cursor", "not a cursor this API issued")
     return position
 
 
+def _storable(item: object) -> bool:
+    """A cursor is the caller's text: its values go into queries, so they are held to what
+    the stores take (no NUL, a bigint, an instant Python can move to UTC) like any
+    parameter (core.params)."""
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, int):
+        return -INT64_MAX - 1 <= item <= INT64_MAX
+    if not isinstance(item, str) or len(item) > MAX_CURSOR_ITEM or has_control(item):
+        return False
+    try:
+        return in_range(datetime.fromisoformat(item))  # the services read some as instants
+    except ValueError:
+        return True
+
+
 LimitQuery = Annotated[int, Query(ge=1, le=500, description="Page size")]
-CursorQuery = Annotated[str | None, Query(description="Opaque cursor from `nextCursor`")]
+CursorQuery = Annotated[
+    str | None, Query(max_length=MAX_CURSOR, description="Opaque cursor from `nextCursor`")
+]

@@ -15,10 +15,12 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from novaza_gateway.core.auth import Principal, TokenVerifier, bearer_token, fail
+from novaza_gateway.core.controlchars import JsonScan, scans_as_json
 from novaza_gateway.core.errors import (
     AddonRequired,
     ApiError,
     Forbidden,
+    InvalidCharacters,
     PayloadTooLarge,
     RateLimited,
     send_error,
@@ -134,6 +136,9 @@ def policy(
         if declared.tenant:
             described[429] = "RATE_LIMITED"
     described.update(errors or {})
+    # Any route: the front door refuses control characters in the path or query.
+    described[400] = ", ".join(filter(None, (described.get(400), "INVALID_CHARACTERS")))
+    described = dict(sorted(described.items()))
     extra: dict[str, Any] = {POLICY_KEY: declared.describe()}
     if not public:
         extra["security"] = [{"bearer": sorted(scopes)}]
@@ -238,7 +243,8 @@ class RouteGuard:
         if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        await BodyLimit(self.max_body)(self.app, scope, receive, send)
+        scan = JsonScan() if scans_as_json(_header(scope, b"content-type")) else None
+        await BodyLimit(self.max_body, scan)(self.app, scope, receive, send)
 
     async def _admit(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         state = scope.setdefault("state", {})
@@ -276,13 +282,16 @@ class RouteGuard:
 
 class BodyLimit:
     """Counts body bytes as the app reads them; past the limit, answers 413 and hangs up.
+    With a ``JsonScan``, a JSON string escaping a control character is answered 400 the
+    same way, before the app parsed the body (core.controlchars).
 
     Raising from ``receive`` would reach FastAPI's body parser, which turns any error into
     400. Instead the guard answers itself and tells the app the client disconnected.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, scan: JsonScan | None = None) -> None:
         self.limit = limit
+        self.scan = scan
         self.seen = 0
         self.rejected = False
         self.started = False
@@ -293,12 +302,18 @@ class BodyLimit:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
-                self.seen += len(message.get("body", b""))
+                body = message.get("body", b"")
+                self.seen += len(body)
+                error: ApiError | None = None
                 if self.seen > self.limit:
+                    error = PayloadTooLarge(details={"maxBytes": self.limit})
+                elif self.scan is not None and self.scan.feed(body):
+                    error = InvalidCharacters("body")
+                if error is not None:
                     self.rejected = True
                     if not self.started:
                         self.started = True
-                        await send_error(send, PayloadTooLarge(details={"maxBytes": self.limit}))
+                        await send_error(send, error)
                     return {"type": "http.disconnect"}
             return message
 

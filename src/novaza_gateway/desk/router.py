@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
@@ -11,6 +10,7 @@ from starlette.responses import Response
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.idempotency import KeyedRequest, KeyHeader
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
+from novaza_gateway.core.params import Instant
 from novaza_gateway.core.policy import policy
 from novaza_gateway.desk import service
 from novaza_gateway.desk.schemas import ContactOut, RequeueIn, RequeueOut, SyncIn, SyncOut
@@ -73,7 +73,7 @@ async def list_contacts(
     actor: ActorDep,
     limit: LimitQuery = 100,
     cursor: CursorQuery = None,
-    updated_since: Annotated[datetime | None, Query(alias="updatedSince")] = None,
+    updated_since: Annotated[Instant | None, Query(alias="updatedSince")] = None,
     include_deleted: Annotated[bool, Query(alias="includeDeleted")] = False,
     external_id: Annotated[str | None, Query(alias="externalId", max_length=255)] = None,
 ) -> Page[ContactOut]:

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import request_params_to_args
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -91,12 +94,15 @@ class ProxiedRoute(APIRoute):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.app = ProxySwitch(self.app)
+        self.app = ProxySwitch(self.app, self.dependant)
 
 
 class ProxySwitch:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, dependant: Dependant) -> None:
         self.app = app
+        # the route's declared path parameters (UIDs, frame numbers: core.params), held to
+        # the same bounds before a request goes upstream as the embedded handler holds them
+        self.path_params = dependant.path_params
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         proxy: ImagingProxy | None = getattr(scope["app"].state, "imaging_proxy", None)
@@ -114,6 +120,9 @@ class ProxySwitch:
         if upstream is None:
             await self.app(scope, receive, send)  # embedded archive
             return
+        _, errors = request_params_to_args(self.path_params, scope.get("path_params", {}))
+        if errors:  # rendered by the validation handler, as in embedded mode
+            raise RequestValidationError(errors)
         await proxy.forward(call, upstream, receive, send)
 
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
+from novaza_gateway.core.params import UidPath
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import service
 from novaza_gateway.imaging.deps import AuditRefusals, BaseUrlDep, GrantDep
@@ -29,7 +30,11 @@ SEARCH = policy(
     "imaging:read",
     addon="medical_imaging",
     alt_auth="signed_url",
-    errors={404: "STUDY_NOT_FOUND, SERIES_NOT_FOUND", 422: "VALIDATION_FAILED"},
+    errors={
+        400: "INVALID_UID",
+        404: "STUDY_NOT_FOUND, SERIES_NOT_FOUND",
+        422: "VALIDATION_FAILED",
+    },
     responses={200: {"content": {DICOM_JSON: {}}, "description": "Matches (may be empty)"}},
 )
 
@@ -91,7 +96,7 @@ async def search_instances(
 
 @router.get("/studies/{study}/series", **SEARCH, summary="Search for a study's series")
 async def search_study_series(
-    study: str,
+    study: UidPath,
     request: Request,
     session: SessionDep,
     tenant: TenantDep,
@@ -104,7 +109,7 @@ async def search_study_series(
 
 @router.get("/studies/{study}/instances", **SEARCH, summary="Search for a study's instances")
 async def search_study_instances(
-    study: str,
+    study: UidPath,
     request: Request,
     session: SessionDep,
     tenant: TenantDep,
@@ -121,8 +126,8 @@ async def search_study_instances(
     summary="Search for a series' instances",
 )
 async def search_series_instances(
-    study: str,
-    series: str,
+    study: UidPath,
+    series: UidPath,
     request: Request,
     session: SessionDep,
     tenant: TenantDep,

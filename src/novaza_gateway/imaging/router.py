@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.errors import ValidationFailed
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
+from novaza_gateway.core.params import DicomUid, Instant, UidPath
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import qc, service, workflow
 from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep, ProxyDep
@@ -29,6 +30,7 @@ READ = policy(
     "imaging:read",
     addon="medical_imaging",
     errors={
+        400: "INVALID_UID",
         404: "STUDY_NOT_FOUND",
         409: "IMAGING_UPSTREAM_SHARED",
         422: "VALIDATION_FAILED",
@@ -68,7 +70,7 @@ async def create_signed_url(
     "/study/{study_uid}", **READ, summary="A study's summary from the archive (or the upstream)"
 )
 async def study_summary(
-    study_uid: str, session: SessionDep, tenant: TenantDep, actor: ActorDep, proxy: ProxyDep
+    study_uid: UidPath, session: SessionDep, tenant: TenantDep, actor: ActorDep, proxy: ProxyDep
 ) -> StudySummary:
     return await service.study_summary(session, actor, tenant.id, study_uid, proxy=proxy)
 
@@ -79,10 +81,10 @@ def worklist_filter(
     ] = None,
     modality: Text = None,
     station_ae_title: Annotated[str | None, Query(alias="stationAETitle", max_length=16)] = None,
-    scheduled_from: Annotated[datetime | None, Query(alias="scheduledFrom")] = None,
-    scheduled_to: Annotated[datetime | None, Query(alias="scheduledTo")] = None,
+    scheduled_from: Annotated[Instant | None, Query(alias="scheduledFrom")] = None,
+    scheduled_to: Annotated[Instant | None, Query(alias="scheduledTo")] = None,
     accession_number: Annotated[str | None, Query(alias="accessionNumber", max_length=64)] = None,
-    study_uid: Annotated[str | None, Query(alias="studyInstanceUID", max_length=64)] = None,
+    study_uid: Annotated[DicomUid | None, Query(alias="studyInstanceUID")] = None,
     patient_id: Annotated[str | None, Query(alias="patientID", max_length=128)] = None,
     issuer: Annotated[str | None, Query(alias="issuerOfPatientID", max_length=128)] = None,
     patient_name: Annotated[str | None, Query(alias="patientName", max_length=324)] = None,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
+from novaza_gateway.core.params import UidPath
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import ingest
 from novaza_gateway.imaging.deps import AreaDep, BaseUrlDep
@@ -28,7 +29,7 @@ STORE = policy(
     addon="medical_imaging",
     max_body_bytes=MAX_STOW_BYTES,
     errors={
-        400: "DICOM_MULTIPART_MALFORMED",
+        400: "DICOM_MULTIPART_MALFORMED, INVALID_UID",
         413: "PAYLOAD_TOO_LARGE",
         415: "DICOM_MULTIPART_REQUIRED",
     },
@@ -91,7 +92,7 @@ async def store_instances(
 
 @router.post("/studies/{study}", **_route("Store instances of one study"))
 async def store_study_instances(
-    study: str,
+    study: UidPath,
     request: Request,
     session: SessionDep,
     tenant: TenantDep,

@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from novaza_gateway.core.deps import ActorDep, SessionDep, TenantDep
 from novaza_gateway.core.metering import IMAGING_BYTES_SERVED
+from novaza_gateway.core.params import FrameListPath, FramePath, UidPath
 from novaza_gateway.core.policy import policy
 from novaza_gateway.imaging import retrieve
 from novaza_gateway.imaging.deps import AreaDep, AuditRefusals, BaseUrlDep
@@ -38,6 +39,7 @@ READ = policy(
     alt_auth="signed_url",
     meter_bytes=IMAGING_BYTES_SERVED,  # what was sent, counted by the route guard
     errors={
+        400: "INVALID_UID",
         404: "STUDY_NOT_FOUND, SERIES_NOT_FOUND, INSTANCE_NOT_FOUND, FRAME_NOT_FOUND, "
         "BULKDATA_NOT_FOUND",
         406: "NOT_ACCEPTABLE, FRAMES_UNAVAILABLE, RENDERING_UNAVAILABLE",
@@ -82,7 +84,7 @@ async def _metadata(
 
 @router.get("/{study}", **READ, summary="Retrieve a study")
 async def retrieve_study(
-    study: str,
+    study: UidPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -94,8 +96,8 @@ async def retrieve_study(
 
 @router.get("/{study}/series/{series}", **READ, summary="Retrieve a series")
 async def retrieve_series(
-    study: str,
-    series: str,
+    study: UidPath,
+    series: UidPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -107,9 +109,9 @@ async def retrieve_series(
 
 @router.get(INSTANCE, **READ, summary="Retrieve an instance")
 async def retrieve_instance(
-    study: str,
-    series: str,
-    instance: str,
+    study: UidPath,
+    series: UidPath,
+    instance: UidPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -122,7 +124,7 @@ async def retrieve_instance(
 
 @router.get("/{study}/metadata", **READ, summary="A study's metadata")
 async def study_metadata(
-    study: str,
+    study: UidPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -134,8 +136,8 @@ async def study_metadata(
 
 @router.get("/{study}/series/{series}/metadata", **READ, summary="A series' metadata")
 async def series_metadata(
-    study: str,
-    series: str,
+    study: UidPath,
+    series: UidPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -147,9 +149,9 @@ async def series_metadata(
 
 @router.get(f"{INSTANCE}/metadata", **READ, summary="An instance's metadata")
 async def instance_metadata(
-    study: str,
-    series: str,
-    instance: str,
+    study: UidPath,
+    series: UidPath,
+    instance: UidPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -162,10 +164,10 @@ async def instance_metadata(
 
 @router.get(f"{INSTANCE}/frames/{{frames}}", **READ, summary="Retrieve frames")
 async def retrieve_frames(
-    study: str,
-    series: str,
-    instance: str,
-    frames: str,
+    study: UidPath,
+    series: UidPath,
+    instance: UidPath,
+    frames: FrameListPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -195,9 +197,9 @@ async def retrieve_frames(
 
 @router.get(f"{INSTANCE}/bulkdata/{{path:path}}", **READ, summary="Retrieve bulk data")
 async def retrieve_bulkdata(
-    study: str,
-    series: str,
-    instance: str,
+    study: UidPath,
+    series: UidPath,
+    instance: UidPath,
     path: str,
     session: SessionDep,
     tenant: TenantDep,
@@ -223,7 +225,7 @@ async def _render(
     area: AreaDep,
     accept: str | None,
     target: Target,
-    frame: int,
+    frame: FramePath,
     size: int | None,
 ) -> Response:
     media = wado.image_media_type(accept)
@@ -234,9 +236,9 @@ async def _render(
 
 @router.get(f"{INSTANCE}/rendered", **READ, summary="An instance rendered as JPEG/PNG")
 async def rendered_instance(
-    study: str,
-    series: str,
-    instance: str,
+    study: UidPath,
+    series: UidPath,
+    instance: UidPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -249,10 +251,10 @@ async def rendered_instance(
 
 @router.get(f"{INSTANCE}/frames/{{frame}}/rendered", **READ, summary="A frame rendered")
 async def rendered_frame(
-    study: str,
-    series: str,
-    instance: str,
-    frame: int,
+    study: UidPath,
+    series: UidPath,
+    instance: UidPath,
+    frame: FramePath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,
@@ -265,9 +267,9 @@ async def rendered_frame(
 
 @router.get(f"{INSTANCE}/thumbnail", **READ, summary="An instance's thumbnail")
 async def thumbnail(
-    study: str,
-    series: str,
-    instance: str,
+    study: UidPath,
+    series: UidPath,
+    instance: UidPath,
     session: SessionDep,
     tenant: TenantDep,
     actor: ActorDep,

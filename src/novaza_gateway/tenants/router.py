@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -11,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from novaza_gateway.core.audittrail import export
 from novaza_gateway.core.deps import ActorDep, SessionDep
 from novaza_gateway.core.pagination import CursorQuery, LimitQuery, Page
+from novaza_gateway.core.params import Instant
 from novaza_gateway.core.policy import ADMIN_SCOPE, policy
 from novaza_gateway.tenants import service
 from novaza_gateway.tenants.schemas import Slug, TenantCreate, TenantOut, TenantUpdate
@@ -86,9 +86,9 @@ async def suspend_tenant(slug: Slug, session: SessionDep, admin: AdminDep) -> Te
 
 
 AuditSince = Annotated[
-    datetime | None, Query(alias="from", description="From this instant (inclusive)")
+    Instant | None, Query(alias="from", description="From this instant (inclusive)")
 ]
-AuditUntil = Annotated[datetime | None, Query(alias="to", description="Up to this instant")]
+AuditUntil = Annotated[Instant | None, Query(alias="to", description="Up to this instant")]
 AuditAction = Annotated[
     str | None,
     Query(

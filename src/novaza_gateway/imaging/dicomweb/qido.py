@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
+from novaza_gateway.core.params import INT32_MAX, bounded_int
 from novaza_gateway.imaging.dicomweb.attributes import normalize_name, normalize_time
 from novaza_gateway.imaging.errors import InvalidQuery
 
@@ -177,9 +178,7 @@ def _tag(keyword: str) -> int:
 
 
 def _non_negative(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise InvalidQuery.field(name, "a non-negative integer")
-    return int(value)
+    return bounded_int(name, value, 0, INT32_MAX, InvalidQuery)  # past 2^31 matches nothing
 
 
 def _criteria(level: Level, keyword: str, given: list[str], fuzzy: bool) -> list[Criterion]:
@@ -207,10 +206,9 @@ def _condition(keyword: str, value: str, fuzzy: bool) -> Condition:
                 raise InvalidQuery.field(keyword, "a list cannot hold wildcards")
             return Wildcard(items[0])
         return Equals(items)
-    if keyword in INT_KEYS:
-        if not value.lstrip("-").isdigit():
-            raise InvalidQuery.field(keyword, "an integer")
-        return Equals((value,))
+    if keyword in INT_KEYS:  # IS: a 32-bit signed integer (PS3.5 6.2)
+        number = bounded_int(keyword, value, -INT32_MAX - 1, INT32_MAX, InvalidQuery)
+        return Equals((str(number),))
     if keyword in NAME_KEYS and fuzzy:
         return FuzzyName(normalize_name(value))
     if "*" in value or "?" in value:
