@@ -10,8 +10,9 @@ LOCK   := requirements/lock.txt
 BUILD_LOCK := requirements/build.txt
 # Debian packages the tests and benchmarks drive: wrk (load), promtool (metrics format check),
 # chromium (the billing portal, driven headless by Playwright), dcmtk (findscu -W against the MWL SCP),
-# orthanc + orthanc-dicomweb (the upstream DICOMweb server imaging's proxy mode is tested against).
-DEBIAN_PACKAGES := wrk prometheus chromium dcmtk orthanc orthanc-dicomweb
+# orthanc + orthanc-dicomweb (the upstream DICOMweb server imaging's proxy mode is tested against),
+# haproxy (the load balancer in front of three replicas: tests/test_replicas.py).
+DEBIAN_PACKAGES := wrk prometheus chromium dcmtk orthanc orthanc-dicomweb haproxy
 export NOVAZA_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: run test check lint typecheck pytest system-deps bench clean demo install lock k8s-validate
