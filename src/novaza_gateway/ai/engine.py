@@ -162,9 +162,12 @@ class _Job:
     stopped_by: ApiError | None = None  # why the gateway stopped it; None: the caller left
 
     def stop(self, error: ApiError) -> None:
-        """From the loop: end the generation between two tokens, with ``error``."""
+        """From the loop: the caller's answer ends now with ``error``; the worker stops
+        between two tokens (or once a long prompt is read: on a busy CPU, seconds later) and
+        its own ending, with the usage, still goes to ``on_end``."""
         self.stopped_by = error
         self.cancelled.set()
+        self.events.put_nowait(Failed(error, Usage(0, 0)))
 
     def cancellation(self) -> ApiError:
         return self.stopped_by or GenerationCancelled()
