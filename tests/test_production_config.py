@@ -21,12 +21,14 @@ PRODUCTION: dict[str, Any] = {
     "imaging_signing_keys": "k1:0123456789abcdef0123",
     "rooms_token_secret": "personeo-secret-never-print-me",
     "public_url": "https://gateway.example.test",
+    "secrets_keys": "k1:" + "A" * 43 + "=",
 }
 NAMED = {
     "jwt_issuer": "NOVAZA_JWT_ISSUER",
     "imaging_signing_keys": "NOVAZA_IMAGING_SIGNING_KEYS",
     "rooms_token_secret": "NOVAZA_ROOMS_TOKEN_SECRET",
     "public_url": "NOVAZA_PUBLIC_URL",
+    "secrets_keys": "NOVAZA_SECRETS_KEYS",
 }
 FORGED = {"Host": "evil.example.test", "X-Forwarded-Proto": "https"}
 

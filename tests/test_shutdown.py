@@ -30,6 +30,9 @@ from tests.test_process import metrics_dir_of, per_worker_whoami, whoami_counts
 
 COUNT = [{"role": "user", "content": "Count from one to one hundred."}]
 CHAT = "/ai/chat/completions"
+# A gateway process imports the whole app (each spawned worker too): on a loaded 2-core
+# machine that alone can take half a minute.
+START_TIMEOUT = 120.0
 
 
 @dataclass
@@ -60,8 +63,9 @@ def env_for(prepared: Prepared, target: Path, **settings: str) -> dict[str, str]
 @contextlib.contextmanager
 def ai_server(env: dict[str, str], token: str) -> Iterator[procs.ServeProcess]:
     """A gateway with the model preloaded; killed at the end if the test left it running."""
-    server = procs.start(env)
+    server = procs.start(env, wait_ready=False)
     try:
+        procs.wait_healthy(server, START_TIMEOUT)
         deadline = time.monotonic() + 60
         while model_health(server, token)["state"] != "ready":
             assert time.monotonic() < deadline, server.stderr()
@@ -246,11 +250,33 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+def start_workers(env: dict[str, str], port: int | None = None) -> procs.ServeProcess:
+    server = procs.start(env, port=port, workers=2, wait_ready=False)
+    try:
+        procs.wait_healthy(server, START_TIMEOUT)
+    except BaseException:
+        server.kill_group()
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def serving_workers(env: dict[str, str]) -> Iterator[procs.ServeProcess]:
+    server = start_workers(env)
+    try:
+        yield server
+    finally:
+        try:
+            assert server.stop(timeout=60) == 0, server.stderr()
+        finally:
+            server.kill_group()
+
+
 def test_sigkill_of_the_supervisor_takes_its_workers_and_frees_the_port(
     prepared: Prepared, tmp_path: Path
 ) -> None:
     env = env_for(prepared, tmp_path / "data")
-    first = procs.start(env, workers=2)
+    first = start_workers(env)
     workers: list[int] = []
     try:
         workers = wait_for_workers(first, 2)
@@ -260,11 +286,11 @@ def test_sigkill_of_the_supervisor_takes_its_workers_and_frees_the_port(
         while any(running(pid) for pid in workers):
             assert time.monotonic() < deadline, "workers outlived their supervisor"
             time.sleep(0.05)
-        again = procs.start(env, port=first.port, workers=2)  # binds the same port
+        again = start_workers(env, port=first.port)  # binds the same port
         try:
             assert httpx.get(f"{again.url}/health/ready").status_code == 200
         finally:
-            assert again.stop() == 0, again.stderr()
+            assert again.stop(timeout=60) == 0, again.stderr()
     finally:
         first.kill_group()
         for pid in workers:  # only when the test failed: workers this test started
@@ -290,10 +316,10 @@ def test_two_supervisors_on_one_data_dir_keep_their_own_counters(
     prepared: Prepared, tmp_path: Path
 ) -> None:
     env = env_for(prepared, tmp_path / "data")
-    with procs.serving(env, workers=2) as first:
+    with serving_workers(env) as first:
         whoami(first, prepared.token, 20)
         assert scraped_whoami(first) == 20
-        with procs.serving(env, workers=2) as second:
+        with serving_workers(env) as second:
             assert metrics_dir_of(second) != metrics_dir_of(first)
             whoami(second, prepared.token, 3)
             assert scraped_whoami(first) == 20  # the second's start emptied nothing
@@ -306,7 +332,7 @@ def test_two_supervisors_on_one_data_dir_keep_their_own_counters(
         victim = next(int(stem.split("_")[1]) for stem, n in counted.items() if n > 0)
         assert list(metrics_dir.glob(f"gauge_live*_{victim}.db"))
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_TIMEOUT
         while victim in (workers := live_workers(first)) or len(workers) < 2:
             assert time.monotonic() < deadline, first.stderr()
             time.sleep(0.05)
