@@ -11,7 +11,6 @@ live gauges (pool connections in use) stop counting.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -35,10 +34,9 @@ def supervisor_pid() -> int | None:
 
 def die_with_parent(parent_pid: int) -> None:
     """SIGTERM this process when its parent dies (Linux; elsewhere a no-op)."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name or not hasattr(signal, "SIGTERM") or os.uname().sysname != "Linux":
+    if os.uname().sysname != "Linux":
         return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's own symbols: libc's prctl
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
         return
