@@ -199,6 +199,7 @@ def gateway_settings(data_dir: Path, db: str, **overrides: Any) -> Settings:
         "data_dir": data_dir,
         "database_url": db,
         "log_json": False,
+        "public_url": "http://gateway",  # links as the in-process client reaches the app
         **overrides,
     }
     return Settings(**values)

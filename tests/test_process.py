@@ -11,6 +11,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -286,6 +287,12 @@ def whoami_counts(metrics_text: str) -> dict[str, float]:
     return counts
 
 
+def metrics_dir_of(server: procs.ServeProcess) -> Path:
+    """The multiprocess directory of a ``--workers`` supervisor: its own, in the temp dir."""
+    [found] = Path(tempfile.gettempdir()).glob(f"novaza-metrics-{server.pid}-*")
+    return found
+
+
 def per_worker_whoami(multiproc_dir: Path, scratch: Path) -> dict[str, float]:
     """Each worker's own whoami count, read from its own sample file."""
     found = {}
@@ -331,10 +338,10 @@ def test_two_workers_metrics_count_every_workers_requests(
     promtool = need_tool("promtool")
     data_dir = tmp_path / "data"
     env = procs.novaza_env(data_dir, copy_database(sqlite_template, data_dir))
-    multiproc_dir = data_dir / "prometheus-multiproc"
     devkeys.load_or_create_key(data_dir)
     token = devkeys.mint_token(data_dir, subject="u", scopes=TENANT_SCOPES, tenant="busy")
     with procs.serving(env, workers=2) as server:
+        multiproc_dir = metrics_dir_of(server)
         tenant = {"slug": "busy", "name": "Busy", "plan": "enterprise", "status": "active"}
         created = httpx.post(
             f"{server.url}/admin/tenants/", json=tenant, headers=admin_headers(data_dir)
@@ -368,6 +375,7 @@ def test_two_workers_metrics_count_every_workers_requests(
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert server.proc.returncode == 0
+    assert not multiproc_dir.exists()  # removed at exit
     # the supervisor's own lines are JSON too (log_lines fails on any that is not)
     messages = [str(line.get("msg")) for line in server.log_lines()]
     assert any(m.startswith("Started parent process") for m in messages), messages

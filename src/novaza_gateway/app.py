@@ -370,6 +370,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     app.state.entitlements = rt.billing.entitlements
     app.state.settings_sections = settings_sections(rt.secrets)
     app.state.health = health_registry(rt)
+    rt.lifecycle.on_drain(app.state.health.drain)  # SIGTERM: out of rotation at once
     for probe in [*hl7.probes(), *ai.probes(), *rooms.probes()]:
         app.state.health.register(probe)
     app.state.mwl = mwl

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -89,32 +90,38 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [env NOVAZA_PORT]")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
 ) -> None:
-    """Serve the gateway. SIGTERM drains in-flight requests before exit."""
+    """Serve the gateway. SIGTERM: readiness 503 at once, the listener closes after
+    NOVAZA_SHUTDOWN_DRAIN_DELAY_SECONDS, in-flight requests get NOVAZA_SHUTDOWN_GRACE_SECONDS."""
     if host:
         os.environ["NOVAZA_HOST"] = host
     if port:
         os.environ["NOVAZA_PORT"] = str(port)
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)  # the supervisor's lines too
+    metrics_dir = None
     if workers > 1:
-        # Workers import prometheus_client fresh and write their samples here.
-        metrics_dir = settings.data_dir.resolve() / "prometheus-multiproc"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        # Workers import prometheus_client fresh and write their samples here: a directory
+        # of this process alone, so another gateway on the same data dir (a replica, a
+        # restart) neither empties nor adds to it (ADR 0067).
+        metrics_dir = tempfile.mkdtemp(prefix=f"novaza-metrics-{os.getpid()}-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    uvicorn.run(
-        "novaza_gateway.asgi:create",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        access_log=False,
-        log_config=None,
-        proxy_headers=True,
-        timeout_graceful_shutdown=30,
-        server_header=False,
-    )
+    try:
+        uvicorn.run(
+            "novaza_gateway.asgi:create",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            access_log=False,
+            log_config=None,
+            proxy_headers=True,
+            timeout_graceful_shutdown=settings.shutdown.grace_seconds,
+            server_header=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command()

@@ -136,6 +136,14 @@ class RoomsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ShutdownConfig:
+    """SIGTERM under ``novaza serve`` (docs/operations.md, ADR 0066)."""
+
+    grace_seconds: int  # in-flight requests' time to finish once the listener closed
+    drain_delay_seconds: float  # readiness 503, listener still open: endpoints update meanwhile
+
+
+@dataclass(frozen=True, slots=True)
 class BillingSettings:
     catalog: Path | None
     flush_interval_seconds: float
@@ -150,11 +158,11 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    # -- runtime
+    # -- runtime (production: see production_gaps)
     env: Literal["development", "test", "production"] = "development"
     host: str = "127.0.0.1"
     port: int = 8080
-    public_url: str | None = None
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/]")
     data_dir: Path = Path("./data")
     log_level: str = "INFO"
     log_json: bool = True
@@ -197,7 +205,8 @@ class Settings(BaseSettings):
     hl7_max_segments: int = Field(default=500, ge=10)
     hl7_max_order_groups: int = Field(default=50, ge=1)
 
-    # -- imaging: signed viewer URLs (keys generated once in the data dir when unset)
+    # -- imaging: signed viewer URLs (keys generated once in the data dir when unset, outside
+    # production)
     imaging_signing_keys: SecretStr | None = None
     imaging_url_ttl_seconds: int = Field(default=900, ge=10, le=86400)
     imaging_url_max_ttl_seconds: int = Field(default=86400, ge=10, le=86400)
@@ -266,18 +275,19 @@ class Settings(BaseSettings):
     # -- idempotency keys (core.idempotency): how long a keyed answer is kept for replay
     idempotency_ttl_seconds: int = Field(default=86400, ge=1, le=7 * 86400)
 
+    # -- shutdown (docs/operations.md): SIGTERM turns readiness 503 at once; the listener
+    # closes after the drain delay; in-flight requests then have the grace to finish
+    shutdown_grace_seconds: int = Field(default=30, ge=1, le=3600)
+    shutdown_drain_delay_seconds: float = Field(default=0.0, ge=0, le=600)
+
     @model_validator(mode="after")
-    def _production_needs_real_issuer(self) -> Settings:
-        if self.env == "production" and self.auth.dev_mode:
-            raise ValueError(
-                "NOVAZA_ENV=production needs a real token issuer: set NOVAZA_JWT_ISSUER, "
-                "NOVAZA_JWKS_URL or NOVAZA_JWKS_FILE"
-            )
-        if self.env == "production" and self.secrets_keys is None:
-            raise ValueError(
-                "NOVAZA_ENV=production needs NOVAZA_SECRETS_KEYS (kid:base64 of 32-byte keys): "
-                "tenant secrets are sealed with it, and every replica must hold the same keys"
-            )
+    def _production_needs_shared_secrets(self) -> Settings:
+        """Production runs replicas: nothing may come from one replica's own disk (the dev
+        JWT key, generated signing keys) or from a caller's Host header (absolute links)."""
+        if self.env == "production":
+            missing = production_gaps(self)
+            if missing:
+                raise ValueError("NOVAZA_ENV=production needs " + "; ".join(missing))
         return self
 
     @property
@@ -400,6 +410,13 @@ class Settings(BaseSettings):
         )
 
     @property
+    def shutdown(self) -> ShutdownConfig:
+        return ShutdownConfig(
+            grace_seconds=self.shutdown_grace_seconds,
+            drain_delay_seconds=self.shutdown_drain_delay_seconds,
+        )
+
+    @property
     def sqlalchemy_url(self) -> str:
         """The async driver URL: PostgreSQL through asyncpg, SQLite through aiosqlite."""
         url = self.database_url
@@ -414,10 +431,32 @@ class Settings(BaseSettings):
 
     @property
     def base_url(self) -> str:
-        """Where absolute links handed to callers point (signed URLs, portal links)."""
+        """Where absolute links handed to callers point (signed URLs, portal links, STOW
+        RetrieveURL): never the caller's Host header, which anyone can forge."""
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"http://{self.host}:{self.port}"
+
+
+def production_gaps(settings: Settings) -> list[str]:
+    """What production needs and these settings lack, one operator sentence each."""
+    gaps = []
+    if settings.auth.dev_mode:
+        gaps.append(
+            "a real token issuer: set NOVAZA_JWT_ISSUER, NOVAZA_JWKS_URL or NOVAZA_JWKS_FILE"
+        )
+    if settings.imaging_signing_keys is None:
+        gaps.append("NOVAZA_IMAGING_SIGNING_KEYS (signed viewer URLs, the same on every replica)")
+    if settings.rooms_token_secret is None:
+        gaps.append("NOVAZA_ROOMS_TOKEN_SECRET (Personeo access tokens, shared with Personeo)")
+    if settings.public_url is None:
+        gaps.append("NOVAZA_PUBLIC_URL (where absolute links in answers point)")
+    if settings.secrets_keys is None:
+        gaps.append(
+            "NOVAZA_SECRETS_KEYS (kid:base64 of 32-byte keys): tenant secrets are sealed with "
+            "it, and every replica must hold the same keys"
+        )
+    return gaps
 
 
 def load_settings(**overrides: object) -> Settings:

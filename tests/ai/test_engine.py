@@ -21,6 +21,7 @@ from novaza_gateway.ai.engine import (
 )
 from novaza_gateway.ai.errors import (
     AiOverloaded,
+    AiShuttingDown,
     AiTimeout,
     ContextLengthExceeded,
     GenerationCancelled,
@@ -152,3 +153,32 @@ def test_stop_scanner_holds_back_partial_stops_and_split_characters() -> None:
     held = StopScanner(("</s>",))
     assert held.feed(b"ok </") == "ok "
     assert held.flush() == "</"
+
+
+async def test_drain_refuses_the_waiting_and_stops_the_running_with_a_503(
+    small_queue: InferenceEngine,
+) -> None:
+    """SIGTERM (ADR 0066): the waiting line is refused at once; the running generation goes
+    on until the deadline, then its caller gets the shutdown error at once, and billing the
+    usage once the worker has stopped."""
+    eng = small_queue
+    endings: list[Ending] = []
+    running = eng.submit(LONG, endings.append)
+    events = running.events()
+    assert isinstance(await anext(events), TextDelta)
+    waiting = eng.submit(SHORT, endings.append)
+    eng.drain(0.5)
+    [refused] = await drain(waiting)
+    assert isinstance(refused, Failed) and isinstance(refused.error, AiShuttingDown)
+    assert (refused.error.status, refused.error.headers["Retry-After"]) == (503, "1")
+    with pytest.raises(AiShuttingDown):
+        eng.submit(SHORT)
+    assert eng.in_flight == 1  # the running one was not touched by the refusal
+    rest = [event async for event in events]
+    stopped = rest[-1]
+    assert isinstance(stopped, Failed) and isinstance(stopped.error, AiShuttingDown)
+    assert sum(isinstance(e, TextDelta) for e in rest) > 0  # it generated after the drain
+    await until(lambda: len(endings) == 2)  # the worker's own ending: metered as it was
+    metered = endings[1]
+    assert isinstance(metered, Failed) and isinstance(metered.error, AiShuttingDown)
+    assert 0 < metered.usage.completion_tokens < LONG.max_tokens

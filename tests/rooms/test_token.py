@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import datetime
 from pathlib import Path
@@ -176,16 +177,13 @@ class NoSettings:
 
 
 async def test_production_without_a_secret_refuses_to_mint(tmp_path: Path) -> None:
-    settings = gateway_settings(
-        tmp_path / "data",
-        "sqlite:///unused.db",
-        env="production",
-        jwt_issuer="https://sso",
-        secrets_keys="k1:" + "A" * 43 + "=",
-    )
+    # Production settings without the secret do not load (tests/test_production_config.py);
+    # the area refuses all the same, should its config come from elsewhere.
+    settings = gateway_settings(tmp_path / "data", "sqlite:///unused.db")
+    production = dataclasses.replace(settings.rooms, production=True)
     db = Database(create_async_engine("sqlite+aiosqlite://"))  # never connected
     async with httpx.AsyncClient() as http:
-        area = RoomsArea(settings.rooms, settings.data_dir, NoSettings(), http, db)
+        area = RoomsArea(production, settings.data_dir, NoSettings(), http, db)
         with pytest.raises(RoomsNotConfigured):
             area.token_secret()
     assert not (settings.data_dir / DEV_SECRET_FILE).exists()

@@ -75,6 +75,7 @@ class AiArea:
 
     def wire(self, lifecycle: Lifecycle) -> None:
         lifecycle.on_startup(self.registry.start)
+        lifecycle.on_drain(self.registry.drain)
         lifecycle.on_shutdown(self.registry.stop)
 
     def probes(self) -> list[Probe]:

@@ -7,6 +7,10 @@ timeout). Events cross from the worker to the event loop with ``call_soon_thread
 an ``asyncio.Queue``: the loop never blocks on the model. Between two tokens the worker
 checks the request's cancel flag (the client went away) and deadline (``AI_TIMEOUT``).
 
+On SIGTERM the engine drains: queued requests are refused at once (503), and the one still
+generating when the grace ends is stopped like a cancelled one but ends with that 503, so a
+stream gets its error event before the server cuts connections (ADR 0066).
+
 Whatever the ending (done, cancelled, timed out, failed) the worker reports how many tokens
 were read and generated, and the engine hands that to the request's ``on_end`` callback on
 the loop: usage is metered even when nobody is listening any more.
@@ -25,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 from novaza_gateway.ai.errors import (
     AiOverloaded,
+    AiShuttingDown,
     AiTimeout,
     ContextLengthExceeded,
     GenerationCancelled,
@@ -154,6 +159,18 @@ class _Job:
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     ended: bool = False  # an ending was emitted (worker thread)
+    stopped_by: ApiError | None = None  # why the gateway stopped it; None: the caller left
+
+    def stop(self, error: ApiError) -> None:
+        """From the loop: the caller's answer ends now with ``error``; the worker stops
+        between two tokens (or once a long prompt is read: on a busy CPU, seconds later) and
+        its own ending, with the usage, still goes to ``on_end``."""
+        self.stopped_by = error
+        self.cancelled.set()
+        self.events.put_nowait(Failed(error, Usage(0, 0)))
+
+    def cancellation(self) -> ApiError:
+        return self.stopped_by or GenerationCancelled()
 
     def emit(self, event: Event) -> None:
         """From the worker thread. A closed loop means the app is gone: stop generating."""
@@ -243,7 +260,7 @@ class InferenceEngine:
     ) -> Generation:
         """Queue a request (never waits); 503 when the waiting line is full or closed."""
         if self._closed:
-            raise ModelUnavailable("The AI engine is shutting down.")
+            raise AiShuttingDown()
         self.start()
         job = _Job(
             request, asyncio.get_running_loop(), time.monotonic() + self.timeout_seconds, on_end
@@ -254,19 +271,34 @@ class InferenceEngine:
             raise AiOverloaded(self.queue_size) from None
         return Generation(job.events, job.cancelled.set)
 
+    def drain(self, ends_in: float) -> None:
+        """Shutting down: refuse new and waiting requests (503); stop the running one with
+        ``AiShuttingDown`` if it still runs ``ends_in`` seconds from now."""
+        self._closed = True
+        self._refuse_waiting(AiShuttingDown())
+        asyncio.get_running_loop().call_later(ends_in, self._stop_running)
+
+    def _stop_running(self) -> None:
+        running = self._running
+        if running is not None:
+            running.stop(AiShuttingDown("The gateway stopped the generation to shut down."))
+
+    def _refuse_waiting(self, error: ApiError) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.emit(Failed(error, Usage(0, 0)))
+
     async def stop(self) -> None:
         """Refuse new requests, end the waiting and running ones, stop the worker."""
         self._closed = True
         running = self._running
         if running is not None:
             running.cancelled.set()
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.emit(Failed(ModelUnavailable("The AI engine stopped."), Usage(0, 0)))
+        self._refuse_waiting(ModelUnavailable("The AI engine stopped."))
         thread = self._thread
         if thread is None:
             self.state = "stopped"
@@ -318,7 +350,7 @@ class InferenceEngine:
 
     def _serve(self, job: _Job) -> None:
         if job.cancelled.is_set():
-            job.emit(Failed(GenerationCancelled(), Usage(0, 0)))
+            job.emit(Failed(job.cancellation(), Usage(0, 0)))
             return
         if time.monotonic() >= job.deadline:
             job.emit(Failed(AiTimeout("The request waited past the timeout."), Usage(0, 0)))
@@ -342,7 +374,7 @@ class InferenceEngine:
         try:
             for piece in run:
                 if job.cancelled.is_set():
-                    error = GenerationCancelled()
+                    error = job.cancellation()
                     break
                 if time.monotonic() >= job.deadline:
                     error = AiTimeout()

@@ -114,6 +114,16 @@ class ModelUnavailable(ApiError):
     default_message = "The model is not available; retry later."
 
 
+class AiShuttingDown(ModelUnavailable):
+    """This replica is draining (SIGTERM): a request not yet generating is refused, and one
+    still generating at the end of the grace is stopped with this error (ADR 0066)."""
+
+    default_message = "This gateway replica is shutting down; retry the request."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class GenerationCancelled(ApiError):
     """The caller went away; nobody sees this one, but the usage still counts."""
 

@@ -50,6 +50,10 @@ class ModelProvider(Protocol):
 
     def start(self) -> None: ...
 
+    def drain(self, ends_in: float) -> None:
+        """Shutting down: refuse what has not started; stop what still runs in ``ends_in``
+        seconds with an error the caller sees (ADR 0066)."""
+
     async def stop(self) -> None: ...
 
 
@@ -100,6 +104,9 @@ class LocalProvider:
         if self.preload:  # otherwise the first request starts the worker and loads the model
             self.engine.start(preload=True)
 
+    def drain(self, ends_in: float) -> None:
+        self.engine.drain(ends_in)
+
     async def stop(self) -> None:
         await self.engine.stop()
 
@@ -125,6 +132,10 @@ class ModelRegistry:
     async def start(self) -> None:
         for provider in self._providers.values():
             provider.start()
+
+    def drain(self, ends_in: float) -> None:
+        for provider in self._providers.values():
+            provider.drain(ends_in)
 
     async def stop(self) -> None:
         for provider in self._providers.values():

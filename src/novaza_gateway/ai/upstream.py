@@ -4,7 +4,9 @@ Each request is streamed from the upstream (``stream: true`` with ``include_usag
 that feeds the request's ``Generation``, so a local caller gets the same events, and billing
 the same usage, as from the local engine. Outbound HTTP goes through the app's one
 ``httpx.AsyncClient``; at most ``upstream_max_concurrency`` requests are in flight (past it:
-503 ``AI_OVERLOADED``). The upstream's own error text is never passed on.
+503 ``AI_OVERLOADED``). The upstream's own error text is never passed on. Draining
+(SIGTERM), new requests are refused and those still streaming when the grace ends are
+stopped with a 503, as the local engine does (ADR 0066).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from novaza_gateway.ai.engine import (
     TextDelta,
     Usage,
 )
-from novaza_gateway.ai.errors import AiOverloaded, AiTimeout, GenerationCancelled
+from novaza_gateway.ai.errors import AiOverloaded, AiShuttingDown, AiTimeout, GenerationCancelled
 from novaza_gateway.ai.registry import ModelInfo
 from novaza_gateway.ai.schemas import ModelHealthOut
 from novaza_gateway.core.errors import ApiError, UpstreamUnavailable
@@ -75,6 +77,8 @@ class UpstreamProvider:
         self.tokens_generated = 0
         self.last_error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._stopped_by: ApiError | None = None  # why the gateway cancelled its streams
 
     async def estimate(self, request: GenerationRequest) -> estimate.Estimate:
         return estimate.for_upstream(request.messages, request.max_tokens)
@@ -85,6 +89,8 @@ class UpstreamProvider:
     def submit(
         self, request: GenerationRequest, on_end: Callable[[Ending], None] | None = None
     ) -> Generation:
+        if self._closed:
+            raise AiShuttingDown()
         if self.in_flight >= self.max_concurrency:
             raise AiOverloaded(self.max_concurrency)
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -96,7 +102,7 @@ class UpstreamProvider:
             self._tasks.discard(task)
             if task.cancelled():  # cancelled before it began: _run never ran to end it
                 self.in_flight -= 1
-                self._end(Failed(GenerationCancelled(), Usage(0, 0)), events, on_end)
+                self._end(Failed(self._cancellation(), Usage(0, 0)), events, on_end)
 
         task.add_done_callback(done)
 
@@ -116,7 +122,7 @@ class UpstreamProvider:
         try:
             await self._relay(request, events, stream)
         except asyncio.CancelledError:
-            error = GenerationCancelled()
+            error = self._cancellation()
         except ApiError as exc:
             error = exc
         except httpx.TimeoutException:
@@ -219,6 +225,19 @@ class UpstreamProvider:
 
     def start(self) -> None:
         pass
+
+    def drain(self, ends_in: float) -> None:
+        """Refuse new requests; stop the streams still running ``ends_in`` seconds from now."""
+        self._closed = True
+        asyncio.get_running_loop().call_later(ends_in, self._stop_all)
+
+    def _stop_all(self) -> None:
+        self._stopped_by = AiShuttingDown("The gateway stopped the generation to shut down.")
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _cancellation(self) -> ApiError:
+        return self._stopped_by or GenerationCancelled()
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -3,7 +3,9 @@
 Readiness runs every registered check concurrently, each under its own timeout. A critical
 check failing makes the answer 503; a degraded one (Redis down while the local rate limiter
 stands in) is shown but keeps the replica in rotation, since failing every replica at once
-for a cache outage would turn a degradation into a full outage.
+for a cache outage would turn a degradation into a full outage. From SIGTERM on, readiness
+answers 503 ``draining`` without running the checks: the replica leaves rotation while it
+still serves what it was given (ADR 0066).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class Probe:
 class HealthRegistry:
     def __init__(self) -> None:
         self._probes: list[Probe] = []
+        self.draining = False
+
+    def drain(self, ends_in: float = 0.0) -> None:
+        """A ``Lifecycle`` drain step: from now on, not ready."""
+        self.draining = True
 
     def register(self, probe: Probe) -> None:
         self._probes.append(probe)
@@ -96,11 +103,16 @@ router.add_api_route(
 
 @router.get(
     "/health/ready",
-    **policy(public=True, responses={503: {"description": "A critical dependency failed"}}),
+    **policy(
+        public=True,
+        responses={503: {"description": "A critical dependency failed, or shutting down"}},
+    ),
     summary="Readiness: database, Redis, JWKS and registered downstreams",
 )
 async def ready(request: Request) -> JSONResponse:
     registry: HealthRegistry = request.app.state.health
+    if registry.draining:
+        return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
     is_ready, checks = await registry.run()
     degraded = any(c["status"] != "ok" for c in checks.values())
     status = "ok" if is_ready and not degraded else ("degraded" if is_ready else "fail")

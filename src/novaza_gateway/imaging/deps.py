@@ -23,9 +23,11 @@ async def get_area(request: Request) -> ImagingArea:
 
 
 async def base_url(request: Request) -> str:
-    """Where links in answers point: NOVAZA_PUBLIC_URL, else the URL the caller used."""
-    public: str | None = request.app.state.settings.public_url
-    return public.rstrip("/") if public else str(request.base_url).rstrip("/")
+    """Where links in answers (RetrieveURL, signed URLs) point: NOVAZA_PUBLIC_URL, else the
+    configured host and port. Never the Host header: a forged one would plant its own host
+    in stored links and hand them to every later reader (ADR 0065)."""
+    base: str = request.app.state.settings.base_url
+    return base
 
 
 async def signed_grant(request: Request) -> Grant | None:

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -351,10 +351,8 @@ class ImagingProxy:
             return await client.send(request, stream=True, auth=auth)
 
     def urls(self, call: Call, upstream: Upstream) -> UrlRewriter:
-        """Links point where the caller reaches the gateway: NOVAZA_PUBLIC_URL, else the
-        URL the caller used (as ``deps.base_url`` for embedded answers)."""
-        public: str | None = call.scope["app"].state.settings.public_url
-        gateway = public.rstrip("/") if public else str(Request(call.scope).base_url).rstrip("/")
+        """Links point at the gateway as ``deps.base_url`` has it (never the Host header)."""
+        gateway: str = call.scope["app"].state.settings.base_url
         return UrlRewriter(upstream.base_url, f"{gateway}/med/wado")
 
     async def study_patient(
