@@ -26,15 +26,11 @@ WORKLOADS = ("Deployment", "Job", "StatefulSet", "DaemonSet")
 # here is allowed to be missing from Settings; delete it once config.py has it.
 PENDING_SETTINGS = frozenset(
     {
-        "NOVAZA_SHUTDOWN_GRACE_SECONDS",
-        "NOVAZA_SHUTDOWN_DRAIN_DELAY_SECONDS",
         "NOVAZA_ARCHIVE_URL",
         "NOVAZA_ARCHIVE_S3_ENDPOINT_URL",
         "NOVAZA_ARCHIVE_S3_REGION",
         "NOVAZA_ARCHIVE_S3_ACCESS_KEY_ID",
         "NOVAZA_ARCHIVE_S3_SECRET_ACCESS_KEY",
-        "NOVAZA_HL7_MAX_SEGMENTS",
-        "NOVAZA_HL7_MAX_ORDER_GROUPS",
         "NOVAZA_DB_POOL_TIMEOUT_SECONDS",
         "NOVAZA_DB_CONNECT_TIMEOUT_SECONDS",
         "NOVAZA_DB_STATEMENT_TIMEOUT_SECONDS",
