@@ -1,7 +1,7 @@
 """Storing instances: STOW-RS bodies and files from disk, through one path.
 
 Per file: stage (streamed to a temp file, hashed), inspect (header only, in a thread),
-commit the file (fsync + rename), then index it inside a savepoint. A part that fails is
+commit the file (to the archive store), then index it inside a savepoint. A part that fails is
 reported with its reason and rolls back only its own savepoint; the request's transaction
 (committed by the session dependency) holds every stored instance or none of them. A new
 study's first instance also starts the scheduled worklist item it fulfils, in that savepoint.
@@ -25,6 +25,8 @@ from novaza_gateway.core import audit
 from novaza_gateway.core.db import after_commit
 from novaza_gateway.core.metering import STORED_INSTANCES, UsageRecorder
 from novaza_gateway.imaging import repository as repo
+from novaza_gateway.imaging.archive.staging import StagedFile
+from novaza_gateway.imaging.archive.storage import ArchiveStorage
 from novaza_gateway.imaging.dicomweb.multipart import (
     MultipartError,
     MultipartReader,
@@ -45,7 +47,6 @@ from novaza_gateway.imaging.dicomweb.stow import (
     inspect,
 )
 from novaza_gateway.imaging.errors import MalformedMultipart, NotMultipart
-from novaza_gateway.imaging.storage import ArchiveStorage, StagedFile
 
 log = logging.getLogger("novaza.imaging.ingest")
 
@@ -175,7 +176,7 @@ async def _index(
     key = storage_key(tenant_id, info, staged.sha256)
     if staged.path.exists():
         await storage.commit(staged, key)
-    elif not storage.exists(key):
+    elif not await storage.exists(key):
         return PROCESSING_FAILURE
     await repo.add_instance(
         session,
