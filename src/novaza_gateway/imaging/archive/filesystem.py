@@ -84,12 +84,13 @@ class FileSystemStorage:
         announced its Content-Length must not end early in silence)."""
         path = self.local_path(key)
         loop = asyncio.get_running_loop()
-        if length is None:
-            stat = await loop.run_in_executor(None, os.stat, path)
-            length = max(0, stat.st_size - offset)
-        position, end = offset, offset + length
-        pending = _read_ahead(loop, path, position, end)
+        pending = None
         try:
+            if length is None:
+                stat = await loop.run_in_executor(None, os.stat, path)
+                length = max(0, stat.st_size - offset)
+            position, end = offset, offset + length
+            pending = _read_ahead(loop, path, position, end)
             while pending is not None:
                 chunk = await pending
                 if not chunk:
@@ -97,6 +98,8 @@ class FileSystemStorage:
                 position += len(chunk)
                 pending = _read_ahead(loop, path, position, end)
                 yield chunk
+        except FileNotFoundError:
+            raise missing_file(key) from None
         finally:
             if pending is not None:  # the caller stopped early: drop the read in flight
                 pending.cancel()

@@ -33,7 +33,8 @@ from novaza_gateway.imaging.archive.storage import (
 )
 
 MAX_CONNECTIONS = 32
-MULTIPART_BYTES = 64 * 1024 * 1024  # one PUT below; parts of this size above
+MULTIPART_BYTES = 16 * 1024 * 1024  # one PUT below; parts of this size above
+PARTS_AT_ONCE = 4  # parts of one upload in flight (each read from the staged file as sent)
 OPEN_BLOCK_BYTES = 64 * 1024  # a ranged GET per block: a DICOM header fits in the first
 NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 T = TypeVar("T")
@@ -68,9 +69,6 @@ class S3Storage:
         self.staging = StagingArea(staging_root, durable=False)  # the store makes it durable
         self.client = make_client(config)
         self._pool = ThreadPoolExecutor(MAX_CONNECTIONS, thread_name_prefix="novaza-archive")
-        self._transfer = TransferConfig(
-            multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES
-        )
 
     def object_key(self, key: str) -> str:
         return self.prefix + key
@@ -99,7 +97,12 @@ class S3Storage:
                         **target, Body=body, ContentLength=staged.size, ChecksumSHA256=digest
                     )
             else:
-                self.client.upload_file(str(staged.path), **target, Config=self._transfer)
+                parts = TransferConfig(
+                    multipart_threshold=MULTIPART_BYTES,
+                    multipart_chunksize=MULTIPART_BYTES,
+                    max_concurrency=PARTS_AT_ONCE,
+                )
+                self.client.upload_file(str(staged.path), **target, Config=parts)
         except (BotoCoreError, ClientError) as exc:
             raise store_unavailable(self.kind, exc) from None
         staged.path.unlink()
@@ -207,6 +210,7 @@ class RangedObject(io.RawIOBase):
     def __init__(self, store: S3Storage, key: str, size: int) -> None:
         self.store, self.key, self.size = store, key, size
         self.position = 0
+        self.name = key  # pydicom keeps it as the dataset's filename
 
     def readable(self) -> bool:
         return True
