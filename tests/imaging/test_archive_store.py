@@ -150,8 +150,8 @@ async def test_large_files_stream_with_flat_memory(
 
 async def test_directory_stores_keep_files_owner_only(
     archive: ArchiveStorage,
-    store: Store,
-    tmp_path: Path,  # noqa: F811
+    store: Store,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     if store.kind == "s3":
         pytest.skip("object permissions are the bucket's policy")
