@@ -100,6 +100,7 @@ def serve(
         # Workers import prometheus_client fresh and write their samples here.
         metrics_dir = settings.data_dir.resolve() / "prometheus-multiproc"
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

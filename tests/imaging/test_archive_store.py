@@ -5,10 +5,12 @@ shorter than indexed or missing, seekable opens for pydicom, memory flat on larg
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import stat
 import tracemalloc
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -67,6 +69,21 @@ async def test_commit_then_read_whole_and_ranges(
     assert b"".join(await chunks(archive, KEY, 10_000)) == data[10_000:]
     assert b"".join(await chunks(archive, KEY, 10_239, 1)) == data[-1:]
     assert await chunks(archive, KEY, 0, 0) == []
+
+
+async def test_a_reader_stopped_early_leaves_nothing_behind(
+    archive: ArchiveStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_module, "CHUNK_BYTES", 1000)
+    await put(archive, KEY, os.urandom(10_000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stream = archive.read(KEY)
+        assert len(await anext(stream)) == 1000  # the next chunk is now being read ahead
+        await stream.aclose()
+        await asyncio.sleep(0.1)
+        gc.collect()
+    assert b"".join(await chunks(archive, KEY, 0, 10)) != b""  # the store still serves
 
 
 async def test_a_file_shorter_than_asked_for_raises_truncated(archive: ArchiveStorage) -> None:

@@ -204,6 +204,7 @@ def test_dicom_import_into_an_s3_store(
     again = novaza(env, "dicom", "import", "--tenant", "site", str(folder))
     assert "stored 2 instance(s) (0 new)" in again.stdout, again.stderr
     assert not list(data_dir.rglob("*.part")) and not list(data_dir.rglob("*.dcm"))
+    assert not list((data_dir / "imaging-staging").iterdir())  # each run cleaned up after it
 
 
 def test_archive_settings_are_checked_at_start() -> None:

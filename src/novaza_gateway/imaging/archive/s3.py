@@ -168,7 +168,7 @@ class S3Storage:
             if pending is None:
                 body.close()
             else:  # the caller stopped early: close once the read in flight is done
-                pending.add_done_callback(lambda _: body.close())
+                pending.add_done_callback(lambda done: _close(body, done))
 
     def _read_ahead(self, body: Any) -> asyncio.Future[bytes]:
         loop = asyncio.get_running_loop()
@@ -190,6 +190,12 @@ class S3Storage:
         self.staging.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+
+
+def _close(body: Any, abandoned: asyncio.Future[bytes]) -> None:
+    body.close()
+    if not abandoned.cancelled():
+        abandoned.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 def _read_chunk(body: Any, size: int) -> bytes:
