@@ -70,7 +70,7 @@ def missing_file(key: str, count: int = 1) -> ArchiveFileMissing:
     content = parts[1] if len(parts) == 3 else ""
     log.error(
         "archive file missing",
-        extra={"tenant_id": key.partition("/")[0], "sha256_prefix": content, "files": count},
+        extra={"tenant": key.partition("/")[0], "sha256_prefix": content, "files": count},
     )
     return ArchiveFileMissing(details={"missingFiles": count})
 
