@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -54,10 +55,18 @@ def make_client(config: ArchiveConfig) -> Any:
             connect_timeout=5,
             read_timeout=60,
             retries={"max_attempts": 3, "mode": "standard"},
-            # S3-compatible stores (MinIO, Ceph, moto) answer path-style requests
-            s3={"addressing_style": "path" if config.s3_endpoint_url else "auto"},
+            s3={"addressing_style": _addressing(config.s3_endpoint_url)},
         ),
     )
+
+
+def _addressing(endpoint: str | None) -> str:
+    """AWS itself: its default (virtual hosts); other S3-compatible stores (MinIO, Ceph,
+    moto) answer path-style requests, which need no wildcard DNS."""
+    if endpoint is None:
+        return "auto"
+    host = urlsplit(endpoint).hostname or ""
+    return "auto" if host.endswith(".amazonaws.com") else "path"
 
 
 class S3Storage:
