@@ -20,6 +20,7 @@ from novaza_gateway.config import Settings
 from novaza_gateway.imaging.archive import s3 as s3_module
 from novaza_gateway.imaging.archive import storage as storage_module
 from novaza_gateway.imaging.archive.location import open_archive
+from novaza_gateway.imaging.archive.s3 import S3Storage
 from novaza_gateway.imaging.archive.storage import ArchiveFileTruncated, ArchiveStorage
 from novaza_gateway.imaging.errors import ArchiveFileMissing
 from tests.imaging.archive_stores import Store, moto_s3, store  # noqa: F401 (fixtures)
@@ -160,6 +161,9 @@ async def test_large_files_stream_with_flat_memory(
     finally:
         tracemalloc.stop()
     assert size == 24 * 1024 * 1024
+    if isinstance(archive, S3Storage):  # went up as a multipart upload of three parts
+        head = archive.client.head_object(Bucket=archive.bucket, Key=archive.object_key(KEY))
+        assert head["ETag"].endswith('-3"'), head["ETag"]
     assert digest.hexdigest() == hashlib.sha256(block * 24).hexdigest()
     assert read_peak < 6 * 1024 * 1024, read_peak
     assert upload_peak < 24 * 1024 * 1024, upload_peak  # parts, never the whole file
