@@ -33,6 +33,7 @@ from novaza_gateway.billing.relay import UsageRelay, relay_key
 from novaza_gateway.billing.router import routes as billing_router
 from novaza_gateway.billing.settings import BillingTenantSettings
 from novaza_gateway.config import Settings
+from novaza_gateway.core import datadir
 from novaza_gateway.core.auditchain import AuditSealer
 from novaza_gateway.core.auth import TokenVerifier
 from novaza_gateway.core.db import Database, create_engine
@@ -124,7 +125,7 @@ class Runtime:
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.prepare(settings.data_dir, settings.sqlalchemy_url)  # 0700, SQLite file 0600
     db = Database(create_engine(settings.sqlalchemy_url, settings.db_pool_size))
     http = httpx.AsyncClient(timeout=settings.outbound_timeout_seconds, follow_redirects=False)
     redis_fast = redis_pubsub = None
@@ -384,6 +385,8 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
     )
     rt.lifecycle.on_shutdown(proxy.clients.aclose)
     app.state.health.register(proxy.probe())
+    rt.lifecycle.on_shutdown(imaging.aclose)  # the archive store's pool and staging lock
+    app.state.health.register(imaging.probe())
     install_handlers(app)
     gate = Gatekeeper(
         verifier=TokenVerifier(settings.auth, rt.keys),

@@ -105,6 +105,7 @@ def serve(
         # restart) neither empties nor adds to it (ADR 0067).
         metrics_dir = tempfile.mkdtemp(prefix=f"novaza-metrics-{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +79,17 @@ class MwlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """The embedded archive's store (docs/imaging.md): a directory, or S3-compatible storage."""
+
+    url: str | None = None  # None: DATA_DIR/imaging; file:///dir or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # None: AWS itself
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None  # None: the standard AWS credential chain
+    s3_secret_access_key: SecretStr | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ImagingConfig:
     signing_keys: SecretStr | None  # "kid:secret,kid2:secret2": the first signs, all verify
     url_ttl_seconds: int
@@ -87,6 +98,7 @@ class ImagingConfig:
     proxy_connect_timeout_seconds: float = 5.0
     proxy_read_timeout_seconds: float = 60.0
     proxy_max_connections: int = 50
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +226,14 @@ class Settings(BaseSettings):
     imaging_proxy_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     imaging_proxy_read_timeout_seconds: float = Field(default=60.0, gt=0)
     imaging_proxy_max_connections: int = Field(default=50, ge=1)
+    # -- imaging: the embedded archive's store, one for every replica (unset: DATA_DIR/imaging)
+    archive_url: str | None = Field(
+        default=None, pattern=r"^(file:///.+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$"
+    )
+    archive_s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/]")
+    archive_s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,32}$")
+    archive_s3_access_key_id: SecretStr | None = None  # unset: the AWS env/credential chain
+    archive_s3_secret_access_key: SecretStr | None = None
 
     # -- imaging: DICOM Modality Worklist SCP (off unless a port is set; 0 picks a free one)
     mwl_host: str = "127.0.0.1"
@@ -288,6 +308,15 @@ class Settings(BaseSettings):
             missing = production_gaps(self)
             if missing:
                 raise ValueError("NOVAZA_ENV=production needs " + "; ".join(missing))
+        return self
+
+    @model_validator(mode="after")
+    def _archive_key_pairs(self) -> Settings:
+        if (self.archive_s3_access_key_id is None) != (self.archive_s3_secret_access_key is None):
+            raise ValueError(
+                "NOVAZA_ARCHIVE_S3_ACCESS_KEY_ID and NOVAZA_ARCHIVE_S3_SECRET_ACCESS_KEY go "
+                "together (or neither: the AWS credential chain)"
+            )
         return self
 
     @property
@@ -368,6 +397,13 @@ class Settings(BaseSettings):
             proxy_connect_timeout_seconds=self.imaging_proxy_connect_timeout_seconds,
             proxy_read_timeout_seconds=self.imaging_proxy_read_timeout_seconds,
             proxy_max_connections=self.imaging_proxy_max_connections,
+            archive=ArchiveConfig(
+                url=self.archive_url,
+                s3_endpoint_url=self.archive_s3_endpoint_url,
+                s3_region=self.archive_s3_region,
+                s3_access_key_id=self.archive_s3_access_key_id,
+                s3_secret_access_key=self.archive_s3_secret_access_key,
+            ),
         )
 
     @property

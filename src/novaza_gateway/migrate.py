@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 
 from novaza_gateway.config import Settings
+from novaza_gateway.core import datadir
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -21,7 +22,7 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "heads") -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.prepare(settings.data_dir, settings.sqlalchemy_url)  # 0700, SQLite file 0600
     config = alembic_config(settings.sqlalchemy_url)
     try:
         asyncio.get_running_loop()

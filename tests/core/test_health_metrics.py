@@ -21,7 +21,10 @@ async def test_ready_reports_each_check_with_latency(gateway: Gateway) -> None:
     response = await gateway.client.get("/health/ready")
     assert response.status_code == 200
     checks = response.json()["checks"]
-    assert set(checks) == {"database", "jwks", "ratelimit", "imaging-upstreams", "rooms-reconcile"}
+    assert set(checks) == {
+        *("database", "jwks", "ratelimit", "imaging-upstreams", "rooms-reconcile"),
+        "imaging-archive-filesystem",
+    }
     for check in checks.values():
         assert check["status"] == "ok"
         assert check["latencyMs"] >= 0

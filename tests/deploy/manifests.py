@@ -26,11 +26,6 @@ WORKLOADS = ("Deployment", "Job", "StatefulSet", "DaemonSet")
 # here is allowed to be missing from Settings; delete it once config.py has it.
 PENDING_SETTINGS = frozenset(
     {
-        "NOVAZA_ARCHIVE_URL",
-        "NOVAZA_ARCHIVE_S3_ENDPOINT_URL",
-        "NOVAZA_ARCHIVE_S3_REGION",
-        "NOVAZA_ARCHIVE_S3_ACCESS_KEY_ID",
-        "NOVAZA_ARCHIVE_S3_SECRET_ACCESS_KEY",
         "NOVAZA_DB_POOL_TIMEOUT_SECONDS",
         "NOVAZA_DB_CONNECT_TIMEOUT_SECONDS",
         "NOVAZA_DB_STATEMENT_TIMEOUT_SECONDS",

@@ -50,7 +50,7 @@ async def test_store_shipped_files_and_index_them(gateway: Gateway) -> None:
     files = sorted((gateway.data_dir / "imaging").rglob("*.dcm"))
     assert len(files) == 3
     assert {f.read_bytes() for f in files} == {shipped_bytes(n) for n in names}
-    assert not list((gateway.data_dir / "imaging" / ".staging").iterdir())
+    assert not list((gateway.data_dir / "imaging" / ".staging").rglob("*.part"))
     async with gateway.app.state.db.sessionmaker() as session:
         actions = (await session.execute(select(AuditEvent.action))).scalars().all()
     assert actions.count("imaging.store") == 3
@@ -173,4 +173,4 @@ def test_staging_leftovers_are_swept_at_start(tmp_path: Path) -> None:
     fresh.write_bytes(b"an upload in flight")
     os.utime(old, (1_000_000_000, 1_000_000_000))
     ImagingArea(Settings(data_dir=tmp_path).imaging, tmp_path)
-    assert sorted(p.name for p in staging.iterdir()) == ["fresh.part"]
+    assert sorted(p.name for p in staging.glob("*.part")) == ["fresh.part"]

@@ -16,8 +16,9 @@ import httpx
 import pydicom
 import pytest
 
-from novaza_gateway.imaging import storage as storage_module
-from novaza_gateway.imaging.storage import ArchiveFileTruncated, FileSystemStorage
+from novaza_gateway.imaging.archive import storage as storage_module
+from novaza_gateway.imaging.archive.filesystem import FileSystemStorage
+from novaza_gateway.imaging.archive.storage import ArchiveFileTruncated
 from tests.imaging.conftest import STOW, tenant
 from tests.imaging.dicom import make_instance, multipart, split_multipart, uid
 
@@ -63,11 +64,11 @@ def test_retrieve_announces_its_length_and_streams_files_across_chunks(
     assert pixels == pydicom.dcmread(io.BytesIO(files[1])).PixelData
 
 
-def test_an_archive_file_shorter_than_indexed_breaks_the_answer(
+def test_an_archive_file_shorter_than_indexed_is_refused_before_the_answer_starts(
     server: tuple[str, Path],
 ) -> None:
-    """The length was announced: a short file must end the connection, never a 200 that
-    quietly carries less than the study."""
+    """The length would be announced: a short file is found before the first byte and
+    answered with an envelope, never a 200 that breaks or quietly carries less."""
     url, data_dir = server
     auth = {"Authorization": f"Bearer {tenant(url, data_dir, 'stream-b')}"}
     study = uid()
@@ -75,12 +76,9 @@ def test_an_archive_file_shorter_than_indexed_breaks_the_answer(
     (archived,) = (data_dir / "imaging").rglob("*.dcm")
     archived.write_bytes(archived.read_bytes()[:-1000])
 
-    with (
-        pytest.raises(httpx.RemoteProtocolError),
-        httpx.stream("GET", f"{url}{WADO}/{study}", headers=auth, timeout=30) as response,
-    ):
-        assert response.status_code == 200
-        b"".join(response.iter_raw())
+    response = httpx.get(f"{url}{WADO}/{study}", headers=auth, timeout=30)
+    assert response.status_code == 500
+    assert response.json()["code"] == "ARCHIVE_FILE_MISSING"
     assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # the server goes on
 
 

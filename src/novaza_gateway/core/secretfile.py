@@ -12,7 +12,7 @@ def create_once(path: Path, content: bytes) -> bytes:
     does not exist. Workers starting at once race to link their copy in place: the first
     wins, and every one of them answers the winner's content."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: owner-only
         temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:

@@ -49,6 +49,7 @@ def build_dicom_cli(lookup: TenantLookup) -> typer.Typer:
                     )
             finally:
                 await db.dispose()
+                await area.aclose()  # the store's pool; this process's staging directory
 
         report = asyncio.run(main())
         if report is None:

@@ -135,3 +135,25 @@ class UpstreamMisconfigured(ApiError):
 
     def __init__(self) -> None:
         super().__init__(details={"reason": "misconfigured"})
+
+
+# -- the embedded archive's store (ADR 0037)
+
+
+class ArchiveFileMissing(ApiError):
+    """The index lists the instance but the archive store has no file for it (or a shorter
+    one): data lost or a store not shared by every replica. Found before an answer starts."""
+
+    status = 500
+    code = "ARCHIVE_FILE_MISSING"
+    default_message = (
+        "An instance is indexed but its file is not in the archive store; an operator must "
+        "restore it."
+    )
+
+
+class ArchiveStoreUnavailable(UpstreamUnavailable):
+    default_message = "The gateway's archive store did not answer; retry later."
+
+    def __init__(self) -> None:
+        super().__init__(status=503, reason="archive_store")

@@ -1,7 +1,9 @@
 """Storing instances: STOW-RS bodies and files from disk, through one path.
 
 Per file: stage (streamed to a temp file, hashed), inspect (header only, in a thread),
-commit the file (fsync + rename), then index it inside a savepoint. A part that fails is
+commit the file to the archive store (a few at once, before any write to the database: no
+transaction is open while files are fsynced or uploaded), then index it inside a savepoint.
+A part that fails is
 reported with its reason and rolls back only its own savepoint; the request's transaction
 (committed by the session dependency) holds every stored instance or none of them. A new
 study's first instance also starts the scheduled worklist item it fulfils, in that savepoint.
@@ -11,6 +13,7 @@ write; different bytes under a known SOP Instance UID are refused as a duplicate
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,6 +28,8 @@ from novaza_gateway.core import audit
 from novaza_gateway.core.db import after_commit
 from novaza_gateway.core.metering import STORED_INSTANCES, UsageRecorder
 from novaza_gateway.imaging import repository as repo
+from novaza_gateway.imaging.archive.staging import StagedFile
+from novaza_gateway.imaging.archive.storage import ArchiveStorage
 from novaza_gateway.imaging.dicomweb.multipart import (
     MultipartError,
     MultipartReader,
@@ -45,7 +50,6 @@ from novaza_gateway.imaging.dicomweb.stow import (
     inspect,
 )
 from novaza_gateway.imaging.errors import MalformedMultipart, NotMultipart
-from novaza_gateway.imaging.storage import ArchiveStorage, StagedFile
 
 log = logging.getLogger("novaza.imaging.ingest")
 
@@ -53,6 +57,7 @@ DICOM = "application/dicom"
 # Each unique-key conflict means a concurrent request committed the row we wanted: retrying
 # finds it. Racing stores into one new study and series converge within a few attempts.
 STORE_ATTEMPTS = 5
+COMMITS_AT_ONCE = 4  # files going into the store at once: S3 uploads overlap
 
 
 @dataclass(slots=True)
@@ -77,10 +82,11 @@ def storage_key(tenant_id: str, info: InstanceInfo, sha256: str) -> str:
 
 @dataclass(slots=True)
 class Received:
-    """A staged file whose header has been read: ready to index."""
+    """A staged file whose header has been read: ready to commit, then to index."""
 
     staged: StagedFile
     info: InstanceInfo
+    key: str = ""  # its key in the archive store, once it is there
 
 
 async def receive(
@@ -112,24 +118,45 @@ async def index_all(
     base_url: str,
     report: IngestReport,
 ) -> None:
-    """Index received files in one short burst, after the whole body has arrived: no
-    transaction stays open while a slow client uploads."""
+    """Index received files in one short burst, after the whole body has arrived and the
+    files are in the store: no transaction stays open while a slow client uploads, nor while
+    the files go into the store."""
     if not received:
         return
+    await commit_files(storage, tenant_id, received)
     await repo.claim_write(session, tenant_id)
     for item in received:
         try:
-            await _index_one(
-                session, storage, actor, tenant_id, item, base_url=base_url, report=report
-            )
+            await _index_one(session, actor, tenant_id, item, base_url=base_url, report=report)
         finally:
             if item.staged.path.exists():
                 item.staged.discard()
 
 
+async def commit_files(storage: ArchiveStorage, tenant_id: str, received: list[Received]) -> None:
+    """Each file into the store, ``COMMITS_AT_ONCE`` at a time (uploads overlap). A key the
+    store already has holds the same bytes (keys carry the content hash): not written again,
+    so re-storing an instance writes nothing. Every commit ends before the first error is
+    raised: none is left reading a staged file the caller then removes."""
+
+    async def commit(item: Received) -> None:
+        key = storage_key(tenant_id, item.info, item.staged.sha256)
+        async with limiter:
+            if await storage.exists(key):
+                item.staged.discard()
+            else:
+                await storage.commit(item.staged, key)
+        item.key = key
+
+    limiter = asyncio.Semaphore(COMMITS_AT_ONCE)
+    outcomes = await asyncio.gather(*map(commit, received), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 async def _index_one(
     session: AsyncSession,
-    storage: ArchiveStorage,
     actor: audit.Actor,
     tenant_id: str,
     item: Received,
@@ -137,12 +164,12 @@ async def _index_one(
     base_url: str,
     report: IngestReport,
 ) -> None:
-    info, staged = item.info, item.staged
+    info = item.info
     outcome = PROCESSING_FAILURE
     for attempt in range(STORE_ATTEMPTS):
         try:
             async with session.begin_nested():
-                outcome = await _index(session, storage, actor, tenant_id, staged, info, report)
+                outcome = await _index(session, actor, tenant_id, item, report)
             break
         except IntegrityError:  # a concurrent store of the same study, series or instance
             log.info("store raced; retrying", extra={"attempt": attempt})
@@ -156,14 +183,15 @@ async def _index_one(
 
 async def _index(
     session: AsyncSession,
-    storage: ArchiveStorage,
     actor: audit.Actor,
     tenant_id: str,
-    staged: StagedFile,
-    info: InstanceInfo,
+    item: Received,
     report: IngestReport,
 ) -> int:
-    """0 when indexed (or already there, byte-identical); else a failure reason."""
+    """0 when indexed (or already there, byte-identical); else a failure reason. A file
+    refused here (``0x0111``, ``0xA900``) stays in the store unreferenced, as a crash
+    between commit and index would leave it."""
+    info, staged = item.info, item.staged
     existing = await repo.get_instance_by_uid(session, tenant_id, info.sop_instance_uid)
     if existing is not None:
         return 0 if existing.sha256 == staged.sha256 else DUPLICATE_SOP_INSTANCE
@@ -172,11 +200,8 @@ async def _index(
     series, new_series = await repo.get_or_create_series(session, tenant_id, study, info)
     if series.study_pk != study.id:
         return DOES_NOT_MATCH  # the series UID is already filed under another study
-    key = storage_key(tenant_id, info, staged.sha256)
-    if staged.path.exists():
-        await storage.commit(staged, key)
-    elif not storage.exists(key):
-        return PROCESSING_FAILURE
+    if not item.key:
+        return PROCESSING_FAILURE  # not in the store: never indexed
     await repo.add_instance(
         session,
         tenant_id,
@@ -186,7 +211,7 @@ async def _index(
         info,
         size=staged.size,
         sha256=staged.sha256,
-        storage_key=key,
+        storage_key=item.key,
     )
     report.written += 1
     if known is None:

@@ -1,11 +1,15 @@
 """WADO-RS reads from the embedded archive. Audited in the request's transaction; the bytes
-then stream from disk after the session is gone (the generators touch only storage).
+then stream from the store after the session is gone (the generators touch only storage).
+Every file an answer needs is checked before the answer starts: a missing one is a clean
+``ARCHIVE_FILE_MISSING`` envelope, never a 200 cut after its first part header.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from novaza_gateway.core import audit
 from novaza_gateway.imaging import patient_merges
 from novaza_gateway.imaging import repository as repo
+from novaza_gateway.imaging.archive.storage import ArchiveStorage, missing_file
 from novaza_gateway.imaging.dicomweb import wado
 from novaza_gateway.imaging.dicomweb.attributes import JsonDataset, first_value, tags
 from novaza_gateway.imaging.dicomweb.multipart import PART_SEPARATOR, closing, part_header
@@ -23,9 +28,10 @@ from novaza_gateway.imaging.errors import (
     StudyNotFound,
 )
 from novaza_gateway.imaging.models import ImagingInstance, ImagingSeries, ImagingStudy
-from novaza_gateway.imaging.storage import ArchiveStorage
 
 (BITS_ALLOCATED,) = tags("BitsAllocated")
+METADATA_READS = 8  # instances whose headers are read at once (object stores: latency-bound)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +118,19 @@ class MultipartBody:
         for _, content in parts:
             self.length += content.size if isinstance(content, FileRange) else len(content)
 
+    async def check_files(self) -> None:
+        """Before the answer starts: every file range this body streams is in the store."""
+        needed: dict[str, int] = {}
+        for _, content in self.parts:
+            if isinstance(content, FileRange):
+                end = content.offset + content.size
+                needed[content.key] = max(end, needed.get(content.key, 0))
+        if needed:
+            assert self.storage is not None
+            missing = await self.storage.missing(needed)
+            if missing:
+                raise missing_file(missing[0], count=len(missing))
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for head, (_, content) in zip(self.heads, self.parts, strict=True):
             if isinstance(content, bytes):
@@ -165,9 +184,8 @@ async def compressed_frames(
     """Frames of encapsulated pixel data, as stored (the compressed bitstreams)."""
     if instance.transfer_syntax_uid not in wado.BITSTREAM_TYPES:
         raise FramesUnavailable()
-    local = storage.local_path(instance.storage_key)
-    return await anyio.to_thread.run_sync(
-        wado.encapsulated_frames, local, numbers, instance.number_of_frames
+    return await _read(
+        storage, instance, wado.encapsulated_frames, numbers, instance.number_of_frames
     )
 
 
@@ -184,16 +202,21 @@ async def metadata(
 ) -> list[JsonDataset]:
     """Each instance's DICOM JSON (from its file), with the Patient ID coerced to the
     survivor's when the study's patient was merged (ADT A40, ``patient_merges``)."""
-    found = []
     study_uid = selection.study.study_uid
-    for series, instance in selection.items:
-        url = (
+    limiter = anyio.CapacityLimiter(METADATA_READS)
+    reads = [
+        _read(
+            storage,
+            instance,
+            wado.instance_metadata,
             f"{base}/med/wado/studies/{study_uid}/series/{series.series_uid}"
-            f"/instances/{instance.sop_instance_uid}"
+            f"/instances/{instance.sop_instance_uid}",
+            _pixel_vr(instance),
+            limiter=limiter,
         )
-        path = storage.local_path(instance.storage_key)
-        vr = _pixel_vr(instance)
-        found.append(await anyio.to_thread.run_sync(wado.instance_metadata, path, url, vr))
+        for series, instance in selection.items
+    ]
+    found = list(await asyncio.gather(*reads))
     stored = selection.study.patient_id
     coerced = await patient_merges.MergeLookup(session, tenant_id).coercions({stored})
     patient_merges.coerce(found, coerced)
@@ -212,8 +235,7 @@ def _pixel_vr(instance: ImagingInstance) -> str | None:
 
 
 async def bulk(storage: ArchiveStorage, instance: ImagingInstance, path: str) -> bytes:
-    local = storage.local_path(instance.storage_key)
-    return await anyio.to_thread.run_sync(wado.bulk_value, local, path)
+    return await _read(storage, instance, wado.bulk_value, path)
 
 
 async def rendered(
@@ -221,5 +243,21 @@ async def rendered(
 ) -> bytes:
     if not 1 <= frame <= instance.number_of_frames:
         wado.parse_frames(str(frame), instance.number_of_frames)
-    local = storage.local_path(instance.storage_key)
-    return await anyio.to_thread.run_sync(wado.render, local, frame, media, size)
+    return await _read(storage, instance, wado.render, frame, media, size)
+
+
+async def _read(
+    storage: ArchiveStorage,
+    instance: ImagingInstance,
+    work: Callable[..., T],
+    *args: object,
+    limiter: anyio.CapacityLimiter | None = None,
+) -> T:
+    """``work(file, *args)`` in a worker thread, on the instance's file opened from the
+    store (pydicom reads it there: a path's seeks, or ranged reads of an object)."""
+
+    def run() -> T:
+        with storage.open(instance.storage_key, instance.size_bytes) as file:
+            return work(file, *args)
+
+    return await anyio.to_thread.run_sync(run, limiter=limiter)

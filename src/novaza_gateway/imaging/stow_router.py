@@ -32,6 +32,7 @@ STORE = policy(
         400: "DICOM_MULTIPART_MALFORMED, INVALID_UID",
         413: "PAYLOAD_TOO_LARGE",
         415: "DICOM_MULTIPART_REQUIRED",
+        503: "UPSTREAM_UNAVAILABLE",
     },
     responses={
         200: {"content": {DICOM_JSON: {}}, "description": "Every instance stored"},

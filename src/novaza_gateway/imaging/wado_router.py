@@ -1,7 +1,7 @@
 """``/med/wado``: WADO-RS retrieve (PS3.18 section 10.4) from the embedded archive.
 
-Instances and frames stream from disk as ``multipart/related``; metadata is DICOM JSON with
-BulkDataURIs; ``rendered`` and ``thumbnail`` answer JPEG or PNG for viewers.
+Instances and frames stream from the archive store as ``multipart/related``; metadata is
+DICOM JSON with BulkDataURIs; ``rendered`` and ``thumbnail`` answer JPEG or PNG for viewers.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ READ = policy(
         404: "STUDY_NOT_FOUND, SERIES_NOT_FOUND, INSTANCE_NOT_FOUND, FRAME_NOT_FOUND, "
         "BULKDATA_NOT_FOUND",
         406: "NOT_ACCEPTABLE, FRAMES_UNAVAILABLE, RENDERING_UNAVAILABLE",
+        500: "ARCHIVE_FILE_MISSING",
+        503: "UPSTREAM_UNAVAILABLE",
     },
 )
 AcceptHeader = Annotated[str | None, Header(alias="accept")]
@@ -62,6 +64,7 @@ async def _retrieve(
     boundary = new_boundary()
     instances = [instance for _, instance in selection.items]
     body = retrieve.stream_instances(area.storage, instances, boundary)
+    await body.check_files()
     return StreamingResponse(
         body,
         media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
@@ -183,6 +186,7 @@ async def retrieve_frames(
         wado.accepts_multipart(accept, OCTETS)
         part_type = OCTETS
         body = retrieve.stream_frames(area.storage, row, numbers, boundary)
+        await body.check_files()
     else:
         part_type = wado.compressed_frame_type(accept, row.transfer_syntax_uid)
         found = await retrieve.compressed_frames(area.storage, row, numbers)

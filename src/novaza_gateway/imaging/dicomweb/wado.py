@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,8 @@ from pydicom.multival import MultiValue
 from novaza_gateway.imaging.dicomweb.attributes import JsonDataset
 from novaza_gateway.imaging.dicomweb.multipart import parse_content_type
 from novaza_gateway.imaging.errors import (
+    ArchiveFileMissing,
+    ArchiveStoreUnavailable,
     BulkDataNotFound,
     FrameNotFound,
     FramesUnavailable,
@@ -31,6 +33,7 @@ from novaza_gateway.imaging.errors import (
 BULK_THRESHOLD = 1024
 PIXEL_DATA = 0x7FE00010
 THUMBNAIL_PIXELS = 128
+DicomFile = Path | BinaryIO  # a path, or an open reader of the archive store
 
 
 def accepts_multipart(accept: str | None, part_type: str) -> None:
@@ -101,7 +104,7 @@ def compressed_frame_type(accept: str | None, transfer_syntax: str) -> str:
     raise FramesUnavailable()
 
 
-def encapsulated_frames(path: Path, numbers: list[int], number_of_frames: int) -> list[bytes]:
+def encapsulated_frames(path: DicomFile, numbers: list[int], number_of_frames: int) -> list[bytes]:
     ds = dcmread(path)
     frames = list(generate_frames(ds.PixelData, number_of_frames=number_of_frames))
     if len(frames) < max(numbers):
@@ -131,7 +134,7 @@ def _element_paths(ds: Dataset, prefix: str, out: dict[int, str]) -> None:
                 _element_paths(item, f"{path}/{index}/", out)
 
 
-def instance_metadata(path: Path, instance_url: str, pixel_vr: str | None) -> JsonDataset:
+def instance_metadata(path: DicomFile, instance_url: str, pixel_vr: str | None) -> JsonDataset:
     """The instance's attributes as DICOM JSON; values over 1 KiB as BulkDataURIs."""
     ds = dcmread(path, stop_before_pixels=True)
     paths: dict[int, str] = {}
@@ -148,7 +151,7 @@ def instance_metadata(path: Path, instance_url: str, pixel_vr: str | None) -> Js
     return result
 
 
-def bulk_value(path: Path, bulk_path: str) -> bytes:
+def bulk_value(path: DicomFile, bulk_path: str) -> bytes:
     """The value at ``TAG[/ITEM/TAG...]`` in the instance."""
     ds: Any = dcmread(path)
     parts = bulk_path.strip("/").split("/")
@@ -166,11 +169,13 @@ def bulk_value(path: Path, bulk_path: str) -> bytes:
 # ----------------------------------------------------------------------------- rendering
 
 
-def render(path: Path, frame: int, media_type: str, max_pixels: int | None) -> bytes:
+def render(path: DicomFile, frame: int, media_type: str, max_pixels: int | None) -> bytes:
     """Frame ``frame`` (1-based) as an 8-bit JPEG or PNG: windowed grayscale or RGB."""
     try:
         ds = dcmread(path)
         pixels = np.asarray(ds.pixel_array)
+    except (ArchiveFileMissing, ArchiveStoreUnavailable):
+        raise  # the store failed, not the rendering
     except Exception as exc:  # no pixel data, or a codec pydicom lacks here
         raise RenderingUnavailable() from exc
     frames = int(ds.get("NumberOfFrames") or 1)
@@ -221,4 +226,4 @@ def _first(value: Any) -> float | None:
         return None
 
 
-Renderer = Callable[[Path, int, str, int | None], bytes]
+Renderer = Callable[[DicomFile, int, str, int | None], bytes]
