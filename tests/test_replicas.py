@@ -27,7 +27,6 @@ import asyncpg
 import httpx
 import pytest
 
-from novaza_gateway.config import Settings
 from tests import cluster as clusters
 from tests.conftest import need
 from tests.hl7.corpus import HL7_SETTINGS, fixture
@@ -51,7 +50,6 @@ FLUSH_SECONDS = 1.0
 LOSS_WINDOW_FLUSHES = 3
 RATE, BURST = 10.0, 10
 VICTIM = 1  # r1 is killed
-ARCHIVE_SHARED = "archive_url" in Settings.model_fields  # the wip/archive setting has landed
 SETTINGS = {
     "billing_flush_interval_seconds": str(FLUSH_SECONDS),
     # the shared limit is what is measured: a slow Redis answer must not flip to local
@@ -364,9 +362,7 @@ def print_report(report: dict[str, Any], proxy_5xx: list[Any]) -> None:
         ],
     )
     print("requests without an HTTP answer:", dict(Counter(load.errors)))
-    archive = [r for r in proxy_5xx if archive_miss(r[4])]
-    print(f"5xx at HAProxy: {len(proxy_5xx)}, of which WADO of unshared files {len(archive)}:")
-    print([r for r in proxy_5xx if not archive_miss(r[4])])
+    print(f"5xx at HAProxy: {len(proxy_5xx)}:", proxy_5xx)
 
 
 def check(report: dict[str, Any], proxy_5xx: list[Any]) -> None:
@@ -402,31 +398,18 @@ def check(report: dict[str, Any], proxy_5xx: list[Any]) -> None:
     # 5xx (or no answer): only requests in flight on the killed replica at the kill
     unexplained = [c for c in failures(load) if not in_flight_at_kill(c, report["events"], victim)]
     assert not unexplained, unexplained[:5]
-    assert not [r for r in proxy_5xx if r[0] != victim and not archive_miss(r[4])], proxy_5xx
+    assert not [r for r in proxy_5xx if r[0] != victim], proxy_5xx
     # metered usage equals admitted requests, but for the killed replica's unflushed window
     for area, m in metering(report).items():
         assert -m["unanswered"] <= m["lost"] <= m["bound"], (area, m)
     # the shared archive: every stored study from every replica
     assert load.studies, "no study was stored"
     missing = {k: len(v) for k, v in report["retrievable"].items() if v}
-    if not ARCHIVE_SHARED and missing:
-        pytest.xfail(f"NOVAZA_ARCHIVE_URL is not on this branch yet: studies missing {missing}")
     assert not missing, missing
-    assert not [c for c in load.calls if archive_miss(c.route) and c.status >= 500]
-
-
-def archive_miss(route_or_path: str) -> bool:
-    """A WADO answer that fails because the study's files are on another replica's disk:
-    expected only while the archive is not shared (``NOVAZA_ARCHIVE_URL``)."""
-    return not ARCHIVE_SHARED and (
-        route_or_path in {"wado", "retrieve"} or route_or_path.startswith("/med/wado/")
-    )
 
 
 def failures(load: Load) -> list[Call]:
-    return [
-        c for c in load.calls if (c.status >= 500 or c.status == 0) and not archive_miss(c.route)
-    ]
+    return [c for c in load.calls if c.status >= 500 or c.status == 0]
 
 
 def in_flight_at_kill(c: Call, events: dict[str, float], victim: str) -> bool:
