@@ -25,6 +25,7 @@ from novaza_gateway.core.audit import AuditEvent
 from novaza_gateway.core.auditchain import AuditChainHead
 from novaza_gateway.core.db import Base
 from novaza_gateway.core.idempotency import IdempotencyKey
+from novaza_gateway.core.leases import Lease
 from novaza_gateway.desk.models import DeskContact, DeskOutboxEntry
 from novaza_gateway.hl7.models import DeliveryAttempt, InboundMessage, OutboundMessage
 from novaza_gateway.imaging.models import (
@@ -74,3 +75,5 @@ __all__ += ["ReconcileItem", "Room"]
 __all__ += ["DeskContact", "DeskOutboxEntry"]
 
 __all__ += ["IdempotencyKey"]
+
+__all__ += ["Lease"]

@@ -16,9 +16,11 @@ from novaza_gateway.billing.catalog import Catalog
 from novaza_gateway.billing.models import CatalogVersion, Invoice
 from novaza_gateway.config import ConfigurationError
 from novaza_gateway.core.db import Database, after_commit
+from novaza_gateway.core.leases import Leases, lease_seconds
 
 log = logging.getLogger("novaza.billing")
 
+CLOSE_LEASE = "billing-close-periods"
 Announce = Callable[[str], Awaitable[None]]  # tenant id -> drop cached entitlements
 
 
@@ -77,7 +79,10 @@ def _announcer(announce: Announce, tenant_id: str) -> Callable[[], Coroutine[Any
 
 
 class PeriodScheduler:
-    """Closes ended periods every ``interval``; never before the catalogue was checked."""
+    """Closes ended periods every ``interval`` on one replica at a time (the
+    ``billing-close-periods`` lease: closing stays exactly-once without it, as the
+    subscription row is locked and re-checked, but N replicas would each scan and queue on
+    those locks); never before the catalogue was checked."""
 
     def __init__(
         self,
@@ -86,9 +91,11 @@ class PeriodScheduler:
         clock: Callable[[], datetime],
         interval: float,
         announce: Announce | None,
+        leases: Leases | None = None,
     ) -> None:
         self.db, self.catalog, self.clock = db, catalog, clock
         self.interval, self.announce = interval, announce
+        self.leases = leases or Leases(db)
         self.catalog_checked = False
 
     async def check_catalog(self) -> None:
@@ -104,14 +111,26 @@ class PeriodScheduler:
         self.catalog_checked = True
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                if not self.catalog_checked:
-                    await register_catalog(self.db, self.catalog, self.clock())
-                    self.catalog_checked = True
-                closed = await close_due(self.db, self.catalog, self.clock(), self.announce)
-                if closed:
-                    log.info("billing periods closed", extra={"invoices": len(closed)})
-            except Exception as exc:
-                log.warning("closing billing periods failed", extra={"error": type(exc).__name__})
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    await self.run_once()
+                except Exception as exc:
+                    log.warning(
+                        "closing billing periods failed", extra={"error": type(exc).__name__}
+                    )
+        finally:
+            await self.leases.release_quietly(CLOSE_LEASE)
+
+    async def run_once(self) -> list[Invoice]:
+        """One pass, if this replica holds the lease: the invoices it issued."""
+        if not await self.leases.acquire(CLOSE_LEASE, lease_seconds(self.interval)):
+            return []
+        if not self.catalog_checked:
+            await register_catalog(self.db, self.catalog, self.clock())
+            self.catalog_checked = True
+        closed = await close_due(self.db, self.catalog, self.clock(), self.announce)
+        if closed:
+            log.info("billing periods closed", extra={"invoices": len(closed)})
+        return closed

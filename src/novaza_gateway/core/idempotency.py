@@ -15,9 +15,9 @@ without the writes, and the unique constraint on (tenant, operation, key) is the
 - answers of 5xx, 409 and 429 ("try again") are not stored: a retry runs again.
 
 Keys expire after a TTL: an expired row is deleted when its key comes back, and a periodic
-pass deletes expired rows in batches (by the ``expires_at`` index). The key itself is kept
-only as its SHA-256 (a caller may put anything in it) and is never logged, nor is a body.
-Requests without the header never reach this module.
+pass deletes expired rows in batches (by the ``expires_at`` index), on one replica at a
+time. The key itself is kept only as its SHA-256 (a caller may put anything in it) and is
+never logged, nor is a body. Requests without the header never reach this module.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from starlette.responses import Response
 from novaza_gateway.core.db import Base, Database, UtcDateTime, utcnow
 from novaza_gateway.core.errors import ApiError, Conflict, render
 from novaza_gateway.core.ids import new_id
+from novaza_gateway.core.leases import Leases, lease_seconds, leased
 from novaza_gateway.core.outboxloop import run_passes
 
 log = logging.getLogger("novaza.idempotency")
@@ -68,6 +69,7 @@ KeyHeader = Annotated[
 NOT_STORED = frozenset({409, 429})  # "try again" answers, like every 5xx
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout elapsed
 PURGE_BATCH = 1000
+PURGE_LEASE = "idempotency-purge"
 
 
 class IdempotencyKey(Base):
@@ -263,9 +265,16 @@ class IdempotencyKeys:
             result = await session.execute(delete(KEYS).where(KEYS.c.id.in_(expired)))
             return int(cast(Any, result).rowcount)
 
-    async def run_purge(self, db: Database) -> None:
-        """The periodic pass: drain expired keys in batches, then sleep ``purge_seconds``."""
-        await run_passes(lambda: self.purge_expired(db), asyncio.Event(), self.purge_seconds, log)
+    async def run_purge(self, db: Database, leases: Leases) -> None:
+        """The periodic pass: drain expired keys in batches, then sleep ``purge_seconds``; on
+        one replica at a time (the ``idempotency-purge`` lease: replicas purging the same
+        rows at once only wait on each other's row locks, or deadlock)."""
+        seconds = lease_seconds(self.purge_seconds)
+        job = leased(leases, PURGE_LEASE, seconds, lambda: self.purge_expired(db))
+        try:
+            await run_passes(job, asyncio.Event(), self.purge_seconds, log)
+        finally:
+            await leases.release_quietly(PURGE_LEASE)
 
 
 async def _stored(session: AsyncSession, scope: tuple[str, str, str]) -> Row[Any] | None:

@@ -8,6 +8,7 @@ import httpx
 from novaza_gateway.config import DeskConfig
 from novaza_gateway.core.db import Database
 from novaza_gateway.core.idempotency import IdempotencyKeys
+from novaza_gateway.core.leases import Leases
 from novaza_gateway.core.lifecycle import Lifecycle
 from novaza_gateway.desk.outbox import DeskPusher
 from novaza_gateway.desk.upstream import SettingsSource, TenantDeskSettings
@@ -21,6 +22,7 @@ class DeskArea:
         self.settings = TenantDeskSettings(source, config.settings_ttl_seconds)
         self.pusher = DeskPusher(config, db, self.settings, http)
         self.idempotency = IdempotencyKeys(config.idempotency_ttl_seconds)
+        self.leases = Leases(db)  # the purge runs on one replica at a time
 
     def wire(self, lifecycle: Lifecycle) -> None:
         lifecycle.run_in_background("desk-outbox", self.pusher.run)
@@ -29,4 +31,4 @@ class DeskArea:
         lifecycle.run_in_background("idempotency-purge", self._purge)
 
     async def _purge(self) -> None:
-        await self.idempotency.run_purge(self.db)
+        await self.idempotency.run_purge(self.db, self.leases)

@@ -2,11 +2,13 @@
 
 A sync writes the changed contacts' rows here in its own transaction; this worker claims
 what is due (``queued`` -> ``sending`` with a claim token and a lease, so replicas never
-push the same rows at once), POSTs them per tenant to ``{baseUrl}/contacts/batch`` through
-the app's shared ``httpx.AsyncClient``, and records the outcome. A 2xx answer delivers the
-batch (the contacts' ``syncStatus`` becomes ``synced``); a network error, a timeout, a 5xx,
-408 or 429 is retried with exponential backoff and full jitter up to ``max_attempts``, then
-dead (``failed``); any other 4xx is dead at once. Delivery is at-least-once: each contact
+push the same rows at once; read ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas
+claiming at once take disjoint rows instead of waiting on each other; ADR 0062), POSTs them
+per tenant to ``{baseUrl}/contacts/batch`` through the app's shared ``httpx.AsyncClient``,
+and records the outcome. A 2xx answer delivers the batch (the contacts' ``syncStatus``
+becomes ``synced``); a network error, a timeout, a 5xx, 408 or 429 is retried with
+exponential backoff and full jitter up to ``max_attempts``, then dead (``failed``); any
+other 4xx is dead at once. Delivery is at-least-once: each contact
 carries its ``version`` so the Desk can drop a repeat. A queued version is superseded when
 a newer one of the same contact is queued.
 """
@@ -92,6 +94,8 @@ class DeskPusher:
         lease = now + timedelta(seconds=2 * self.config.push_timeout_seconds + 5)
         async with self.db.session_scope() as session:
             query = select(OUTBOX.c.id).where(due).order_by(OUTBOX.c.next_attempt_at).limit(BATCH)
+            if session.get_bind().dialect.name == "postgresql":  # replicas take disjoint rows
+                query = query.with_for_update(skip_locked=True)
             ids = list((await session.execute(query)).scalars())
             if not ids:
                 return token, []
@@ -121,13 +125,16 @@ class DeskPusher:
             log.warning("desk outbox record failed", extra={"error": type(exc).__name__})
 
     async def _post(self, url: str, headers: dict[str, str], contacts: list[Any]) -> Outcome:
-        try:
-            response = await self.http.post(
-                url,
-                json={"contacts": contacts},
-                headers=headers,
-                timeout=self.config.push_timeout_seconds,
-            )
+        try:  # the whole exchange within the timeout: the claim's lease must outlast it
+            async with asyncio.timeout(self.config.push_timeout_seconds):
+                response = await self.http.post(
+                    url,
+                    json={"contacts": contacts},
+                    headers=headers,
+                    timeout=self.config.push_timeout_seconds,
+                )
+        except TimeoutError:
+            return Outcome(False, False, "Timeout")
         except httpx.HTTPError as exc:
             return Outcome(False, False, type(exc).__name__)
         if response.is_success:

@@ -76,6 +76,7 @@ class OutboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    claim: Mapped[str | None] = mapped_column(String(32))  # the sending pass (ADR 0062)
     ack_code: Mapped[str | None] = mapped_column(String(2))
     last_error: Mapped[str | None] = mapped_column(String(255))
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

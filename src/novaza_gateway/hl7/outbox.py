@@ -1,12 +1,18 @@
 """ORU delivery: the durable outbox drained over MLLP, one reused connection per destination.
 
-A message is claimed (``queued`` -> ``sending`` with a lease), sent, and its ACK read with a
-timeout; MSA-2 must name the message's MSH-10. AA: delivered. AE, a wrong or missing ACK, a
-timeout or a dropped connection: retried with exponential backoff and full jitter until
-``outbox_max_attempts``, then dead. AR: dead at once. Dead messages stay visible, can be
-re-queued, and never block the messages behind them. FIFO holds per patient: only the
-oldest undelivered message of a patient is sent. Delivery is at-least-once: a message
-whose ACK was lost (or whose worker died mid-send) is sent again after its lease expires.
+A message is claimed (``queued`` -> ``sending`` with a claim token and a lease, ADR 0062),
+sent, and its ACK read with a timeout; MSA-2 must name the message's MSH-10. AA: delivered.
+AE, a wrong or missing ACK, a timeout or a dropped connection: retried with exponential
+backoff and full jitter until ``outbox_max_attempts``, then dead. AR: dead at once. Dead
+messages stay visible, can be re-queued, and never block the messages behind them. FIFO
+holds per patient: only the oldest undelivered message of a patient is sent. Delivery is
+at-least-once: a message whose ACK was lost (or whose worker died mid-send) is sent again
+after its lease expires.
+
+With several replicas each message is sent by the one that claimed it: a send starts only
+while its lease outlasts the ACK timeout (the lease is renewed first when it would not, and
+the message skipped when the renewal finds it taken over), and the outcome is written only
+under the claim token, so a sender that lost its claim never overwrites the new owner's.
 """
 
 from __future__ import annotations
@@ -18,14 +24,15 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from novaza_gateway.config import Hl7Config
 from novaza_gateway.core import audit
 from novaza_gateway.core.db import Database, utcnow
 from novaza_gateway.core.ids import new_id
 from novaza_gateway.core.outboxloop import run_passes
-from novaza_gateway.hl7 import repository
+from novaza_gateway.hl7 import outbox_store
 from novaza_gateway.hl7.ack import read_ack
 from novaza_gateway.hl7.metrics import DELIVERY_ATTEMPTS
 from novaza_gateway.hl7.mllp import MllpDecoder, frame
@@ -84,6 +91,8 @@ class Job:
     destination: str
     patient_id: str | None
     raw: bytes
+    attempts: int  # before this one
+    token: str  # the claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,42 +132,79 @@ class OutboxWorker:
             await link.close()
         self._links.clear()
 
+    @property
+    def lease(self) -> timedelta:
+        """A claim's lease: two ACK timeouts and a margin (one send, its record, slack)."""
+        return timedelta(seconds=2 * self.config.ack_timeout_seconds + 5)
+
+    @property
+    def send_window(self) -> timedelta:
+        """What a send needs left on its lease: its ACK timeout and a margin."""
+        return timedelta(seconds=self.config.ack_timeout_seconds + 2)
+
     async def run_once(self) -> int:
         """One pass: claim what is due, deliver it (destinations in parallel). Answers a count."""
-        jobs = await self._claim()
+        lease_until, jobs = await self._claim()
         by_destination: dict[tuple[str, str], list[Job]] = defaultdict(list)
         for job in jobs:
             by_destination[(job.tenant_id, job.destination)].append(job)
-        await asyncio.gather(*(self._drain(batch) for batch in by_destination.values()))
+        await asyncio.gather(
+            *(self._drain(lease_until, batch) for batch in by_destination.values())
+        )
         return len(jobs)
 
-    async def _claim(self) -> list[Job]:
+    async def _claim(self) -> tuple[datetime, list[Job]]:
         now = utcnow()
-        lease = now + timedelta(seconds=2 * self.config.ack_timeout_seconds + 5)
+        token, lease_until = new_id(), now + self.lease
         async with self.db.session_scope() as session:
-            tenants = await repository.due_tenants(session, now)
+            tenants = await outbox_store.due_tenants(session, now)
         jobs: list[Job] = []
         for tenant_id in tenants:
             async with self.db.session_scope() as session:
-                await repository.release_stale(session, tenant_id, now)
-                for row in await repository.due_messages(session, tenant_id, now, BATCH):
-                    if await repository.claim(session, tenant_id, row.id, lease):
-                        jobs.append(
-                            Job(tenant_id, row.id, row.control_id, row.destination,
-                                row.patient_id, row.raw)
-                        )  # fmt: skip
-        return jobs
+                await outbox_store.release_stale(session, tenant_id, now)
+                rows = await outbox_store.claim_due(
+                    session, tenant_id, now, BATCH, token, lease_until
+                )
+            jobs += [
+                Job(tenant_id, row.id, row.control_id, row.destination, row.patient_id,
+                    row.raw, row.attempts, token)
+                for row in rows
+            ]  # fmt: skip
+        return lease_until, jobs
 
-    async def _drain(self, batch: list[Job]) -> None:
-        """One destination's messages, in order, over its one connection."""
+    async def _drain(self, lease_until: datetime, batch: list[Job]) -> None:
+        """One destination's messages, in order, over its one connection. A send starts only
+        while the lease outlasts it: past that, the rest of the batch is renewed first."""
         settings = await self.settings.for_tenant(batch[0].tenant_id)
         destination = settings.destinations.get(batch[0].destination)
-        for job in batch:
+        left = list(batch)
+        while left:
+            job = left.pop(0)
             if destination is None:
                 attempt = Attempt("unroutable", None, "destination not configured", 0)
             else:
+                if utcnow() + self.send_window > lease_until:
+                    lease_until, mine = await self._renew([job, *left])
+                    if job.message_id not in mine:
+                        left = [j for j in left if j.message_id in mine]
+                        continue
                 attempt = await self._send(job, destination)
             await self._record(job, attempt)
+
+    async def _renew(self, jobs: list[Job]) -> tuple[datetime, set[str]]:
+        """A fresh lease on these claimed messages; answers it and those still claimed."""
+        lease_until = utcnow() + self.lease
+        async with self.db.session_scope() as session:
+            mine = await outbox_store.renew(
+                session, jobs[0].tenant_id, [j.message_id for j in jobs], jobs[0].token,
+                lease_until,
+            )  # fmt: skip
+        if len(mine) < len(jobs):
+            log.warning(
+                "hl7 outbox claims lost to another replica",
+                extra={"tenant": jobs[0].tenant_id, "lost": len(jobs) - len(mine)},
+            )
+        return lease_until, mine
 
     async def _send(self, job: Job, destination: Destination) -> Attempt:
         key = (destination.host, destination.port)
@@ -187,26 +233,24 @@ class OutboxWorker:
         return Attempt(ack.code, ack.code, ack.text[:255] or None, took())
 
     async def _record(self, job: Job, attempt: Attempt) -> None:
+        """The attempt, always (it happened); the message's new state only under its claim."""
         DELIVERY_ATTEMPTS.labels(attempt.outcome).inc()
         now = utcnow()
+        attempts = job.attempts + 1
+        values: dict[str, Any] = {"attempts": attempts, "updated_at": now, "lease_until": None,
+                                  "claim": None, "ack_code": attempt.ack_code}  # fmt: skip
+        if attempt.outcome == "AA":
+            values.update(status=DELIVERED, delivered_at=now, last_error=None)
+        elif attempt.outcome in ("AR", "unroutable") or attempts >= self.config.outbox_max_attempts:
+            values.update(status=DEAD, last_error=attempt.detail or attempt.outcome)
+        else:
+            delay = timedelta(seconds=backoff(attempts, self.config))
+            values.update(status=QUEUED, last_error=attempt.detail or attempt.outcome,
+                          next_attempt_at=now + delay)  # fmt: skip
         async with self.db.session_scope() as session:
-            row = await repository.outbound(session, job.tenant_id, job.message_id)
-            if row is None:
-                return
-            row.attempts += 1
-            row.updated_at = now
-            row.lease_until = None
-            row.ack_code = attempt.ack_code
-            if attempt.outcome == "AA":
-                row.status, row.delivered_at, row.last_error = DELIVERED, now, None
-            elif attempt.outcome in ("AR", "unroutable") or (
-                row.attempts >= self.config.outbox_max_attempts
-            ):
-                row.status, row.last_error = DEAD, attempt.detail or attempt.outcome
-            else:
-                row.status, row.last_error = QUEUED, attempt.detail or attempt.outcome
-                delay = backoff(row.attempts, self.config)
-                row.next_attempt_at = now + timedelta(seconds=delay)
+            mine = await outbox_store.settle(
+                session, job.tenant_id, job.message_id, job.token, values
+            )
             session.add(
                 DeliveryAttempt(
                     id=new_id(),
@@ -219,13 +263,17 @@ class OutboxWorker:
                     duration_ms=attempt.duration_ms,
                 )
             )
+            status = values["status"] if mine else "sent"  # sent, but the claim had lapsed
             audit.record(
                 session,
                 audit.Actor(ACTOR, job.tenant_id),
-                f"hl7.oru.{row.status}",
+                f"hl7.oru.{status}",
                 "hl7_message",
                 job.message_id,
                 patient_id=job.patient_id,
-                outcome="success" if row.status == DELIVERED else "error",
-                after={"attempt": row.attempts, "outcome": attempt.outcome},
+                outcome="success" if status == DELIVERED else "error",
+                after={"attempt": attempts, "outcome": attempt.outcome},
             )
+        if not mine:
+            log.warning("hl7 outbox claim lost before the outcome was recorded",
+                        extra={"tenant": job.tenant_id, "outcome": attempt.outcome})  # fmt: skip

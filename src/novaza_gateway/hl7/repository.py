@@ -11,7 +11,6 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, bindparam, false, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import ReturningInsert
 
 from novaza_gateway.clinical import unnest, writes
@@ -235,76 +234,6 @@ async def attempts(
         .order_by(DeliveryAttempt.at, DeliveryAttempt.id)
     )
     return (await session.execute(query)).scalars().all()
-
-
-async def due_tenants(session: AsyncSession, now: datetime) -> list[str]:
-    """The outbox worker's one cross-tenant query: which tenants have work (ids only)."""
-    due = (OutboundMessage.status == QUEUED) & (OutboundMessage.next_attempt_at <= now)
-    stale = (OutboundMessage.status == SENDING) & (OutboundMessage.lease_until < now)
-    query = select(OutboundMessage.tenant_id).where(due | stale).distinct()
-    return list((await session.execute(query)).scalars())
-
-
-async def release_stale(session: AsyncSession, tenant_id: str, now: datetime) -> None:
-    """Messages whose sender died mid-delivery go back to the queue (at-least-once)."""
-    await session.execute(
-        update(OutboundMessage)
-        .where(
-            OutboundMessage.tenant_id == tenant_id,
-            OutboundMessage.status == SENDING,
-            OutboundMessage.lease_until < now,
-        )
-        .values(status=QUEUED, lease_until=None)
-    )
-
-
-async def due_messages(
-    session: AsyncSession, tenant_id: str, now: datetime, limit: int
-) -> Sequence[OutboundMessage]:
-    """Due messages that head their patient's queue: FIFO per patient, dead ones skipped."""
-    earlier = aliased(OutboundMessage)
-    ahead = (
-        select(earlier.id)
-        .where(
-            earlier.tenant_id == OutboundMessage.tenant_id,
-            earlier.patient_key == OutboundMessage.patient_key,
-            earlier.status.in_((QUEUED, SENDING)),
-            (earlier.created_at < OutboundMessage.created_at)
-            | (
-                (earlier.created_at == OutboundMessage.created_at)
-                & (earlier.id < OutboundMessage.id)
-            ),
-        )
-        .exists()
-    )
-    query = (
-        select(OutboundMessage)
-        .where(
-            OutboundMessage.tenant_id == tenant_id,
-            OutboundMessage.status == QUEUED,
-            OutboundMessage.next_attempt_at <= now,
-            ~ahead,
-        )
-        .order_by(OutboundMessage.created_at, OutboundMessage.id)
-        .limit(limit)
-    )
-    return (await session.execute(query)).scalars().all()
-
-
-async def claim(
-    session: AsyncSession, tenant_id: str, message_id: str, lease_until: datetime
-) -> bool:
-    """Take a queued message for delivery; False if another worker took it first."""
-    result = await session.execute(
-        update(OutboundMessage)
-        .where(
-            OutboundMessage.tenant_id == tenant_id,
-            OutboundMessage.id == message_id,
-            OutboundMessage.status == QUEUED,
-        )
-        .values(status=SENDING, lease_until=lease_until)
-    )
-    return bool(getattr(result, "rowcount", 0))
 
 
 async def backlog(session: AsyncSession) -> dict[str, int]:

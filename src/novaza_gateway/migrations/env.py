@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from novaza_gateway.core.db import create_engine
+from novaza_gateway.migrate import migration_lock
 from novaza_gateway.models import metadata
 
 config = context.config
@@ -26,9 +27,11 @@ def _run(connection: Connection) -> None:
 
 async def _main() -> None:
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
-    async with engine.begin() as conn:
-        await conn.run_sync(_run)
-    await engine.dispose()
+    try:
+        async with engine.connect() as conn, migration_lock(conn), conn.begin():
+            await conn.run_sync(_run)
+    finally:
+        await engine.dispose()
 
 
 if context.is_offline_mode():
