@@ -55,6 +55,8 @@ def backoff(attempt: int, config: DeskConfig) -> float:
 
 
 class DeskPusher:
+    lease_margin_seconds = 5.0  # past the push's deadline: its record, clock skew
+
     def __init__(
         self,
         config: DeskConfig,
@@ -91,7 +93,9 @@ class DeskPusher:
             and_(OUTBOX.c.status == SENDING, OUTBOX.c.lease_until < now),
         )
         token = new_id()
-        lease = now + timedelta(seconds=2 * self.config.push_timeout_seconds + 5)
+        lease = now + timedelta(
+            seconds=2 * self.config.push_timeout_seconds + self.lease_margin_seconds
+        )
         async with self.db.session_scope() as session:
             query = select(OUTBOX.c.id).where(due).order_by(OUTBOX.c.next_attempt_at).limit(BATCH)
             if session.get_bind().dialect.name == "postgresql":  # replicas take disjoint rows

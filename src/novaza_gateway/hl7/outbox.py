@@ -110,6 +110,8 @@ def backoff(attempt: int, config: Hl7Config) -> float:
 
 
 class OutboxWorker:
+    lease_margin_seconds = 5.0  # clock skew between replicas must stay well under half this
+
     def __init__(self, config: Hl7Config, db: Database, settings: TenantHl7Settings) -> None:
         self.config = config
         self.db = db
@@ -135,12 +137,12 @@ class OutboxWorker:
     @property
     def lease(self) -> timedelta:
         """A claim's lease: two ACK timeouts and a margin (one send, its record, slack)."""
-        return timedelta(seconds=2 * self.config.ack_timeout_seconds + 5)
+        return timedelta(seconds=2 * self.config.ack_timeout_seconds + self.lease_margin_seconds)
 
     @property
     def send_window(self) -> timedelta:
-        """What a send needs left on its lease: its ACK timeout and a margin."""
-        return timedelta(seconds=self.config.ack_timeout_seconds + 2)
+        """What a send needs left on its lease: its ACK timeout and half the margin."""
+        return timedelta(seconds=self.config.ack_timeout_seconds + self.lease_margin_seconds / 2)
 
     async def run_once(self) -> int:
         """One pass: claim what is due, deliver it (destinations in parallel). Answers a count."""
