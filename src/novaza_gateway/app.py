@@ -201,7 +201,7 @@ def wire_billing(rt: Runtime) -> None:
     flusher = UsageFlusher(
         rt.billing.meter,
         rt.db,
-        rt.settings.data_dir / "billing-spool",
+        rt.settings.billing.spool_dir or rt.settings.data_dir / "billing-spool",
         rt.settings.billing.flush_interval_seconds,
         relay,
         after_flush=billing.settler,

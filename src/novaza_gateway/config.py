@@ -161,6 +161,7 @@ class BillingSettings:
     flush_interval_seconds: float
     close_interval_seconds: float
     portal_ttl_seconds: int
+    spool_dir: Path | None = None  # usage the stores refused at shutdown; DATA_DIR's if unset
 
 
 class Settings(BaseSettings):
@@ -255,6 +256,7 @@ class Settings(BaseSettings):
     billing_flush_interval_seconds: float = Field(default=1.0, gt=0)
     billing_close_interval_seconds: float = Field(default=60.0, gt=0)
     billing_portal_ttl_seconds: int = Field(default=600, ge=30, le=86400)
+    billing_spool_dir: Path | None = None
 
     # -- ai: the local model (llama.cpp) and its queue
     ai_model_id: str = Field(default="smollm2-135m-instruct", pattern=r"^[A-Za-z0-9._:/-]{1,64}$")
@@ -350,6 +352,7 @@ class Settings(BaseSettings):
             flush_interval_seconds=self.billing_flush_interval_seconds,
             close_interval_seconds=self.billing_close_interval_seconds,
             portal_ttl_seconds=self.billing_portal_ttl_seconds,
+            spool_dir=self.billing_spool_dir,
         )
 
     @property

@@ -1,4 +1,10 @@
-"""The usage flush loop: every second, at start-up (spool replay) and at shutdown."""
+"""The usage flush loop: every second, at start-up (spool replay) and at shutdown.
+
+Where usage waits when the database does not take it (ADR 0064): with Redis, in the shared
+Redis list that any replica drains (``relay.py``); without, or with Redis down too, in this
+process's memory and, at shutdown, in a spool file. Spool files are adopted at start-up and
+every ``adopt_every`` flushes by whichever replica sees them, so a spool directory on a
+volume the replicas share (or one that outlives the pod) loses nothing when a pod goes."""
 
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ class UsageFlusher:
         interval: float,
         relay: UsageRelay | None = None,
         after_flush: Callable[[], Awaitable[object]] | None = None,
+        adopt_every: int = 60,
     ):
         self.meter = meter
         self.db = db
@@ -35,9 +42,14 @@ class UsageFlusher:
         self.interval = interval
         self.relay = relay
         self.after_flush = after_flush  # prepaid AI settlement
+        self.adopt_every = adopt_every
         self._replayed: list[Path] = []
+        self._passes = 0
 
     async def flush_once(self) -> int:
+        self._passes += 1
+        if self._passes % self.adopt_every == 0:
+            self.adopt()
         written = await self._through_relay() if self.relay else 0
         written += await self.meter.flush(self.db)  # what the relay did not take
         if self._replayed and not self.meter.pending:
@@ -57,9 +69,19 @@ class UsageFlusher:
             return 0
         return await self.relay.drain(self.db)
 
+    def adopt(self) -> int:
+        """Take spool files that appeared since (another replica's, on a shared volume)
+        into the meter; they are deleted once flushed. Answers how many."""
+        try:
+            found = self.meter.load_spool(self.spool_dir, skip=self._replayed)
+        except (OSError, ValueError) as exc:  # unreadable: left for an operator, retried
+            log.warning("usage spool not adopted", extra={"error": type(exc).__name__})
+            return 0
+        self._replayed += found
+        return len(found)
+
     async def replay(self) -> None:
-        self._replayed = self.meter.load_spool(self.spool_dir)
-        if self._replayed:
+        if self.adopt():
             try:
                 await self.flush_once()
             except Exception as exc:  # the loop retries; the files stay until it succeeds
@@ -81,6 +103,9 @@ class UsageFlusher:
             await self.flush_once()
         except Exception as exc:
             path = self.meter.spool(self.spool_dir)
+            if path is None:  # everything reached Redis; a replica drains it later
+                log.warning("usage waits in Redis at shutdown", extra={"error": type(exc).__name__})
+                return
             log.error(
                 "usage flush failed at shutdown; spooled",
                 extra={"error": type(exc).__name__, "spool": str(path)},

@@ -7,16 +7,19 @@ instance and ``event_id`` = batch number + row number, inserted with ON CONFLICT
 A batch stays pending until its transaction is known to have committed; a retry after a
 failure (or after a commit whose acknowledgement was lost) inserts the same keys again and
 counts nothing twice. Events recorded with their own ``source`` and ``event_id`` keep those.
-On shutdown a batch the database refuses is spooled to ``DATA_DIR/billing-spool/`` and
-replayed on the next start, so a clean restart loses nothing.
+On shutdown a batch neither Redis (when configured, ``billing/relay.py``) nor the database
+takes is spooled to files in the spool directory (``DATA_DIR/billing-spool/`` unless
+``NOVAZA_BILLING_SPOOL_DIR`` names a volume that outlives the pod), adopted by the next
+start or by any replica sharing that directory (ADR 0064), so a clean stop loses nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,30 +176,47 @@ class UsageMeter:
 
     # -- spooling across a restart
     def spool(self, directory: Path) -> Path | None:
+        """Write what is pending to a new file in ``directory``, whole or not at all: it is
+        written under a temporary name, synced and renamed, so a replica adopting the
+        directory's files never reads half of one."""
         self.seal()
         if not self.pending:
             return None
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{self.instance}.jsonl"
-        with path.open("ab") as out:
+        path = directory / f"{self.instance}-{new_id()[:8]}.jsonl"
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as out:
             for batch in self.pending:
                 for row in batch:
                     out.write(orjson.dumps(row.as_values(utcnow())) + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
         self.pending.clear()
         return path
 
-    def load_spool(self, directory: Path) -> list[Path]:
+    def load_spool(self, directory: Path, skip: Collection[Path] = ()) -> list[Path]:
+        """Every spooled file in ``directory`` but ``skip``, as pending batches (any
+        replica's: their rows keep their keys, so a file loaded twice counts once)."""
         files = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
+        loaded = []
         for path in files:
+            if path in skip:
+                continue
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # another replica flushed and removed it meanwhile
+                continue
+            loaded.append(path)
             rows = []
-            for line in path.read_bytes().splitlines():
+            for line in data.splitlines():
                 values = orjson.loads(line)
                 values.pop("recorded_at", None)
                 values["hour"] = datetime.fromisoformat(values["hour"])
                 rows.append(UsageRow(**values))
             if rows:
                 self.pending.append(rows)
-        return files
+        return loaded
 
 
 # PostgreSQL: the batch as one JSON array (orjson writes the rows' dataclasses directly),
