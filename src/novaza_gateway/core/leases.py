@@ -67,7 +67,13 @@ class Leases:
         self.holder = holder or holder_name()
 
     async def acquire(self, name: str, seconds: float) -> bool:
-        """Take or renew the lease ``name`` for ``seconds``; False while another holds it."""
+        """Take or renew the lease ``name`` for ``seconds``; False while another holds it.
+        Shielded: a loop cancelled at shutdown lets the statement finish and commit, rather
+        than leave a connection mid-transaction (on SQLite, holding the write lock the final
+        usage flush then waits for)."""
+        return await asyncio.shield(self._acquire(name, seconds))
+
+    async def _acquire(self, name: str, seconds: float) -> bool:
         now = utcnow()
         row = {"name": name, "holder": self.holder, "acquired_at": now,
                "expires_at": now + timedelta(seconds=seconds)}  # fmt: skip
@@ -99,7 +105,7 @@ class Leases:
         """At shutdown: release if the store answers within 2 s; otherwise the lease lapses."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
-                await self.release(name)
+                await asyncio.shield(self.release(name))  # finishes even when given up on
 
 
 def lease_seconds(every: float) -> float:
