@@ -1,7 +1,7 @@
 """leases (one replica runs a periodic job) and the ORU outbox's claim token (ADR 0062)
 
-Revision ID: 0016_leases
-Revises: 0015_hl7_reprocess
+Revision ID: 0017_leases
+Revises: 0016_audit_accountability
 Create Date: 2026-12-08 00:30:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016_leases"
-down_revision = "0015_hl7_reprocess"
+revision = "0017_leases"
+down_revision = "0016_audit_accountability"
 branch_labels = None
 depends_on = None
 
