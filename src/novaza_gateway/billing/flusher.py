@@ -103,8 +103,11 @@ class UsageFlusher:
             await self.flush_once()
         except Exception as exc:
             path = self.meter.spool(self.spool_dir)
-            if path is None:  # everything reached Redis; a replica drains it later
-                log.warning("usage waits in Redis at shutdown", extra={"error": type(exc).__name__})
+            if path is None:  # nothing left here (with Redis, it waits there for a replica)
+                log.warning(
+                    "usage flush failed at shutdown; nothing to spool",
+                    extra={"error": type(exc).__name__},
+                )
                 return
             log.error(
                 "usage flush failed at shutdown; spooled",

@@ -239,16 +239,7 @@ class OutboxWorker:
         DELIVERY_ATTEMPTS.labels(attempt.outcome).inc()
         now = utcnow()
         attempts = job.attempts + 1
-        values: dict[str, Any] = {"attempts": attempts, "updated_at": now, "lease_until": None,
-                                  "claim": None, "ack_code": attempt.ack_code}  # fmt: skip
-        if attempt.outcome == "AA":
-            values.update(status=DELIVERED, delivered_at=now, last_error=None)
-        elif attempt.outcome in ("AR", "unroutable") or attempts >= self.config.outbox_max_attempts:
-            values.update(status=DEAD, last_error=attempt.detail or attempt.outcome)
-        else:
-            delay = timedelta(seconds=backoff(attempts, self.config))
-            values.update(status=QUEUED, last_error=attempt.detail or attempt.outcome,
-                          next_attempt_at=now + delay)  # fmt: skip
+        values = self._next_state(attempt, attempts, now)
         async with self.db.session_scope() as session:
             mine = await outbox_store.settle(
                 session, job.tenant_id, job.message_id, job.token, values
@@ -279,3 +270,17 @@ class OutboxWorker:
         if not mine:
             log.warning("hl7 outbox claim lost before the outcome was recorded",
                         extra={"tenant": job.tenant_id, "outcome": attempt.outcome})  # fmt: skip
+
+    def _next_state(self, attempt: Attempt, attempts: int, now: datetime) -> dict[str, Any]:
+        """The message's columns after this attempt (claim and lease released)."""
+        values: dict[str, Any] = {"attempts": attempts, "updated_at": now, "lease_until": None,
+                                  "claim": None, "ack_code": attempt.ack_code}  # fmt: skip
+        if attempt.outcome == "AA":
+            values.update(status=DELIVERED, delivered_at=now, last_error=None)
+        elif attempt.outcome in ("AR", "unroutable") or attempts >= self.config.outbox_max_attempts:
+            values.update(status=DEAD, last_error=attempt.detail or attempt.outcome)
+        else:
+            delay = timedelta(seconds=backoff(attempts, self.config))
+            values.update(status=QUEUED, last_error=attempt.detail or attempt.outcome,
+                          next_attempt_at=now + delay)  # fmt: skip
+        return values
