@@ -15,7 +15,7 @@ BUILD_LOCK := requirements/build.txt
 DEBIAN_PACKAGES := wrk prometheus chromium dcmtk orthanc orthanc-dicomweb haproxy
 export NOVAZA_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test check lint typecheck pytest system-deps bench clean demo install lock k8s-validate
+.PHONY: run test check lint typecheck pytest system-deps bench clean demo install lock k8s-validate image image-test
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -36,12 +36,14 @@ $(STAMP): $(BIN)/python pyproject.toml $(BUILD_LOCK) $(LOCK)
 
 # Refresh the locks for Python 3.11 on Linux x86_64 (glibc, as Debian bookworm). Pins already in
 # the lock are kept; upgrade one with `make lock UPGRADE="--upgrade-package NAME"`, or every one
-# with `make lock UPGRADE=--upgrade`.
+# with `make lock UPGRADE=--upgrade`. requirements/runtime.txt (the image's) is lock.txt without the
+# test extra: constrained to lock.txt, so its pins are the same.
 LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header
 lock: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(BUILD_LOCK)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) requirements/build.in -o $(BUILD_LOCK)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) pyproject.toml --extra test -o $(LOCK)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) pyproject.toml -c $(LOCK) -o requirements/runtime.txt
 
 install: $(STAMP)
 
@@ -108,3 +110,23 @@ k8s-validate: $(STAMP)
 	done
 	$(BIN)/yamllint --strict -c deploy/kubernetes/.yamllint deploy/kubernetes
 	$(BIN)/python -m pytest -q tests/deploy/test_kubernetes.py
+
+# The OCI image (docs/deployment.md, "Image"). With a localhost/ base (the default here, where no
+# registry serves base images) deploy/image/base.sh first builds it with mmdebstrap; pass e.g.
+# IMAGE_BASE=docker.io/library/python:3.11-slim-bookworm to build on a registry base instead.
+# The host's CA bundle is a build secret (pip behind a TLS-intercepting proxy); it is not kept.
+IMAGE      ?= localhost/novaza-gateway:dev
+IMAGE_BASE ?= localhost/novaza-base:bookworm
+IMAGE_CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+BUILDAH    ?= buildah --storage-driver vfs
+IMAGE_SECRET := --secret id=ca-bundle,src=$(IMAGE_CA_BUNDLE)
+image:
+	@case "$(IMAGE_BASE)" in localhost/*) BUILDAH="$(BUILDAH)" deploy/image/base.sh $(IMAGE_BASE);; esac
+	$(BUILDAH) bud --isolation chroot --layers --format docker --build-arg BASE=$(IMAGE_BASE) \
+	  $(if $(wildcard $(IMAGE_CA_BUNDLE)),$(IMAGE_SECRET)) \
+	  -f Containerfile -t $(IMAGE) .
+
+# Runs the built image against the local PostgreSQL and Redis: migrate, serve, readiness, an
+# authenticated call, a read-only root filesystem, SIGTERM. Takes minutes; not part of make test.
+image-test:
+	BUILDAH="$(BUILDAH)" python3 deploy/image/smoke.py $(IMAGE)
