@@ -197,7 +197,8 @@ class Server:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if len(argv) > 1 and argv[1] == self.entrypoint:  # interpreter, script, args
+            # The interpreter running the script (not buildah-chroot-exec, whose argv[1] it is too)
+            if len(argv) > 1 and argv[1] == self.entrypoint and b"python" in argv[0]:
                 return pid
         raise SmokeFailure("the gateway process is not among the launcher's children")
 
