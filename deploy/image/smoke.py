@@ -16,7 +16,8 @@ this sandbox, so:
 2. On a read-only root: the same root filesystem bind-mounted read-only in a private mount
    namespace, only the volume (and /proc, /dev) writable, no tmpfs on /tmp; ``serve`` as the
    image's user with the image's environment: ready, whoami, SIGTERM. ``SMOKE_RO_WORKERS=2``
-   serves with two workers and checks their metrics files land in the volume.
+   serves with two workers and checks their metrics files land in the volume
+   (the temp dir's fallback when /tmp is read-only).
 
 Standard library only; needs buildah, psql, dcmtk's echoscu, unshare and chroot; run as root.
 """
@@ -322,7 +323,8 @@ def phase_read_only(box: Container, work: Path, port: int, token: str) -> None:
         expect(probe.returncode != 0, "read-only root: /tmp is not writable", probe.stderr[-60:])
         check_http(base, token)
         if RO_WORKERS > 1:
-            files = list((box.data_dir / "prometheus-multiproc").glob("*.db"))
+            # /tmp is read-only: tempfile falls back to the working directory, the volume
+            files = list(box.data_dir.glob("novaza-metrics-*/*.db"))
             expect(bool(files), "worker metrics in the volume", f"{len(files)} files")
         code, took = server.terminate()
         expect(code == 0, "read-only root: SIGTERM, exit 0", f"in {took:.1f} s")
