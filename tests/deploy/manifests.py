@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from novaza_gateway.config import Settings
 from tests.conftest import need_tool
 
-KUBERNETES_VERSION = "1.31"  # the oldest release we support; docs/deployment-kubernetes.md
+KUBERNETES_VERSION = "1.31"  # the oldest release we support; docs/deployment.md
 ROOT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 OVERLAYS = ("base", "overlays/dev", "overlays/production")
 UNSET_ANNOTATION = "novaza.ai/unset-settings"
