@@ -36,6 +36,7 @@ from novaza_gateway.config import Settings
 from novaza_gateway.core import datadir
 from novaza_gateway.core.auditchain import AuditSealer
 from novaza_gateway.core.auth import TokenVerifier
+from novaza_gateway.core.authlimit import AuthFailureLimit
 from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import install_handlers
 from novaza_gateway.core.frontdoor import GatewayApp
@@ -394,6 +395,7 @@ def create_app(settings: Settings, extra_routers: tuple[APIRouter, ...] = ()) ->
         limiter=rt.limiter,
         default_max_body_bytes=settings.max_body_bytes,
         usage=rt.billing.meter,
+        auth_failures=AuthFailureLimit(rt.limiter, settings.auth_failures_per_minute),
     )
     gate.alt_auth["signed_url"] = imaging.authenticator  # WADO/QIDO viewer links
     guard_routes(app, ROUTERS + extra_routers, gate)

@@ -26,6 +26,7 @@ from novaza_gateway.core import auditchain, devkeys
 from novaza_gateway.core.audit import Actor
 from novaza_gateway.core.db import Database, create_engine
 from novaza_gateway.core.errors import ApiError
+from novaza_gateway.core.httpserver import protocol_factory
 from novaza_gateway.core.logging import configure_logging
 from novaza_gateway.core.policy import ADMIN_SCOPE, TENANT_SCOPES
 from novaza_gateway.core.secretbox import secret_box
@@ -107,6 +108,7 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    trusted = settings.trusted_proxy_list  # nobody's X-Forwarded-For unless listed
     try:
         uvicorn.run(
             "novaza_gateway.asgi:create",
@@ -116,7 +118,9 @@ def serve(
             workers=workers,
             access_log=False,
             log_config=None,
-            proxy_headers=True,
+            proxy_headers=bool(trusted),
+            forwarded_allow_ips=trusted,
+            http=protocol_factory(settings.edge),
             timeout_graceful_shutdown=settings.shutdown.grace_seconds,
             server_header=False,
         )

@@ -8,6 +8,7 @@ sets ``NOVAZA_REDIS_URL``, not ``NOVAZA_REDIS__URL``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -49,6 +50,17 @@ class RateLimitSettings:
     redis_timeout_seconds: float
     breaker_failures: int
     breaker_reset_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """What one HTTP connection may hold of a process (core.httpserver, docs/security.md)."""
+
+    max_header_bytes: int
+    max_headers: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    max_connections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +314,26 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: int = Field(default=30, ge=1, le=3600)
     shutdown_drain_delay_seconds: float = Field(default=0.0, ge=0, le=600)
 
+    # -- the HTTP edge (docs/security.md): whose X-Forwarded-For counts, failed authentications
+    # per client address, and what one connection may hold (core.httpserver)
+    trusted_proxies: str = ""  # IPs and CIDRs, comma separated; empty: trust nobody's headers
+    auth_failures_per_minute: int = Field(default=60, ge=1, le=100_000)
+    max_header_bytes: int = Field(default=32768, ge=1024, le=1024 * 1024)
+    max_headers: int = Field(default=100, ge=8, le=10_000)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies_shape(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"NOVAZA_TRUSTED_PROXIES: {item!r} is no IP or CIDR") from None
+        return value
+
     @model_validator(mode="after")
     def _production_needs_shared_secrets(self) -> Settings:
         """Production runs replicas: nothing may come from one replica's own disk (the dev
@@ -453,6 +485,20 @@ class Settings(BaseSettings):
         return ShutdownConfig(
             grace_seconds=self.shutdown_grace_seconds,
             drain_delay_seconds=self.shutdown_drain_delay_seconds,
+        )
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [part.strip() for part in self.trusted_proxies.split(",") if part.strip()]
+
+    @property
+    def edge(self) -> EdgeLimits:
+        return EdgeLimits(
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            header_timeout_seconds=self.header_timeout_seconds,
+            body_timeout_seconds=self.body_timeout_seconds,
+            max_connections=self.max_connections,
         )
 
     @property

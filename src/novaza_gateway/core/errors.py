@@ -169,6 +169,31 @@ class RateLimited(ApiError):
         )
 
 
+class AuthFailuresLimited(RateLimited):
+    """An address past its budget of failed authentications (core.authlimit)."""
+
+    default_message = "Too many failed authentications from this address; retry later."
+
+
+# Answered by the HTTP server itself, before any route (core.httpserver); the connection closes.
+class RequestTimeout(ApiError):
+    status = 408
+    code = "REQUEST_TIMEOUT"
+    default_message = "The request was not received in time."
+
+
+class HeadersTooLarge(ApiError):
+    status = 431
+    code = "HEADERS_TOO_LARGE"
+    default_message = "The request's header section is too large."
+
+
+class ServerBusy(ApiError):
+    status = 503
+    code = "SERVER_BUSY"
+    default_message = "The gateway holds as many connections as it takes; retry shortly."
+
+
 class UpstreamUnavailable(ApiError):
     code = "UPSTREAM_UNAVAILABLE"
     default_message = "An upstream service did not answer."

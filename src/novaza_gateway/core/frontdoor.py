@@ -105,6 +105,7 @@ class FrontDoor:
                 "status": status,
                 "durationMs": round(elapsed * 1000, 2),
                 "tenant": state.get("tenant_slug"),
+                "client": client[0] if (client := scope.get("client")) else None,
             }
             principal = state.get("principal")
             if principal is not None:  # who asked, and for whom (ADR 0081)

@@ -39,6 +39,11 @@ HTTP_LATENCY = Histogram(
 AUTH_FAILURES = Counter(
     "novaza_auth_failures_total", "Rejected credentials, by reason.", ["reason"]
 )
+HTTP_EDGE_REFUSALS = Counter(
+    "novaza_http_edge_refusals_total",
+    "Connections the HTTP server answered itself and closed (core.httpserver), by reason.",
+    ["reason"],
+)
 TENANT_OVERRIDES = Counter(
     "novaza_tenant_overrides_total",
     "Requests acting for another tenant through X-Tenant-ID (tenant:override), by caller.",

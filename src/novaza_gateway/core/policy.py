@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from novaza_gateway.core.auth import Principal, TokenVerifier, bearer_token, fail
+from novaza_gateway.core.authlimit import AuthFailureLimit, client_host
 from novaza_gateway.core.controlchars import JsonScan, scans_as_json
 from novaza_gateway.core.errors import (
     AddonRequired,
@@ -23,6 +24,7 @@ from novaza_gateway.core.errors import (
     InvalidCharacters,
     PayloadTooLarge,
     RateLimited,
+    Unauthenticated,
     send_error,
 )
 from novaza_gateway.core.metering import API_REQUESTS, Dimensions, UsageRecorder
@@ -133,8 +135,7 @@ def policy(
         if addon:
             forbidden.append("ADDON_REQUIRED")
         described[403] = ", ".join(forbidden)
-        if declared.tenant:
-            described[429] = "RATE_LIMITED"
+        described[429] = "RATE_LIMITED"  # the tenant's limit, or failed authentications
     described.update(errors or {})
     # Any route: the front door refuses control characters in the path or query.
     described[400] = ", ".join(filter(None, (described.get(400), "INVALID_CHARACTERS")))
@@ -170,8 +171,25 @@ class Gatekeeper:
     default_max_body_bytes: int
     usage: UsageRecorder | None = None  # billing's, wired in app.py
     alt_auth: dict[str, AltAuthenticator] = field(default_factory=dict)  # wired in app.py
+    auth_failures: AuthFailureLimit | None = None  # per client address, wired in app.py
 
     async def authenticate(self, scope: Scope, alt: str | None = None) -> Principal:
+        limit = self.auth_failures
+        if limit is None:
+            return await self._authenticate(scope, alt)
+        address = client_host(scope)
+        blocked = limit.refused(address)  # before any signature check, from memory
+        if blocked is not None:
+            raise blocked
+        try:
+            return await self._authenticate(scope, alt)
+        except Unauthenticated:
+            limited = await limit.failed(address)  # only failures reach the shared limiter
+            if limited is not None:
+                raise limited from None
+            raise
+
+    async def _authenticate(self, scope: Scope, alt: str | None) -> Principal:
         if alt is not None:
             principal = await self.alt_auth[alt].authenticate(scope)
             if principal is not None:
