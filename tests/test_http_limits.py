@@ -206,6 +206,31 @@ def test_an_idle_keep_alive_connection_closes_without_an_answer(direct: Edge) ->
         assert sock.recv(4096) == b""  # then nothing sent: a close, no stray 408
 
 
+def test_a_slow_next_head_after_an_answer_given_before_the_body_ended_gets_408(
+    direct: Edge,
+) -> None:
+    """401 goes out before the body arrives, the body ends later than a head timeout: the
+    next head is timed from the body's end."""
+    head = b"POST /admin/tenants/ HTTP/1.1\r\nHost: gw\r\nContent-Length: 20\r\n\r\n"
+    with direct.connect() as sock:
+        sock.sendall(head + b"0123456789")
+        assert read_response(sock)[0] == 401
+        time.sleep(HEAD_TIMEOUT + 0.2)  # past the head timer armed by the answer, body pending
+        sock.sendall(b"0123456789" + b"GET /health HTTP/1.1\r\n")  # the next head, slowly
+        began = time.monotonic()
+        while time.monotonic() - began < HEAD_TIMEOUT * 4:
+            sock.sendall(b"X")
+            sock.settimeout(0.25)
+            try:
+                data = sock.recv(4096)
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError("the slow head was never answered")
+        assert data.split(b" ")[1] == b"408"
+
+
 def test_a_body_that_stops_arriving_gets_408(direct: Edge) -> None:
     head = (
         "POST /admin/tenants/ HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"

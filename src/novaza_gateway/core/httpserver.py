@@ -143,6 +143,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._body_timer = None
         self._awaiting_head = True
         super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete:  # answered before the body
+            self._arm_head_timer()  # ended (a 401, a 413): the next head is timed from here
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)
