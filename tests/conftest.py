@@ -200,6 +200,9 @@ def gateway_settings(data_dir: Path, db: str, **overrides: Any) -> Settings:
         "database_url": db,
         "log_json": False,
         "public_url": "http://gateway",  # links as the in-process client reaches the app
+        # token corpora refuse hundreds of tokens from one client address on purpose;
+        # tests/core/test_http_edge.py sets the budget it tests
+        "auth_failures_per_minute": 100_000,
         **overrides,
     }
     return Settings(**values)
