@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from novaza_gateway.config import ConfigurationError, load_settings
+from novaza_gateway.core import httpserver
 from tests.conftest import Gateway, gateway_settings, start_gateway
 
 BUDGET = 5
@@ -138,3 +139,21 @@ def test_trusted_proxies_take_ips_and_cidrs(tmp_path: Path, value: str) -> None:
 def test_trusted_proxies_refuse_what_is_no_address(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigurationError, match="NOVAZA_TRUSTED_PROXIES"):
         load_settings(data_dir=tmp_path, trusted_proxies=value)
+
+
+@pytest.mark.parametrize(
+    ("descriptors", "configured", "effective"),
+    [(1024, 1000, 1024 - httpserver.RESERVED_DESCRIPTORS), (1_048_576, 1000, 1000), (1024, 50, 50)],
+)
+def test_the_connection_cap_stays_below_the_descriptor_limit(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    descriptors: int,
+    configured: int,
+    effective: int,
+) -> None:
+    """Past the descriptor limit ``accept`` fails and clients wait unanswered: no 503."""
+    monkeypatch.setattr(httpserver.resource, "getrlimit", lambda _: (descriptors, descriptors))
+    limits = load_settings(data_dir=tmp_path, max_connections=configured).edge
+    factory = httpserver.protocol_factory(limits)
+    assert factory.keywords["limits"].max_connections == effective  # type: ignore[attr-defined]

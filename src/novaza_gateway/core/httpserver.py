@@ -20,8 +20,10 @@ Every refusal is the error envelope with ``Connection: close``, and the connecti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
+import resource
 from typing import Any, cast
 
 import orjson
@@ -34,6 +36,7 @@ from novaza_gateway.core.errors import ApiError, HeadersTooLarge, RequestTimeout
 from novaza_gateway.core.metrics import HTTP_EDGE_REFUSALS
 
 log = logging.getLogger("novaza.edge")
+RESERVED_DESCRIPTORS = 128  # database and Redis pools, log files, upstream clients, the archive
 _REFUSALS = {
     reason: HTTP_EDGE_REFUSALS.labels(reason=reason)
     for reason in ("header_bytes", "header_count", "header_timeout", "body_timeout", "busy")
@@ -238,4 +241,20 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 def protocol_factory(limits: EdgeLimits) -> type[asyncio.Protocol]:
     """What ``uvicorn.run(http=...)`` takes: it calls this as it would the class. A partial
     of an importable class pickles, so ``--workers`` processes receive it too."""
+    limits = within_descriptors(limits)
     return cast(type[asyncio.Protocol], functools.partial(LimitedHttpProtocol, limits=limits))
+
+
+def within_descriptors(limits: EdgeLimits) -> EdgeLimits:
+    """The connection cap below the process's descriptor limit, less what the pools, logs
+    and upstreams hold: past the limit ``accept`` fails and new clients wait unanswered
+    instead of getting 503 (1,500 slow connections at 1,024 descriptors: docs/security.md)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or limits.max_connections <= soft - RESERVED_DESCRIPTORS:
+        return limits
+    cap = max(1, soft - RESERVED_DESCRIPTORS)
+    log.warning(
+        "connection cap lowered to fit the descriptor limit",
+        extra={"maxConnections": cap, "descriptorLimit": soft},
+    )
+    return dataclasses.replace(limits, max_connections=cap)
