@@ -38,12 +38,16 @@ $(STAMP): $(BIN)/python pyproject.toml $(BUILD_LOCK) $(LOCK)
 # the lock are kept; upgrade one with `make lock UPGRADE="--upgrade-package NAME"`, or every one
 # with `make lock UPGRADE=--upgrade`. requirements/runtime.txt (the image's) is lock.txt without the
 # test extra: constrained to lock.txt, so its pins are the same.
+# requirements/inference.txt is the inference server's own venv in the image (/opt/inference,
+# ADR 0072), constrained to runtime.txt: the packages both share keep the same pins and hashes.
 LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header
 lock: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(BUILD_LOCK)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) requirements/build.in -o $(BUILD_LOCK)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) pyproject.toml --extra test -o $(LOCK)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) pyproject.toml -c $(LOCK) -o requirements/runtime.txt
+	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) requirements/inference.in -c requirements/runtime.txt \
+	  -o requirements/inference.txt
 
 install: $(STAMP)
 

