@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -57,9 +58,12 @@ def _sqlite_lock(url: str) -> Iterator[None]:
         yield
         return
     path = Path(parsed.database).with_name(Path(parsed.database).name + ".migrate-lock")
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # owner-only, as the database beside it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file closes, or the process dies
         yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.asynccontextmanager

@@ -81,6 +81,8 @@ def test_arbitrary_bytes(data: bytes) -> None:
 @given(mutated())
 # found by this target: 0x0B as a component separator came back in the ACK's MSH-2
 @example(b"MSH|\x0b^~\\&|EPIC|STMARYS|NOVAZA|RAD|20260301083000||ADT^A01|EPA1|P|2.5.1\rPID|1")
+# found: a NUL in MSH-9's trigger event came back raw in the AR's MSH-9
+@example(b"MSH|^~\\&|EPIC|STMARYS|NOVAZA|RAD|20260307070000||ADT^\x00A01^ADT_A01|E77|P|2.5\rPID|1")
 def test_mutated_corpus_messages(data: bytes) -> None:
     check(data)
 

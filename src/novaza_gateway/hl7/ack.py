@@ -70,8 +70,8 @@ def build_ack(
         "",
         _ack_type(header, seps),
         _esc(control_id, seps),
-        header.processing_id if header else "P",
-        version,
+        _esc(header.processing_id, seps) if header else "P",
+        _esc(version, seps),
     ]
     if header and header.charset:
         msh += ["", "", "", "", "", _esc(header.charset, seps)]
@@ -91,7 +91,7 @@ def _esc(value: str, seps: Separators) -> str:
 
 def _ack_type(header: Header | None, seps: Separators) -> str:
     cs = seps.component
-    trigger = header.message_type.trigger if header else ""
+    trigger = _esc(header.message_type.trigger, seps) if header else ""
     if header is None or header.version in ("2.3", "2.3.1"):
         return f"ACK{cs}{trigger}" if trigger else "ACK"
     return f"ACK{cs}{trigger}{cs}ACK"
