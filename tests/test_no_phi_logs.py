@@ -1,0 +1,157 @@
+"""No PHI, no secret in any log line, at any level, on either store.
+
+A real ``novaza serve`` (INFO and DEBUG; SQLite and PostgreSQL) gets traffic marked with
+unique strings: a patient's name and MRN in an HL7 ADT, Desk contacts (one with a NUL,
+which PostgreSQL refuses: a failing statement), a tenant's Desk API key and imaging
+password, a Desk upstream whose URL carries a token (the push fails and is retried), an AI
+prompt, and the bearer tokens themselves. Its whole stderr must hold none of them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from novaza_gateway.core import devkeys
+from novaza_gateway.core.policy import ADMIN_SCOPE, TENANT_SCOPES
+from tests import procs
+from tests.conftest import free_port
+
+ADT = (
+    "MSH|^~\\&|EPIC|STMARYS|NOVAZA|RADIOLOGY|20260301083000-0500||ADT^A01^ADT_A01|{control}|P|2.5.1\r"
+    "EVN|A01|20260301083000-0500\r"
+    "PID|1||{mrn}^^^STMARYS^MR||{family}^{given}||19580412|F\r"
+    "PV1|1|I|4WEST^412^B^STMARYS\r"
+)
+
+
+class Markers:
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:12].upper()
+        self.family = f"PHIFAMILY{tag}"
+        self.given = f"PHIGIVEN{tag}"
+        self.mrn = f"MRN{tag}"
+        self.contact = f"PHICONTACT{tag}"
+        self.email = f"phimail{tag.lower()}@example.org"
+        self.prompt = f"PHIPROMPT{tag}"
+        self.desk_key = f"DESKKEY{tag}"
+        self.imaging_password = f"IMGPW{tag}"
+        self.url_token = f"URLTOKEN{tag}"
+
+    def all(self) -> dict[str, str]:
+        return dict(vars(self))
+
+
+def _tokens(data_dir: Path) -> tuple[str, str]:
+    tenant = devkeys.mint_token(
+        data_dir, subject="user-phi", scopes=TENANT_SCOPES, tenant="phi", ttl_seconds=3600
+    )
+    admin = devkeys.mint_token(data_dir, subject="admin-phi", scopes=[ADMIN_SCOPE], tenant=None)
+    return tenant, admin
+
+
+def drive(url: str, marks: Markers, tenant_token: str, admin_token: str) -> dict[str, int]:
+    """The traffic; returns the statuses seen, for the test to check it ran as meant."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    user = {"Authorization": f"Bearer {tenant_token}"}
+    seen: dict[str, int] = {}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        created = http.post(
+            "/admin/tenants/",
+            json={"slug": "phi", "name": "Phi", "plan": "enterprise", "status": "active"},
+            headers=admin,
+        )
+        seen["create"] = created.status_code
+        upstream = f"http://127.0.0.1:{free_port()}/{marks.url_token}/"  # nothing listens
+        settings = {
+            "desk": {"baseUrl": upstream, "apiKey": marks.desk_key},
+            "imaging": {
+                "upstreamUrl": f"http://127.0.0.1:{free_port()}/dicom-web",
+                "upstreamUsername": "gateway",
+                "upstreamPassword": marks.imaging_password,
+            },
+        }
+        seen["settings"] = http.put(
+            "/admin/tenants/phi", json={"settings": settings}, headers=admin
+        ).status_code
+        adt = ADT.format(control=uuid.uuid4().hex[:20], **vars(marks))
+        seen["adt"] = http.post(
+            "/med/hl7/adt",
+            content=adt.encode(),
+            headers={**user, "Content-Type": "application/hl7-v2"},
+        ).status_code
+        contact = {
+            "externalId": f"ext-{marks.mrn}",
+            "name": {"given": marks.contact, "family": marks.family},
+            "emails": [marks.email],
+        }
+        seen["sync"] = http.post(
+            "/med/desk/contacts/sync", json={"contacts": [contact]}, headers=user
+        ).status_code
+        nul = {**contact, "externalId": f"nul-{marks.mrn}"}
+        nul["name"] = {"given": f"{marks.contact}\u0000", "family": marks.family}
+        seen["sync_nul"] = http.post(
+            "/med/desk/contacts/sync", json={"contacts": [nul]}, headers=user
+        ).status_code
+        seen["contacts"] = http.get(
+            "/med/desk/contacts", params={"externalId": f"ext-{marks.mrn}"}, headers=user
+        ).status_code
+        seen["chat"] = http.post(
+            "/ai/chat/completions",
+            json={
+                "model": "smollm2-135m-instruct",
+                "messages": [{"role": "user", "content": f"Say hi to {marks.prompt}"}],
+                "max_tokens": 2,
+            },
+            headers=user,
+        ).status_code
+        seen["refused"] = http.get(
+            "/api/v1/whoami", headers={"Authorization": f"Bearer {tenant_token}x"}
+        ).status_code
+        time.sleep(1.5)  # the Desk outbox tries its upstream (poll 0.2 s) and logs the failure
+    return seen
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_no_marker_reaches_the_logs(tmp_path: Path, db_url: str, level: str) -> None:
+    marks = Markers()
+    data_dir = tmp_path / "data"
+    postgres = db_url.startswith("postgres")
+    env = procs.novaza_env(
+        data_dir,
+        db_url,
+        log_level=level,
+        desk_outbox_poll_seconds="0.2",
+        desk_outbox_backoff_seconds="0.2",
+    )
+    tenant_token, admin_token = _tokens(data_dir)
+    with procs.serving(env) as server:
+        seen = drive(server.url, marks, tenant_token, admin_token)
+    text = server.stderr()
+    lines = server.log_lines()  # also: every line is JSON
+
+    assert seen["create"] == 201 and seen["settings"] == 200, seen
+    assert seen["adt"] in (200, 422) and seen["sync"] == seen["contacts"] == 200, seen
+    assert seen["chat"] in (200, 503), seen  # 503: the model cannot load here; still logged
+    assert seen["refused"] == 401
+    if postgres:  # the NUL reached PostgreSQL (or was refused before it): never a 500
+        assert seen["sync_nul"] in (200, 422), seen
+        refused = [line for line in lines if line.get("msg") == "database refused a value"]
+        if seen["sync_nul"] == 422 and refused:
+            assert refused[0].get("sqlstate") == "22021"
+    else:
+        assert seen["sync_nul"] in (200, 422), seen
+    if level == "DEBUG":
+        assert any(line["level"] == "debug" for line in lines) or lines, "no log at all"
+
+    for name, marker in marks.all().items():
+        assert marker not in text, f"{name} reached the logs"
+        assert marker.lower() not in text.lower(), f"{name} reached the logs (case folded)"
+    for secret in (tenant_token, admin_token):
+        assert secret not in text
+        assert secret.rsplit(".", 1)[1] not in text  # not even the signature
+    assert "Traceback" not in text
