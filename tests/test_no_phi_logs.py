@@ -9,6 +9,8 @@ prompt, and the bearer tokens themselves. Its whole stderr must hold none of the
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from novaza_gateway.core import devkeys
+from novaza_gateway.core import accesslog, devkeys
+from novaza_gateway.core.logging import (
+    QUIET_LOGGERS,
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+)
 from novaza_gateway.core.policy import ADMIN_SCOPE, TENANT_SCOPES
 from tests import procs
 from tests.conftest import free_port
@@ -155,3 +163,45 @@ def test_no_marker_reaches_the_logs(tmp_path: Path, db_url: str, level: str) -> 
         assert secret not in text
         assert secret.rsplit(".", 1)[1] not in text  # not even the signature
     assert "Traceback" not in text
+
+
+def test_a_logged_exception_shows_frames_and_classes_never_messages() -> None:
+    """What ``log.exception`` writes, in both formats: where, and what class, not what."""
+
+    def parse_pid(value: str) -> None:
+        raise ValueError(f"bad PID-5: {value}")
+
+    name, mrn = f"PHIMARKER{uuid.uuid4().hex}^Jane", f"PHIMRN{uuid.uuid4().hex}"
+    try:
+        try:
+            parse_pid(name)
+        except ValueError as exc:
+            raise RuntimeError(f"while handling MRN {mrn}") from exc
+    except RuntimeError:
+        record = logging.LogRecord("novaza.x", logging.ERROR, __file__, 1, "failed", None, None)
+        record.exc_info = sys.exc_info()
+    for formatter in (JsonFormatter(), TextFormatter("%(message)s")):
+        text = formatter.format(record)
+        assert name not in text and mrn not in text
+        assert "parse_pid" in text  # the frames are there
+        assert "builtins.ValueError: <message withheld>" in text
+        assert "builtins.RuntimeError: <message withheld>" in text
+
+
+def test_library_loggers_stay_at_warning_unless_log_sql() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("DEBUG", json=True)
+        for name in ("sqlalchemy.engine.Engine", "aiosqlite", "httpx", "pynetdicom"):
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger("novaza.db").isEnabledFor(logging.DEBUG)
+        configure_logging("DEBUG", json=True, log_sql=True)
+        assert logging.getLogger("sqlalchemy.engine.Engine").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    finally:  # undo configure_logging for the rest of the session
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        accesslog.use_json_lines(None)
+        root.handlers[:], level = saved
+        root.setLevel(level)

@@ -25,6 +25,7 @@ import asyncpg
 import httpx
 import pytest
 
+from novaza_gateway.core import dberrors
 from tests.conftest import Gateway, gateway_settings, start_gateway
 
 # ---------------------------------------------------------------------------- the forwarder
@@ -376,3 +377,41 @@ async def test_sqlite_writer_lock_past_the_busy_timeout_is_503(
         assert_unavailable(response, "timeout")
         assert_no_trace(caplog)
         assert (await faulty.call(route)).status_code == 200
+
+
+# ---------------------------------------------------------------------------- refused values
+
+
+async def test_a_value_postgresql_refuses_is_422_without_the_value(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NUL in text passes the edge (JSON allows it) and PostgreSQL refuses it (22021)."""
+    async with faulty_gateway(tmp_path, pg_url) as faulty:
+        secret = "Doe\u0000Jane-PHI"
+        body = {"contacts": [{"externalId": "nul-1", "name": {"given": secret}}]}
+        with caplog.at_level(logging.INFO):
+            response = await faulty.gw.client.post(
+                "/med/desk/contacts/sync", json=body, headers=faulty.gw.auth("clinic")
+            )
+        if response.status_code == 200:
+            pytest.skip("edge validation now refuses or cleans NUL before the database")
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] in ("INVALID_INPUT", "VALIDATION_FAILED")
+        if response.json()["code"] == "INVALID_INPUT":
+            assert response.json()["details"] == {"reason": "invalid_characters"}
+            [line] = [r for r in caplog.records if r.getMessage() == "database refused a value"]
+            assert getattr(line, "sqlstate", None) == "22021"
+            assert not line.exc_info
+        assert "Jane-PHI" not in response.text
+        assert "Jane-PHI" not in caplog.text
+        assert (await faulty.call("write")).status_code == 200
+
+
+def test_statement_shape_keeps_placeholders_and_drops_literals() -> None:
+    sql = "SELECT a FROM t\n  WHERE b = $1 AND c = 'Doe^Jane' AND d = 42 AND e IN (?, :p)"
+    assert (
+        dberrors.statement_shape(sql)
+        == "SELECT a FROM t WHERE b = $1 AND c = ? AND d = ? AND e IN (?, :p)"
+    )
+    assert dberrors.statement_shape("x" * 1000) is not None
+    assert len(dberrors.statement_shape("x" * 1000) or "") == dberrors.MAX_SHAPE
