@@ -15,6 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,13 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+from fastapi import APIRouter
+from pydantic import BaseModel
+from sqlalchemy import text
 
 from novaza_gateway.core import dberrors
+from novaza_gateway.core.deps import SessionDep
+from novaza_gateway.core.policy import policy
 from tests.conftest import Gateway, gateway_settings, start_gateway
 
 # ---------------------------------------------------------------------------- the forwarder
@@ -382,29 +388,54 @@ async def test_sqlite_writer_lock_past_the_busy_timeout_is_503(
 # ---------------------------------------------------------------------------- refused values
 
 
+@pytest.mark.parametrize(
+    ("cast", "reason"),
+    [("smallint", "invalid_value"), ("varchar(3)", "too_long"), ("timestamptz", "invalid_value")],
+)
 async def test_a_value_postgresql_refuses_is_422_without_the_value(
-    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, pg_url: str, cast: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A NUL in text passes the edge (JSON allows it) and PostgreSQL refuses it (22021)."""
-    async with faulty_gateway(tmp_path, pg_url) as faulty:
-        secret = "Doe\u0000Jane-PHI"
-        body = {"contacts": [{"externalId": "nul-1", "name": {"given": secret}}]}
-        with caplog.at_level(logging.INFO):
-            response = await faulty.gw.client.post(
-                "/med/desk/contacts/sync", json=body, headers=faulty.gw.auth("clinic")
+    """Edge validation refuses most such values first (NUL is 400 INVALID_CHARACTERS); this
+    is the backstop. PostgreSQL's own message embeds the value ('invalid input syntax for
+    type smallint: "..."'): neither the answer nor the log may carry it."""
+    settings = gateway_settings(tmp_path / "data", pg_url)
+    async for gw in start_gateway(settings, extra_routers=(probe,)):
+        await gw.create_tenant("clinic")
+        marker = f"PHI{uuid.uuid4().hex}"
+        with caplog.at_level(logging.DEBUG):
+            response = await gw.client.post(
+                "/test/store", json={"value": marker, "cast": cast}, headers=gw.auth("clinic")
             )
-        if response.status_code == 200:
-            pytest.skip("edge validation now refuses or cleans NUL before the database")
         assert response.status_code == 422, response.text
-        assert response.json()["code"] in ("INVALID_INPUT", "VALIDATION_FAILED")
-        if response.json()["code"] == "INVALID_INPUT":
-            assert response.json()["details"] == {"reason": "invalid_characters"}
-            [line] = [r for r in caplog.records if r.getMessage() == "database refused a value"]
-            assert getattr(line, "sqlstate", None) == "22021"
-            assert not line.exc_info
-        assert "Jane-PHI" not in response.text
-        assert "Jane-PHI" not in caplog.text
-        assert (await faulty.call("write")).status_code == 200
+        assert response.json() == {
+            "code": "INVALID_INPUT",
+            "message": response.json()["message"],
+            "details": {"reason": reason},
+        }
+        assert marker not in response.text
+        [line] = [r for r in caplog.records if r.getMessage() == "database refused a value"]
+        assert getattr(line, "sqlstate", "").startswith("22")
+        assert not line.exc_info
+        assert marker not in caplog.text
+
+
+probe = APIRouter(prefix="/test")
+
+
+class Stored(BaseModel):
+    value: str
+    cast: str
+
+
+@probe.post("/store", **policy())
+async def store(body: Stored, session: SessionDep) -> None:
+    """A value into a typed column, as a service would: PostgreSQL checks it."""
+    assert body.cast in ("smallint", "varchar(3)", "timestamptz")
+    if body.cast == "varchar(3)":  # an explicit cast truncates; a column refuses
+        await session.execute(text("CREATE TEMP TABLE IF NOT EXISTS short_col (v varchar(3))"))
+        await session.execute(text("INSERT INTO short_col VALUES (:v)"), {"v": body.value})
+        return
+    await session.execute(text(f"SELECT CAST(CAST(:v AS text) AS {body.cast})"), {"v": body.value})
 
 
 def test_statement_shape_keeps_placeholders_and_drops_literals() -> None:
