@@ -127,7 +127,7 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     datadir.prepare(settings.data_dir, settings.sqlalchemy_url)  # 0700, SQLite file 0600
-    db = Database(create_engine(settings.sqlalchemy_url, settings.db_pool_size))
+    db = Database(create_engine(settings.sqlalchemy_url, settings.db))
     http = httpx.AsyncClient(timeout=settings.outbound_timeout_seconds, follow_redirects=False)
     redis_fast = redis_pubsub = None
     if settings.redis_url:

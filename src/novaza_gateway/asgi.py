@@ -20,7 +20,7 @@ from novaza_gateway.core.logging import configure_logging
 
 def create() -> FastAPI:
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, settings.log_sql)
     supervisor = workers.supervisor_pid()
     if supervisor is not None:
         workers.die_with_parent(supervisor)

@@ -98,7 +98,8 @@ def serve(
     if port:
         os.environ["NOVAZA_PORT"] = str(port)
     settings = _settings()
-    configure_logging(settings.log_level, settings.log_json)  # the supervisor's lines too
+    # the supervisor's lines too
+    configure_logging(settings.log_level, settings.log_json, settings.log_sql)
     metrics_dir = None
     if workers > 1:
         # Workers import prometheus_client fresh and write their samples here: a directory

@@ -46,6 +46,18 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DbConfig:
+    """Engine limits (docs/operations.md). The defaults serve tools (migrations, CLI): no
+    statement limit; the app passes the NOVAZA_DB_* settings."""
+
+    pool_size: int = 10
+    connect_timeout_seconds: float = 10.0
+    statement_timeout_seconds: float | None = None  # PostgreSQL statement_timeout; SQLite busy
+    pool_timeout_seconds: float = 30.0
+    log_sql: bool = False  # statements with their parameters in the logs: unsafe for PHI
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimitSettings:
     redis_timeout_seconds: float
     breaker_failures: int
@@ -196,6 +208,10 @@ class Settings(BaseSettings):
     # -- storage
     database_url: str | None = None
     db_pool_size: int = 10
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    db_statement_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    log_sql: bool = False  # SQL statements and their parameters in the logs: unsafe for PHI
     redis_url: str | None = Field(default=None, pattern=r"^rediss?://[^/]")
 
     # -- auth
@@ -367,6 +383,16 @@ class Settings(BaseSettings):
             jwks_refresh_seconds=self.jwks_refresh_seconds,
             token_cache_size=self.token_cache_size,
             http_timeout_seconds=self.outbound_timeout_seconds,
+        )
+
+    @property
+    def db(self) -> DbConfig:
+        return DbConfig(
+            pool_size=self.db_pool_size,
+            connect_timeout_seconds=self.db_connect_timeout_seconds,
+            statement_timeout_seconds=self.db_statement_timeout_seconds,
+            pool_timeout_seconds=self.db_pool_timeout_seconds,
+            log_sql=self.log_sql,
         )
 
     @property

@@ -25,7 +25,12 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import DateTime, TypeDecorator
 
+from novaza_gateway.config import DbConfig
+
 log = logging.getLogger("novaza.db")
+
+SQLITE_BUSY_MS = 5000  # tools without a statement limit wait this long for SQLite's lock
+CLIENT_GRACE_SECONDS = 0.5  # past the server's statement_timeout, before the client gives up
 
 AfterCommit = Callable[[], Coroutine[Any, Any, None]]
 
@@ -64,34 +69,73 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return on_connect
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, config: DbConfig = DbConfig()) -> AsyncEngine:
+    """An engine whose every wait is bounded: connect, statement, pool checkout.
+
+    Parameters stay out of SQLAlchemy's messages and logs (``hide_parameters``) unless
+    ``log_sql`` asks for them: a failing statement's message would carry patient data."""
+    common: dict[str, Any] = {
+        "hide_parameters": not config.log_sql,
+        "pool_size": config.pool_size,
+        "max_overflow": config.pool_size,
+        "pool_timeout": config.pool_timeout_seconds,
+    }
     if url.startswith("sqlite"):
-        engine = create_async_engine(url)
+        statement = config.statement_timeout_seconds
+        engine = create_async_engine(url, **common)
         sync_engine: Engine = engine.sync_engine
-        event.listen(sync_engine, "connect", _sqlite_pragmas)
+        busy_ms = int(statement * 1000) if statement else SQLITE_BUSY_MS
+        event.listen(sync_engine, "connect", _sqlite_pragmas(busy_ms))
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
+        **common,
         pool_pre_ping=True,
         pool_recycle=1800,
-        # Statements are prepared once per connection (asyncpg). After five runs PostgreSQL
-        # may keep one generic plan for good, costed on the table as it was then: a lookup
-        # first planned on a young table kept scanning it whole once it held 30,000 orders
-        # (45 ms a lookup, intake down to 200 messages/s). A plan per run costs ~0.1 ms
-        # and follows the tables' growth, whether or not autovacuum has analyzed them.
-        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
+        connect_args=_asyncpg_args(config),
     )
+    event.listen(engine.sync_engine.pool, "invalidate", _hang_up)
+    return engine
+
+
+def _hang_up(dbapi_connection: Any, _record: Any, _exc: BaseException | None) -> None:
+    """Close an invalidated connection at once. SQLAlchemy's close would first say goodbye
+    to the server and wait up to 2 s for it: on a connection invalidated because the server
+    stopped answering, that is 2 s more for the request, to learn nothing."""
+    driver = getattr(dbapi_connection, "_connection", None)
+    if driver is not None and not driver.is_closed():
+        driver.terminate()
+
+
+def _asyncpg_args(config: DbConfig) -> dict[str, Any]:
+    # Statements are prepared once per connection (asyncpg). After five runs PostgreSQL
+    # may keep one generic plan for good, costed on the table as it was then: a lookup
+    # first planned on a young table kept scanning it whole once it held 30,000 orders
+    # (45 ms a lookup, intake down to 200 messages/s). A plan per run costs ~0.1 ms
+    # and follows the tables' growth, whether or not autovacuum has analyzed them.
+    server_settings = {"plan_cache_mode": "force_custom_plan"}
+    args: dict[str, Any] = {"timeout": config.connect_timeout_seconds}
+    statement = config.statement_timeout_seconds
+    if statement:
+        # The server cancels a slow statement and the connection stays usable; the client's
+        # own limit, a little later, is for a server that no longer answers at all (a
+        # partition): asyncpg then raises TimeoutError and the pool drops the connection.
+        server_settings["statement_timeout"] = str(int(statement * 1000))
+        args["command_timeout"] = statement + CLIENT_GRACE_SECONDS
+    args["server_settings"] = server_settings
+    return args
 
 
 class Database:

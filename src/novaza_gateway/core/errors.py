@@ -14,10 +14,14 @@ from typing import Any, ClassVar
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Send
+
+from novaza_gateway.core import dberrors
+from novaza_gateway.core.requestid import route_template
 
 log = logging.getLogger("novaza.errors")
 
@@ -207,6 +211,27 @@ class Internal(ApiError):
     pass
 
 
+class DatabaseUnavailable(UpstreamUnavailable):
+    default_message = "The database is unavailable; retry later."
+
+    def __init__(self, fault: dberrors.DbFault) -> None:
+        super().__init__(status=503)
+        self.details = {"reason": fault.reason}
+        self.headers["Retry-After"] = str(fault.retry_after_seconds)
+
+
+class InvalidInput(ApiError):
+    """A value the edge validation let through and the database refused (backstop): the
+    answer names the kind of fault, never the value."""
+
+    status = 422
+    code = "INVALID_INPUT"
+    default_message = "A value in the request cannot be stored (too long, out of range or invalid)."
+
+    def __init__(self, fault: dberrors.DbFault) -> None:
+        super().__init__(details={"reason": fault.reason})
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -278,19 +303,36 @@ def classify(exc: Exception) -> ApiError:
     """An unexpected exception as the caller should see it: a lost store is 503, not 500."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, (OperationalError, InterfaceError, ConnectionError, TimeoutError)):
-        return UpstreamUnavailable("A storage backend is unavailable; retry later.", status=503)
-    return Internal()
+    fault = dberrors.classify(exc)
+    if fault is None:
+        return Internal()
+    if fault.kind == "invalid_input":
+        return InvalidInput(fault)
+    return DatabaseUnavailable(fault)
 
 
-async def _storage_error(_: Request, exc: Exception) -> Response:
-    log.error("storage unavailable", extra={"error": type(exc).__name__})
-    return render(classify(exc))
+def log_failure(exc: Exception, error: ApiError, route: str) -> None:
+    """One line per failed request. Never the exception's message: database messages embed
+    the values they refused (docs/security-logging.md)."""
+    if isinstance(error, Internal):
+        log.exception("unhandled error", extra={"route": route, **dberrors.log_fields(exc)})
+    elif isinstance(error, InvalidInput):
+        log.warning("database refused a value", extra={"route": route, **dberrors.log_fields(exc)})
+    else:
+        log.error("dependency failed", extra={"route": route, **dberrors.log_fields(exc)})
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    error = classify(exc)
+    log_failure(exc, error, route_template(request.scope))
+    return render(error)
 
 
 def install_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(OperationalError, _storage_error)
-    app.add_exception_handler(InterfaceError, _storage_error)
+    app.add_exception_handler(DBAPIError, _storage_error)
+    app.add_exception_handler(PoolTimeoutError, _storage_error)
+    app.add_exception_handler(TimeoutError, _storage_error)
+    app.add_exception_handler(ConnectionError, _storage_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

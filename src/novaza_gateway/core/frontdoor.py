@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from novaza_gateway import API_VERSION
 from novaza_gateway.core import accesslog
 from novaza_gateway.core.controlchars import refused
-from novaza_gateway.core.errors import Internal, classify, send_error
+from novaza_gateway.core.errors import classify, log_failure, send_error
 from novaza_gateway.core.logging import caller_request_id_var, request_id_var
 from novaza_gateway.core.metrics import HttpMetrics
 from novaza_gateway.core.requestid import (
@@ -88,10 +88,7 @@ class FrontDoor:
                 await self.framework(scope, receive, send_with_headers)
         except Exception as exc:
             error = classify(exc)
-            if isinstance(error, Internal):
-                log.exception("unhandled error", extra={"route": route_template(scope)})
-            else:
-                log.error("dependency failed", extra={"error": type(exc).__name__})
+            log_failure(exc, error, route_template(scope))
             if not started:
                 await send_error(send_with_headers, error)
         finally:

@@ -57,11 +57,23 @@ class TenantSource(Protocol):
 
 
 class TenantCache:
+    """Resolved tenants per process, for ``ttl_seconds``; one load per key at a time.
+
+    An invalidation wins over every load that started before it: it bumps ``_epoch`` and
+    detaches the loads in flight, so a load that read the tenant before the change neither
+    stores its answer nor hands it to requests that arrive after the invalidation. (Without
+    this, a suspension announced while another replica was loading the tenant was undone by
+    that load for one TTL.) The epoch is one counter, not one per key: a tenant is cached
+    under its slug and its id, and invalidations are rare enough that a load they discard
+    costs nothing worth tracking keys for.
+    """
+
     def __init__(self, source: TenantSource, ttl_seconds: float) -> None:
         self._source = source
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[TenantContext | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[TenantContext | None]] = {}
+        self._epoch = 0
 
     async def resolve(self, key: str) -> TenantContext:
         tenant = await self.get(key)
@@ -88,8 +100,12 @@ class TenantCache:
         inflight = self._inflight.get(key)
         if inflight is not None:  # one load per key, however many requests wait for it
             return await asyncio.shield(inflight)
+        return await self._load(key)
+
+    async def _load(self, key: str) -> TenantContext | None:
         future: asyncio.Future[TenantContext | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        epoch = self._epoch
         try:
             tenant = await self._source.load(key)
         except BaseException as exc:
@@ -97,12 +113,16 @@ class TenantCache:
             future.exception()  # mark retrieved: waiters may be none
             raise
         finally:
-            self._inflight.pop(key, None)
+            if self._inflight.get(key) is future:  # not detached by an invalidation
+                del self._inflight[key]
         future.set_result(tenant)
-        self._entries[key] = (tenant, time.monotonic() + self._ttl)
+        if epoch == self._epoch:  # no invalidation since the load began
+            self._entries[key] = (tenant, time.monotonic() + self._ttl)
         return tenant
 
     def invalidate(self, *keys: str) -> None:
+        self._epoch += 1
+        self._inflight.clear()  # later requests load afresh instead of joining a stale load
         for key in keys:
             self._entries.pop(key, None)
         # a tenant is cached under both slug and id: drop every alias of the same tenant
@@ -111,6 +131,8 @@ class TenantCache:
             self._entries.pop(key, None)
 
     def clear(self) -> None:
+        self._epoch += 1
+        self._inflight.clear()
         self._entries.clear()
 
 
