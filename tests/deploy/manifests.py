@@ -24,14 +24,7 @@ WORKLOADS = ("Deployment", "Job", "StatefulSet", "DaemonSet")
 
 # Settings the manifests carry that other branches are adding to config.py right now. Each name
 # here is allowed to be missing from Settings; delete it once config.py has it.
-PENDING_SETTINGS = frozenset(
-    {
-        "NOVAZA_DB_POOL_TIMEOUT_SECONDS",
-        "NOVAZA_DB_CONNECT_TIMEOUT_SECONDS",
-        "NOVAZA_DB_STATEMENT_TIMEOUT_SECONDS",
-        "NOVAZA_LOG_SQL",
-    }
-)
+PENDING_SETTINGS: frozenset[str] = frozenset()  # settings of unmerged branches: none
 
 
 @dataclass(frozen=True)

@@ -313,7 +313,7 @@ def classify(exc: Exception) -> ApiError:
 
 def log_failure(exc: Exception, error: ApiError, route: str) -> None:
     """One line per failed request. Never the exception's message: database messages embed
-    the values they refused (docs/security-logging.md)."""
+    the values they refused (docs/security.md, "No PHI in logs")."""
     if isinstance(error, Internal):
         log.exception("unhandled error", extra={"route": route, **dberrors.log_fields(exc)})
     elif isinstance(error, InvalidInput):

@@ -3,7 +3,7 @@
 Log lines carry ids, tenant, route template, status and timings. Never bodies, raw paths,
 query strings, patient data or tokens: callers pass only such fields as ``extra``.
 
-Two rules keep what we do not write ourselves out too (docs/security-logging.md):
+Two rules keep what we do not write ourselves out too (docs/security.md, "No PHI in logs"):
 - a logged exception shows its frames and classes, never its message: a database error's
   message embeds the value it refused, an HTTP error's the URL with its token;
 - libraries that log statements, parameters, URLs, headers or DICOM datasets below WARNING
