@@ -15,6 +15,7 @@ start or by any replica sharing that directory (ADR 0064), so a clean stop loses
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -88,6 +89,10 @@ class UsageMeter:
         self.flushed_rows = 0
         self.flush_generation = 0  # bumped when batches leave the process (quota reloads)
         self.touched: set[tuple[str, str]] = set()  # (tenant, meter) sealed since taken
+        # One hand-off of pending batches at a time (a flush here, a push to the Redis relay):
+        # two interleaved would each pop pending[0] after their await, and the second pop
+        # dropped a batch unwritten.
+        self.handing_off = asyncio.Lock()
 
     def record(
         self,
@@ -162,17 +167,18 @@ class UsageMeter:
 
     async def flush(self, db: Database) -> int:
         """Write every pending batch; a failed one stays pending (and blocks later ones)."""
-        self.seal()
-        written = 0
-        while self.pending:
-            batch = self.pending[0]
-            async with db.session_scope() as session:
-                await insert_rows(session, batch)
-            self.pending.pop(0)
-            written += len(batch)
-            self.flush_generation += 1
-        self.flushed_rows += written
-        return written
+        async with self.handing_off:
+            self.seal()
+            written = 0
+            while self.pending:
+                batch = self.pending[0]
+                async with db.session_scope() as session:
+                    await insert_rows(session, batch)
+                self.pending.pop(0)
+                written += len(batch)
+                self.flush_generation += 1
+            self.flushed_rows += written
+            return written
 
     # -- spooling across a restart
     def spool(self, directory: Path) -> Path | None:

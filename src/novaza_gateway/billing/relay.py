@@ -74,15 +74,16 @@ class UsageRelay:
 
     async def push(self, meter: UsageMeter) -> int:
         """Move the meter's pending batches to Redis, oldest first; stops at the first error."""
-        meter.seal()
-        pushed = 0
-        while meter.pending:
-            batch = meter.pending[0]
-            await self.client.rpush(self.key, _encode(batch))
-            meter.pending.pop(0)
-            meter.flush_generation += 1
-            pushed += len(batch)
-        return pushed
+        async with meter.handing_off:
+            meter.seal()
+            pushed = 0
+            while meter.pending:
+                batch = meter.pending[0]
+                await self.client.rpush(self.key, _encode(batch))
+                meter.pending.pop(0)
+                meter.flush_generation += 1
+                pushed += len(batch)
+            return pushed
 
     async def drain(self, db: Database) -> int:
         """Insert the oldest waiting batches into the database; 0 when another replica is
