@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, String, false
+from sqlalchemy import JSON, BigInteger, Boolean, Index, String, false, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +31,14 @@ class AuditEvent(Base):
         Index("ix_audit_events_tenant_at", "tenant_id", "at"),
         Index("ix_audit_events_patient", "tenant_id", "patient_id"),
         Index("ix_audit_events_chain", "tenant_id", "chain_seq"),
+        # the sealer's pass finds rows not yet chained without reading the sealed history
+        Index(
+            "ix_audit_events_unsealed",
+            "at",
+            "id",
+            postgresql_where=text("chain_seq IS NULL"),
+            sqlite_where=text("chain_seq IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

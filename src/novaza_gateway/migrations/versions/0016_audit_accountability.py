@@ -16,6 +16,8 @@ down_revision = "0015_hl7_reprocess"
 branch_labels = None
 depends_on = None
 
+UNSEALED = sa.text("chain_seq IS NULL")
+
 
 def upgrade() -> None:
     with op.batch_alter_table("audit_events") as batch:
@@ -28,6 +30,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("chain_prev", sa.String(64), nullable=True))
         batch.add_column(sa.Column("chain_hash", sa.String(64), nullable=True))
         batch.create_index("ix_audit_events_chain", ["tenant_id", "chain_seq"], unique=False)
+    op.create_index(
+        "ix_audit_events_unsealed",
+        "audit_events",
+        ["at", "id"],
+        postgresql_where=UNSEALED,
+        sqlite_where=UNSEALED,
+    )
     op.create_table(
         "audit_chain_heads",
         sa.Column("chain", sa.String(36), nullable=False),
@@ -39,6 +48,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_events_unsealed", table_name="audit_events")
     op.drop_table("audit_chain_heads")
     with op.batch_alter_table("audit_events") as batch:
         batch.drop_index("ix_audit_events_chain")
